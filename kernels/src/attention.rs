@@ -1,0 +1,334 @@
+//! Multi-head self-attention on packed `qkv`, forward and backward fused.
+//!
+//! Input `qkv` is `(B, L, 3D)` — queries, keys and values side by side, each `D = H·d` wide
+//! with head `h` in columns `h·d .. (h+1)·d` — exactly what one linear layer produces. Output is
+//! `(B, L, D)`, the heads' `softmax(q·kᵀ/√d + mask)·v` side by side, ready for the output
+//! projection. `causal` masks keys after the query (text tower).
+//!
+//! Design: per batch row `b` (rows in parallel) and head `h`, the `L×L` probabilities are built
+//! row by row in a small buffer and immediately applied to `v`; nothing of size `B·H·L·L` is
+//! stored. The backward recomputes `P` and applies, per head,
+//! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS·K/√d`, `dK = dSᵀ·Q/√d`,
+//! writing `dqkv` in the packed layout. Compared with the composed version (3 slices, 3
+//! transposed copies, 2 batched matmuls, mask add, softmax, each with its own backward nodes)
+//! this is one node. [`attention_weights`] returns `P` `(B, H, L, L)` for inspection, from the
+//! same inputs, without touching the output.
+//!
+//! CPU: f32, contiguous. Other devices and dtypes use the reference.
+
+use crate::cpu::slice_f32;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, bail,
+};
+use rayon::prelude::*;
+
+fn check(qkv: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
+    let (b, l, three_d) = qkv.dims3()?;
+    if three_d % 3 != 0 || heads == 0 || (three_d / 3) % heads != 0 {
+        bail!("attention: qkv width {three_d} is not 3·heads·d for {heads} heads");
+    }
+    Ok((b, l, three_d / 3))
+}
+
+/// `(B, H, L, dh)` view of part `i` (0 = q, 1 = k, 2 = v) of `qkv`.
+fn split_heads(qkv: &Tensor, i: usize, heads: usize) -> Result<Tensor> {
+    let (b, l, d) = check(qkv, heads)?;
+    qkv.narrow(2, i * d, d)?
+        .reshape((b, l, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// Additive causal mask `(L, L)`: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(l: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (l, l), device)
+}
+
+/// The reference weights `softmax(q·kᵀ/√d + mask)` `(B, H, L, L)`, differentiable.
+pub fn attention_weights_reference(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    let (_, l, d) = check(qkv, heads)?;
+    let q = (split_heads(qkv, 0, heads)? * ((d / heads) as f64).powf(-0.5))?;
+    let k = split_heads(qkv, 1, heads)?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if causal {
+        scores = scores.broadcast_add(&causal_mask(l, qkv.device())?.to_dtype(scores.dtype())?)?;
+    }
+    crate::softmax_last_reference(&scores)
+}
+
+/// The reference output `(B, L, D)` from given weights `(B, H, L, L)`: `P·v`, heads side by side.
+pub fn apply_weights(weights: &Tensor, qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, d) = check(qkv, heads)?;
+    let v = split_heads(qkv, 2, heads)?;
+    weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))
+}
+
+/// The reference attention, composed of differentiable tensor ops.
+pub fn attention_reference(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    apply_weights(
+        &attention_weights_reference(qkv, heads, causal)?,
+        qkv,
+        heads,
+    )
+}
+
+fn fused_ok(qkv: &Tensor) -> bool {
+    matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32
+}
+
+/// Fused attention with a hand-written backward.
+pub fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    check(qkv, heads)?;
+    if fused_ok(qkv) {
+        qkv.contiguous()?.apply_op1(AttentionOp { heads, causal })
+    } else {
+        attention_reference(qkv, heads, causal)
+    }
+}
+
+/// Attention weights `(B, H, L, L)` for inspection (not differentiable on the fused path).
+pub fn attention_weights(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    check(qkv, heads)?;
+    if fused_ok(qkv) {
+        qkv.contiguous()?
+            .apply_op1_no_bwd(&WeightsOp { heads, causal })
+    } else {
+        attention_weights_reference(qkv, heads, causal)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Geometry {
+    l: usize,
+    d: usize,
+    dh: usize,
+    causal: bool,
+}
+
+impl Geometry {
+    fn new(layout: &Layout, heads: usize, causal: bool) -> Result<(usize, Self)> {
+        let [b, l, three_d] = layout.dims() else {
+            bail!("attention: expected (B, L, 3D), got {:?}", layout.dims());
+        };
+        let d = three_d / 3;
+        Ok((
+            *b,
+            Self {
+                l: *l,
+                d,
+                dh: d / heads,
+                causal,
+            },
+        ))
+    }
+
+    /// Number of keys query `i` sees.
+    fn keys(&self, i: usize) -> usize {
+        if self.causal { i + 1 } else { self.l }
+    }
+
+    /// Row `i` of the probabilities of head `h` for one batch row `x` (`L × 3D`) into `p`.
+    fn probs(&self, x: &[f32], h: usize, i: usize, p: &mut [f32]) {
+        let (d3, off) = (3 * self.d, h * self.dh);
+        let scale = (self.dh as f32).powf(-0.5);
+        let q = &x[i * d3 + off..i * d3 + off + self.dh];
+        let n = self.keys(i);
+        let mut max = f32::NEG_INFINITY;
+        for (j, pj) in p.iter_mut().enumerate().take(n) {
+            let k = &x[j * d3 + self.d + off..j * d3 + self.d + off + self.dh];
+            let s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            *pj = s;
+            max = max.max(s);
+        }
+        let mut sum = 0f32;
+        for pj in p.iter_mut().take(n) {
+            *pj = (*pj - max).exp();
+            sum += *pj;
+        }
+        let inv = 1.0 / sum;
+        for pj in p.iter_mut().take(n) {
+            *pj *= inv;
+        }
+        for pj in p.iter_mut().skip(n) {
+            *pj = 0.0;
+        }
+    }
+}
+
+struct AttentionOp {
+    heads: usize,
+    causal: bool,
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention-fused"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, layout, self.name())?;
+        let (b, g) = Geometry::new(layout, self.heads, self.causal)?;
+        let (l, d) = (g.l, g.d);
+        let mut out = vec![0f32; b * l * d];
+        out.par_chunks_mut(l * d).enumerate().for_each(|(bi, o)| {
+            let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+            let mut p = vec![0f32; l];
+            for h in 0..self.heads {
+                let off = h * g.dh;
+                for i in 0..l {
+                    g.probs(xb, h, i, &mut p);
+                    let oi = &mut o[i * d + off..i * d + off + g.dh];
+                    for (j, &pj) in p.iter().enumerate().take(g.keys(i)) {
+                        let v = &xb[j * 3 * d + 2 * d + off..j * 3 * d + 2 * d + off + g.dh];
+                        for (a, &vv) in oi.iter_mut().zip(v) {
+                            *a += pj * vv;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = AttentionBackward {
+            heads: self.heads,
+            causal: self.causal,
+        };
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+struct AttentionBackward {
+    heads: usize,
+    causal: bool,
+}
+
+impl CustomOp2 for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "attention-fused-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name())?;
+        let go = slice_f32(s2, l2, self.name())?;
+        let (b, g) = Geometry::new(l1, self.heads, self.causal)?;
+        let (l, d, dh) = (g.l, g.d, g.dh);
+        let scale = (dh as f32).powf(-0.5);
+        let mut dx = vec![0f32; b * l * 3 * d];
+        dx.par_chunks_mut(l * 3 * d)
+            .enumerate()
+            .for_each(|(bi, dxb)| {
+                let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+                let gb = &go[bi * l * d..(bi + 1) * l * d];
+                let mut p = vec![0f32; l * l];
+                // Head-local copies (L × dh each) keep the inner loops contiguous and bounds-check free.
+                let (mut q, mut k, mut v, mut o) = (
+                    vec![0f32; l * dh],
+                    vec![0f32; l * dh],
+                    vec![0f32; l * dh],
+                    vec![0f32; l * dh],
+                );
+                let (mut dq, mut dk, mut dv) =
+                    (vec![0f32; l * dh], vec![0f32; l * dh], vec![0f32; l * dh]);
+                let mut ds = vec![0f32; l];
+                for h in 0..self.heads {
+                    let off = h * dh;
+                    for i in 0..l {
+                        let row = &xb[i * 3 * d..(i + 1) * 3 * d];
+                        q[i * dh..(i + 1) * dh].copy_from_slice(&row[off..off + dh]);
+                        k[i * dh..(i + 1) * dh].copy_from_slice(&row[d + off..d + off + dh]);
+                        v[i * dh..(i + 1) * dh]
+                            .copy_from_slice(&row[2 * d + off..2 * d + off + dh]);
+                        o[i * dh..(i + 1) * dh].copy_from_slice(&gb[i * d + off..i * d + off + dh]);
+                        g.probs(xb, h, i, &mut p[i * l..(i + 1) * l]);
+                    }
+                    dq.fill(0.0);
+                    dk.fill(0.0);
+                    dv.fill(0.0);
+                    for i in 0..l {
+                        let n = g.keys(i);
+                        let pi = &p[i * l..i * l + n];
+                        let go_i = &o[i * dh..(i + 1) * dh];
+                        // dP_ij = dO_i · v_j ; dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij) / √d
+                        let mut dot = 0f32;
+                        for (j, (dsj, &pij)) in ds.iter_mut().zip(pi).enumerate() {
+                            let dp = dot_product(go_i, &v[j * dh..(j + 1) * dh]);
+                            *dsj = dp;
+                            dot += pij * dp;
+                        }
+                        for (dsj, &pij) in ds.iter_mut().zip(pi) {
+                            *dsj = pij * (*dsj - dot) * scale;
+                        }
+                        // dQ_i = Σ_j dS_ij k_j ; dK_j += dS_ij q_i ; dV_j += P_ij dO_i
+                        let (qi, dqi) = (&q[i * dh..(i + 1) * dh], &mut dq[i * dh..(i + 1) * dh]);
+                        for j in 0..n {
+                            axpy(ds[j], &k[j * dh..(j + 1) * dh], dqi);
+                            axpy(ds[j], qi, &mut dk[j * dh..(j + 1) * dh]);
+                            axpy(pi[j], go_i, &mut dv[j * dh..(j + 1) * dh]);
+                        }
+                    }
+                    for i in 0..l {
+                        let row = &mut dxb[i * 3 * d..(i + 1) * 3 * d];
+                        row[off..off + dh].copy_from_slice(&dq[i * dh..(i + 1) * dh]);
+                        row[d + off..d + off + dh].copy_from_slice(&dk[i * dh..(i + 1) * dh]);
+                        row[2 * d + off..2 * d + off + dh]
+                            .copy_from_slice(&dv[i * dh..(i + 1) * dh]);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[inline]
+fn dot_product(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += a·x`.
+#[inline]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+struct WeightsOp {
+    heads: usize,
+    causal: bool,
+}
+
+impl CustomOp1 for WeightsOp {
+    fn name(&self) -> &'static str {
+        "attention-weights"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, layout, self.name())?;
+        let (b, g) = Geometry::new(layout, self.heads, self.causal)?;
+        let (l, d) = (g.l, g.d);
+        let mut out = vec![0f32; b * self.heads * l * l];
+        out.par_chunks_mut(self.heads * l * l)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+                for h in 0..self.heads {
+                    for i in 0..l {
+                        let start = (h * l + i) * l;
+                        g.probs(xb, h, i, &mut o[start..start + l]);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, self.heads, l, l))))
+    }
+}

@@ -1,0 +1,115 @@
+//! Broadcast addition of a bias over leading dimensions, with a fast backward.
+//!
+//! `y = x + b` where `b`'s shape equals the trailing dimensions of `x` (a linear layer's bias
+//! over `(N, out)`, or position embeddings `(L, D)` over `(B, L, D)`). The backward of candle's
+//! `broadcast_add` sums the gradient over the broadcast dimensions with a strided reduction that
+//! walks memory column by column; here the bias gradient is accumulated row by row (contiguous
+//! reads, vectorised adds), in fixed blocks summed in order so the result does not depend on
+//! thread scheduling. The gradient of `x` is the incoming gradient itself (no copy).
+//!
+//! CPU: f32, contiguous. Other devices and dtypes use the reference.
+
+use crate::cpu::{PARALLEL_MIN, slice_f32};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, bail,
+};
+use rayon::prelude::*;
+
+/// The reference: candle's differentiable `broadcast_add`.
+pub fn add_bias_reference(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    xs.broadcast_add(bias)
+}
+
+/// `xs + bias`, `bias` matching the trailing dimensions of `xs`.
+pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (xd, bd) = (xs.dims(), bias.dims());
+    if bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
+        bail!("add_bias: bias {bd:?} does not match the trailing dimensions of {xd:?}");
+    }
+    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && bias.dtype() == DType::F32
+    {
+        xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+    } else {
+        add_bias_reference(xs, bias)
+    }
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name())?;
+        let b = slice_f32(s2, l2, self.name())?;
+        let mut out = x.to_vec();
+        let k = b.len().max(1);
+        let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(o, &bv)| *o += bv);
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(k).for_each(add);
+        } else {
+            out.chunks_mut(k).for_each(add);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&SumRows {
+                k: bias.elem_count(),
+            })?
+            .reshape(bias.shape())?;
+        Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// Sums a contiguous tensor viewed as `(N, k)` over its rows.
+struct SumRows {
+    k: usize,
+}
+
+/// Rows per block (fixed, for reproducible sums).
+const BLOCK_ROWS: usize = 64;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = slice_f32(s, l, self.name())?;
+        let k = self.k.max(1);
+        let block = |rows: &[f32]| -> Vec<f32> {
+            let mut acc = vec![0f32; k];
+            for r in rows.chunks_exact(k) {
+                acc.iter_mut().zip(r).for_each(|(a, &v)| *a += v);
+            }
+            acc
+        };
+        let partials: Vec<Vec<f32>> = if g.len() >= PARALLEL_MIN {
+            g.par_chunks(BLOCK_ROWS * k).map(block).collect()
+        } else {
+            g.chunks(BLOCK_ROWS * k).map(block).collect()
+        };
+        let mut out = vec![0f32; k];
+        for p in partials {
+            out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(k)))
+    }
+}

@@ -1,0 +1,92 @@
+//! GELU, tanh approximation (Hendrycks & Gimpel, 2016), forward and backward fused.
+//!
+//! `gelu(x) = ½x(1 + tanh(u))`, `u = √(2/π)(x + 0.044715x³)`. Using `½(1 + tanh(u)) = σ(2u)`,
+//! the forward is `x·σ(2u)` — one exponential per element — and the derivative is
+//! `σ(2u) + x·σ(2u)(1 − σ(2u))·2u'`, `u' = √(2/π)(1 + 3·0.044715x²)`, again one exponential.
+//! candle's autograd of `Tensor::gelu` builds ~12 element-wise tensors in the backward pass;
+//! this op reads `x` and the incoming gradient once and writes one tensor.
+//!
+//! CPU: f32, contiguous, rayon over chunks. Other devices and dtypes use the reference until a
+//! CUDA kernel lands; the result is the same function either way.
+
+use crate::cpu::{for_rows, slice_f32};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+
+const C: f32 = 0.797_884_6; // √(2/π)
+const A: f32 = 0.044_715;
+
+/// The reference: candle's differentiable tanh-approximation GELU.
+pub fn gelu_reference(xs: &Tensor) -> Result<Tensor> {
+    xs.gelu()
+}
+
+/// Fused GELU (tanh approximation) with a hand-written backward.
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 {
+        xs.contiguous()?.apply_op1(GeluOp)
+    } else {
+        gelu_reference(xs)
+    }
+}
+
+#[inline]
+fn sigmoid_2u(x: f32) -> f32 {
+    let u = C * (x + A * x * x * x);
+    1.0 / (1.0 + (-2.0 * u).exp())
+}
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "gelu-fused"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, self.name())?;
+        let mut out = x.to_vec();
+        for_rows(&mut out, 4096, |_, chunk| {
+            for v in chunk {
+                *v *= sigmoid_2u(*v);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?,
+        ))
+    }
+}
+
+/// `grad · gelu'(x)` in one pass.
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu-fused-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name())?;
+        let g = slice_f32(s2, l2, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, 4096, |i, chunk| {
+            let base = i * 4096;
+            for (j, o) in chunk.iter_mut().enumerate() {
+                let xv = x[base + j];
+                let s = sigmoid_2u(xv);
+                let du = C * (1.0 + 3.0 * A * xv * xv);
+                *o = g[base + j] * (s + xv * s * (1.0 - s) * 2.0 * du);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

@@ -1,0 +1,36 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+use workbench::config::RunConfig;
+
+/// A configuration small enough to train in a second in a debug build.
+pub fn tiny_config() -> RunConfig {
+    let mut cfg = RunConfig::preset("tiny").unwrap();
+    cfg.data.train_size = 512;
+    cfg.data.val_size = 64;
+    cfg.data.test_size = 32;
+    cfg.data.zero_shot_size = 72;
+    cfg.model.vision.width = 32;
+    cfg.model.text.width = 32;
+    cfg.model.embed_dim = 32;
+    cfg.train.batch_size = 16;
+    cfg.train.steps = 20;
+    cfg.train.warmup_steps = 2;
+    cfg.train.eval_every = 0;
+    cfg.train.eval_batch_size = 64;
+    cfg
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this test.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("workbench-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Largest absolute difference, printed with the mean difference when a check fails.
+pub fn assert_close(a: &candle_core::Tensor, b: &candle_core::Tensor, atol: f64, what: &str) {
+    let d = kernels::check::max_abs_diff(a, b).unwrap();
+    assert!(d <= atol, "{what}: max |Δ| = {d:e} > {atol:e}");
+}

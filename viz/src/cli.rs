@@ -1,0 +1,403 @@
+//! The `workbench` command line: `train` and `eval`.
+//!
+//! The binary is a thin wrapper around [`run`], which tests call directly.
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use workbench::config::{RunConfig, parse_device};
+use workbench::data::Split;
+use workbench::events::{EvalReport, Event, JsonlWriter};
+use workbench::train::{FitOutcome, Trainer};
+
+/// Train small CLIP-like image–text models and look inside them.
+#[derive(Debug, Parser)]
+#[command(name = "workbench", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model (default: the `tiny` preset on the embedded synthetic shapes set, CPU).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint: retrieval both ways, zero-shot accuracy, modality gap.
+    Eval(EvalArgs),
+}
+
+/// `workbench train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML run configuration (fields override its `preset`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Preset to start from when no config file is given: tiny or small.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Number of optimizer steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Pairs per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Training seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluate every N steps (0: only at the end).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Run directory (default: runs/<preset>, numbered if taken).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its checkpoint (`--steps` may extend it).
+    #[arg(long, conflicts_with_all = ["config", "preset", "out", "batch_size", "seed"])]
+    pub resume: Option<PathBuf>,
+    /// No progress bar; one line per evaluation.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `workbench eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run directory or its `checkpoint/`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "val", value_parser = ["val", "test"])]
+    pub split: String,
+    /// cpu, cuda or cuda:N (default: as trained).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `args` (program name first) and runs the command; returns the process exit code.
+/// Errors are printed to stderr with their causes; nothing panics on bad input.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train(&a),
+        Command::Eval(a) => eval(&a),
+    }
+}
+
+/// The configuration `train` would use: file or preset, then command-line overrides.
+pub fn train_config(a: &TrainArgs) -> Result<RunConfig> {
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(path), _) => RunConfig::load(path)?,
+        (None, Some(p)) => RunConfig::preset(p)?,
+        (None, None) => RunConfig::default(),
+    };
+    if let (Some(_), Some(p)) = (&a.config, &a.preset)
+        && *p != cfg.preset
+    {
+        bail!(
+            "--preset {p} conflicts with preset = {:?} in the config file",
+            cfg.preset
+        );
+    }
+    apply_overrides(&mut cfg, a);
+    cfg.validate().context("invalid command-line value")?;
+    Ok(cfg)
+}
+
+fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
+    let t = &mut cfg.train;
+    if let Some(v) = a.steps {
+        t.steps = v;
+    }
+    if let Some(v) = a.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.seed {
+        t.seed = v;
+    }
+    if let Some(v) = a.eval_every {
+        t.eval_every = v;
+    }
+    if let Some(v) = a.checkpoint_every {
+        t.checkpoint_every = v;
+    }
+    if let Some(v) = &a.device {
+        t.device.clone_from(v);
+    }
+}
+
+/// `runs/<base>`, or `runs/<base>-2`, `-3`, … — never an existing directory.
+fn fresh_run_dir(base: &str) -> PathBuf {
+    let root = Path::new("runs");
+    let mut dir = root.join(base);
+    let mut n = 2;
+    while dir.exists() {
+        dir = root.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    dir
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    let (mut trainer, run_dir) = if let Some(dir) = &a.resume {
+        let device = a.device.as_deref().map(parse_device).transpose()?;
+        let trainer = Trainer::resume_with(dir, device, |cfg| apply_overrides(cfg, a))?;
+        let run_dir = if dir.join("state.json").is_file() {
+            dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf)
+        } else {
+            dir.clone()
+        };
+        (trainer, run_dir)
+    } else {
+        let cfg = train_config(a)?;
+        let run_dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
+        if run_dir.exists() && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
+                run_dir.display()
+            );
+        }
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+        cfg.save(&run_dir.join("config.toml"))?;
+        let trainer = Trainer::new(cfg)?;
+        trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
+        (trainer, run_dir)
+    };
+    trainer.set_run_dir(&run_dir);
+    let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
+    let steps = trainer.config().train.steps as u64;
+    let bar = progress_bar(steps, trainer.step() as u64, a.quiet);
+    let mut last_eval: Option<EvalReport> = None;
+    let mut write_err = None;
+    let mut finished = None;
+    let outcome = trainer.fit(|event| {
+        if let Err(e) = log.write(event) {
+            write_err = Some(e);
+            return ControlFlow::Break(());
+        }
+        on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
+        ControlFlow::Continue(())
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let outcome = outcome?;
+    summary(&run_dir, trainer.step(), last_eval.as_ref(), finished);
+    match outcome {
+        FitOutcome::Finished => Ok(()),
+        FitOutcome::Paused(reason) => bail!(
+            "training paused at step {}: {reason}\n  last good state: {}",
+            trainer.step(),
+            run_dir.join("checkpoint").display()
+        ),
+    }
+}
+
+fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:28.cyan/blue}] {msg} · ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_position(pos);
+    bar
+}
+
+fn on_event(
+    event: &Event,
+    bar: &ProgressBar,
+    quiet: bool,
+    last_eval: &mut Option<EvalReport>,
+    finished: &mut Option<(f64, f64)>,
+) {
+    match event {
+        Event::RunStarted {
+            step,
+            model_parameters,
+            objective,
+            device,
+            config,
+        } => {
+            let msg = format!(
+                "training {} ({} parameters) with `{objective}` on {device}, batch {}, from step {step}",
+                config.preset, model_parameters, config.train.batch_size
+            );
+            bar.println(&msg);
+            if bar.is_hidden() && !quiet {
+                eprintln!("{msg}");
+            }
+        }
+        Event::Step(s) => {
+            bar.set_position(s.step as u64);
+            let pps = s.batch_size as f64 / s.seconds.max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} · lr {:.2e} · {pps:.0} pairs/s",
+                s.loss, s.lr
+            ));
+            if bar.is_hidden() && !quiet && s.step % 100 == 0 {
+                eprintln!(
+                    "step {:>6}  loss {:.4}  lr {:.2e}  {pps:.0} pairs/s",
+                    s.step, s.loss, s.lr
+                );
+            }
+        }
+        Event::Eval(r) => {
+            let line = eval_line(r);
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+            *last_eval = Some(r.clone());
+        }
+        Event::Paused { step, reason } => eprintln!("paused at step {step}: {reason}"),
+        Event::RunFinished {
+            train_seconds,
+            pairs_per_second,
+            ..
+        } => *finished = Some((*train_seconds, *pairs_per_second)),
+        Event::Checkpoint { .. } => {}
+    }
+}
+
+/// One line summarising an evaluation.
+pub fn eval_line(r: &EvalReport) -> String {
+    let zs = r.zero_shot.as_ref().map_or(String::new(), |z| {
+        let held = z
+            .held_out_accuracy
+            .map_or(String::new(), |h| format!(" (held-out {h:.3})"));
+        format!(" · zero-shot {:.3}{held}", z.accuracy)
+    });
+    format!(
+        "eval @ {:>6} [{}]: image→text R@1 {:.3} R@5 {:.3} · text→image R@1 {:.3} R@5 {:.3}{zs} · gap {:.3} · loss {:.4}",
+        r.step,
+        r.split,
+        r.image_to_text.r1,
+        r.image_to_text.r5,
+        r.text_to_image.r1,
+        r.text_to_image.r5,
+        r.modality_gap,
+        r.loss
+    )
+}
+
+fn summary(run_dir: &Path, step: usize, eval: Option<&EvalReport>, finished: Option<(f64, f64)>) {
+    eprintln!("\n== run {} · step {step} ==", run_dir.display());
+    if let Some(r) = eval {
+        eprintln!("{}", report_table(r));
+    }
+    if let Some((secs, pps)) = finished {
+        eprintln!("training time {secs:.1} s · {pps:.0} pairs/s");
+    }
+    eprintln!(
+        "files: {0}/config.toml {0}/tokenizer.json {0}/metrics.jsonl {0}/checkpoint/",
+        run_dir.display()
+    );
+}
+
+/// A small table of an evaluation report.
+pub fn report_table(r: &EvalReport) -> String {
+    let row = |name: &str, x: &workbench::events::Recall| {
+        format!(
+            "{name:<12} {:>6.3} {:>6.3} {:>6.3} {:>9.1} {:>11.1}",
+            x.r1, x.r5, x.r10, x.mean_rank, x.median_rank
+        )
+    };
+    let mut s = format!(
+        "{} split · {} images · {} captions · step {}\n{:<12} {:>6} {:>6} {:>6} {:>9} {:>11}\n{}\n{}\n",
+        r.split,
+        r.images,
+        r.captions,
+        r.step,
+        "",
+        "R@1",
+        "R@5",
+        "R@10",
+        "mean rank",
+        "median rank",
+        row("image→text", &r.image_to_text),
+        row("text→image", &r.text_to_image),
+    );
+    if let Some(z) = &r.zero_shot {
+        let _ = write!(
+            s,
+            "zero-shot accuracy {:.3} ({} images, {} classes)",
+            z.accuracy, z.images, z.classes
+        );
+        if let Some(h) = z.held_out_accuracy {
+            let _ = write!(s, ", held-out classes {h:.3}");
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "modality gap {:.3} · loss {:.4}", r.modality_gap, r.loss);
+    s
+}
+
+fn eval(a: &EvalArgs) -> Result<()> {
+    let device = a.device.as_deref().map(parse_device).transpose()?;
+    let mut trainer = Trainer::resume(&a.checkpoint, device)?;
+    let split = if a.split == "test" {
+        Split::Test
+    } else {
+        Split::Val
+    };
+    let report = trainer.evaluate(split)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report_table(&report));
+    }
+    Ok(())
+}

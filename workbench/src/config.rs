@@ -1,0 +1,415 @@
+//! Run configuration: presets in code, overrides from TOML, validation with named fields.
+//!
+//! A config file starts from a preset (`preset = "tiny"` by default) and overrides any field:
+//!
+//! ```toml
+//! preset = "tiny"
+//! [train]
+//! steps = 500
+//! [model.vision]
+//! pool = "mean"
+//! ```
+//!
+//! Unknown fields, wrong types and impossible values are errors that name the file, the line and
+//! the dotted field, and say what was expected.
+
+use crate::data::ShapesConfig;
+use crate::data::loader::AugmentConfig;
+use crate::loss::LossConfig;
+use crate::model::ModelConfig;
+use crate::{Error, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Names of the built-in presets.
+pub const PRESETS: [&str; 2] = ["tiny", "small"];
+
+/// Tokenizer settings (the `[tokenizer]` table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// Positions per caption, BOS and EOS included.
+    pub context_length: usize,
+    /// An existing `tokenizer.json` to use instead of fitting a word-level one.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        Self {
+            context_length: 32,
+            file: None,
+        }
+    }
+}
+
+/// Optimisation and bookkeeping (the `[train]` table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Seed for initialisation, shuffling, caption choice and augmentation.
+    pub seed: u64,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Pairs per batch.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Linear warmup steps.
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (tensors with ≥ 2 dims only).
+    pub weight_decay: f64,
+    /// AdamW β₁.
+    pub beta1: f64,
+    /// AdamW β₂.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip: f64,
+    /// Evaluate every this many steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// Pairs per forward pass during evaluation.
+    pub eval_batch_size: usize,
+    /// `"cpu"`, `"cuda"` or `"cuda:N"`.
+    pub device: String,
+    /// Image augmentation.
+    pub augment: AugmentConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            steps: 2_500,
+            batch_size: 128,
+            lr: 2e-3,
+            min_lr_ratio: 0.05,
+            warmup_steps: 100,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            grad_clip: 1.0,
+            eval_every: 500,
+            checkpoint_every: 0,
+            eval_batch_size: 500,
+            device: "cpu".into(),
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+/// Everything a run needs (one TOML file; saved as `config.toml` in the run directory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// The preset the file's values override.
+    pub preset: String,
+    /// The synthetic dataset.
+    pub data: ShapesConfig,
+    /// Tokenizer.
+    pub tokenizer: TokenizerConfig,
+    /// Model.
+    pub model: ModelConfig,
+    /// Objective.
+    pub loss: LossConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            preset: "tiny".into(),
+            data: ShapesConfig::default(),
+            tokenizer: TokenizerConfig::default(),
+            model: ModelConfig::tiny(),
+            loss: LossConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// A built-in preset: `tiny` (the CPU demo) or `small`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "tiny" => Ok(Self::default()),
+            "small" => Ok(Self {
+                preset: "small".into(),
+                model: ModelConfig::small(),
+                train: TrainConfig {
+                    steps: 4_000,
+                    lr: 1e-3,
+                    ..TrainConfig::default()
+                },
+                ..Self::default()
+            }),
+            other => Err(Error::config(
+                "preset",
+                format!("unknown preset {other:?}; expected one of {PRESETS:?}"),
+            )),
+        }
+    }
+
+    /// Parses TOML text (`path` is only used in messages).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let file_err = |msg: String| Error::ConfigFile {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| file_err(e.to_string()))?;
+        let preset = match table.get("preset") {
+            None => "tiny".to_string(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(file_err(format!(
+                    "{}field `preset`: expected a string such as \"tiny\", found {}",
+                    line_of(text, "preset"),
+                    other.type_str()
+                )));
+            }
+        };
+        let base = Self::preset(&preset)
+            .map_err(|e| file_err(format!("{}{e}", line_of(text, "preset"))))?;
+        let mut merged = toml::Value::try_from(&base)
+            .map_err(|e| file_err(format!("cannot represent preset {preset}: {e}")))?;
+        merge(&mut merged, toml::Value::Table(table));
+        let cfg: Self = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let field = e.path().to_string();
+            let key = field.rsplit('.').next().unwrap_or(&field).to_string();
+            file_err(format!(
+                "{}field `{field}`: {}",
+                line_of(text, &key),
+                e.into_inner()
+            ))
+        })?;
+        cfg.validate().map_err(|e| match e {
+            Error::Config { field, msg } => {
+                let key = field.rsplit('.').next().unwrap_or(&field).to_string();
+                file_err(format!("{}field `{field}`: {msg}", line_of(text, &key)))
+            }
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Data(format!("cannot write config: {e}")))
+    }
+
+    /// Writes `config.toml` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::checkpoint::write_atomic(path, self.to_toml()?.as_bytes())
+    }
+
+    /// Checks every section; the error names the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if !PRESETS.contains(&self.preset.as_str()) {
+            return Err(Error::config(
+                "preset",
+                format!(
+                    "unknown preset {:?}; expected one of {PRESETS:?}",
+                    self.preset
+                ),
+            ));
+        }
+        self.data.validate()?;
+        self.model.validate(self.data.image_size)?;
+        if self.tokenizer.context_length < 3 {
+            return Err(Error::config(
+                "tokenizer.context_length",
+                "must be at least 3",
+            ));
+        }
+        let t = &self.train;
+        let checks: [(&str, bool, &str); 9] = [
+            ("train.steps", t.steps >= 1, "must be at least 1"),
+            (
+                "train.batch_size",
+                t.batch_size >= 2,
+                "must be at least 2 (a contrastive batch needs negatives)",
+            ),
+            (
+                "train.lr",
+                t.lr.is_finite() && t.lr > 0.0,
+                "must be a positive number",
+            ),
+            (
+                "train.min_lr_ratio",
+                (0.0..=1.0).contains(&t.min_lr_ratio),
+                "must be in 0..=1",
+            ),
+            (
+                "train.weight_decay",
+                t.weight_decay >= 0.0 && t.weight_decay.is_finite(),
+                "must be >= 0",
+            ),
+            (
+                "train.beta1",
+                (0.0..1.0).contains(&t.beta1),
+                "must be in [0, 1)",
+            ),
+            (
+                "train.beta2",
+                (0.0..1.0).contains(&t.beta2),
+                "must be in [0, 1)",
+            ),
+            ("train.eps", t.eps > 0.0, "must be > 0"),
+            (
+                "train.eval_batch_size",
+                t.eval_batch_size >= 1,
+                "must be at least 1",
+            ),
+        ];
+        for (field, ok, msg) in checks {
+            if !ok {
+                return Err(Error::config(field, msg));
+            }
+        }
+        if t.grad_clip < 0.0 || !t.grad_clip.is_finite() {
+            return Err(Error::config(
+                "train.grad_clip",
+                "must be >= 0 (0 turns clipping off)",
+            ));
+        }
+        parse_device(&t.device)?;
+        Ok(())
+    }
+}
+
+/// `"  line N: "` for the first line that assigns `key` (or opens a table named `key`).
+fn line_of(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.starts_with(&format!("[{key}]"))
+                || l.contains(&format!(".{key}]"))
+        })
+        .map(|i| format!("line {}: ", i + 1))
+        .unwrap_or_default()
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    // A different loss kind replaces the whole table instead of mixing fields.
+                    Some(slot) if k == "loss" && kind_differs(slot, &v) => *slot = v,
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn kind_differs(a: &toml::Value, b: &toml::Value) -> bool {
+    match (a.get("kind"), b.get("kind")) {
+        (Some(x), Some(y)) => x != y,
+        _ => false,
+    }
+}
+
+/// Parses `"cpu"`, `"cuda"` or `"cuda:N"` into a candle device.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::config("train.device", format!("{s:?}: expected cuda:<index>"))
+                })?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::config(
+                    "train.device",
+                    format!(
+                        "{s:?}: this binary was built without CUDA; rebuild with `--features cuda`"
+                    ),
+                ));
+            }
+            Device::new_cuda(ordinal)
+                .map_err(|e| Error::config("train.device", format!("{s:?}: {e}")))
+        }
+        other => Err(Error::config(
+            "train.device",
+            format!("{other:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_through_toml() {
+        for p in PRESETS {
+            let cfg = RunConfig::preset(p).unwrap();
+            let back = RunConfig::from_toml(&cfg.to_toml().unwrap(), Path::new("x.toml")).unwrap();
+            assert_eq!(cfg, back);
+        }
+    }
+
+    #[test]
+    fn file_overrides_the_preset() {
+        let text = "preset = \"small\"\n[train]\nsteps = 7\n[model.vision]\npool = \"mean\"\n";
+        let cfg = RunConfig::from_toml(text, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.train.steps, 7);
+        assert_eq!(cfg.model.vision.width, 128);
+        assert_eq!(cfg.model.vision.pool, crate::model::Pool::Mean);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = RunConfig::from_toml("[model.vision]\nwidht = 3\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a.toml") && e.contains("line 2") && e.contains("widht"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml("[model.vision]\npatch_size = 5\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.vision.patch_size")
+                && e.contains("line 2")
+                && e.contains("does not divide"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml("preset = \"huge\"\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown preset") && e.contains("line 1"), "{e}");
+        let e = RunConfig::from_toml("[train\nsteps = 1", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.toml") && e.contains("line 1"), "{e}");
+        let e = RunConfig::from_toml("[train]\nsteps = \"many\"\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.steps") && e.contains("line 2"), "{e}");
+    }
+}

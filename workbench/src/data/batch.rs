@@ -1,0 +1,104 @@
+//! Stacking samples into tensors.
+
+use crate::data::image::{CLIP_MEAN, CLIP_STD};
+use crate::data::{RgbImage, Tokenizer};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+
+/// One minibatch. Row `i` of `images` and of `tokens` is a positive pair.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `(B, 3, H, W)` f32, normalised with the CLIP mean and std.
+    pub images: Tensor,
+    /// `(B, T)` u32 token ids, padded to the longest caption of the batch.
+    pub tokens: Tensor,
+    /// `(B,)` u32: position of EOS in each row — where the text tower pools.
+    pub eos: Tensor,
+    /// `(B, T)` f32: 1 for real tokens (BOS through EOS), 0 for padding.
+    pub text_mask: Tensor,
+    /// Dataset index of each row.
+    pub indices: Vec<usize>,
+    /// Caption text of each row.
+    pub captions: Vec<String>,
+}
+
+impl Batch {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// `(N, 3, H, W)` normalised image tensor.
+pub fn images_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor> {
+    let Some(first) = images.first() else {
+        return Err(Error::Data("cannot stack zero images".into()));
+    };
+    let (h, w) = (first.height, first.width);
+    let mut data = Vec::with_capacity(images.len() * 3 * h * w);
+    for im in images {
+        if (im.height, im.width) != (h, w) {
+            return Err(Error::Data(format!(
+                "images in one batch must share a size: {}x{} vs {w}x{h}",
+                im.width, im.height
+            )));
+        }
+        im.extend_chw_normalised(CLIP_MEAN, CLIP_STD, &mut data);
+    }
+    Ok(Tensor::from_vec(data, (images.len(), 3, h, w), device)?)
+}
+
+/// Token ids `(N, T)`, EOS positions `(N,)` and the padding mask `(N, T)` for `texts`.
+///
+/// `T` is the longest text's length (EOS included), at most the context length: the text tower
+/// is causal, so positions after the last EOS cannot change any real token's output and are not
+/// computed.
+pub fn text_tensors(
+    texts: &[&str],
+    tokenizer: &Tokenizer,
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let encodings = texts
+        .iter()
+        .map(|text| tokenizer.encode(text))
+        .collect::<Result<Vec<_>>>()?;
+    let t = encodings.iter().map(|e| e.eos + 1).max().unwrap_or(1);
+    let mut ids = Vec::with_capacity(texts.len() * t);
+    let mut eos = Vec::with_capacity(texts.len());
+    let mut mask = Vec::with_capacity(texts.len() * t);
+    for e in &encodings {
+        ids.extend_from_slice(&e.ids[..t]);
+        mask.extend((0..t).map(|i| if i <= e.eos { 1f32 } else { 0.0 }));
+        eos.push(e.eos as u32);
+    }
+    let n = texts.len();
+    Ok((
+        Tensor::from_vec(ids, (n, t), device)?,
+        Tensor::from_vec(eos, n, device)?,
+        Tensor::from_vec(mask, (n, t), device)?,
+    ))
+}
+
+/// Stacks `(dataset index, image, caption)` triples into a [`Batch`].
+pub fn collate(
+    rows: &[(usize, &RgbImage, &str)],
+    tokenizer: &Tokenizer,
+    device: &Device,
+) -> Result<Batch> {
+    let images: Vec<&RgbImage> = rows.iter().map(|r| r.1).collect();
+    let texts: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let (tokens, eos, text_mask) = text_tensors(&texts, tokenizer, device)?;
+    Ok(Batch {
+        images: images_tensor(&images, device)?,
+        tokens,
+        eos,
+        text_mask,
+        indices: rows.iter().map(|r| r.0).collect(),
+        captions: texts.iter().map(ToString::to_string).collect(),
+    })
+}

@@ -1,0 +1,179 @@
+//! Events: what the trainer reports, as plain serialisable data (no tensors).
+//!
+//! The CLI writes them to `metrics.jsonl`, one JSON object per line; the GUI and notebooks consume
+//! the same events. Every event carries an `"event"` tag naming its kind.
+
+use crate::config::RunConfig;
+use crate::data::Split;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, Write as _};
+use std::path::{Path, PathBuf};
+
+/// Statistics of one optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Steps completed (1 after the first update).
+    pub step: usize,
+    /// The objective's value before the update.
+    pub loss: f32,
+    /// The objective's named terms.
+    pub terms: BTreeMap<String, f32>,
+    /// Values of the objective's parameters after the update (e.g. `logit_scale`).
+    pub scalars: BTreeMap<String, f32>,
+    /// Learning rate used for the update.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Pairs in the batch.
+    pub batch_size: usize,
+    /// Wall time of the step (data, forward, backward, update), seconds.
+    pub seconds: f64,
+}
+
+/// Retrieval quality in one direction (open_clip definitions): `R@k = mean(rank < k)`,
+/// ranks 0-based; `mean_rank = mean(rank) + 1`; `median_rank = floor(median(rank)) + 1`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recall {
+    /// Recall at 1.
+    pub r1: f32,
+    /// Recall at 5.
+    pub r5: f32,
+    /// Recall at 10.
+    pub r10: f32,
+    /// Mean rank, 1-based.
+    pub mean_rank: f32,
+    /// Median rank, 1-based.
+    pub median_rank: f32,
+}
+
+/// Zero-shot classification result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZeroShot {
+    /// Top-1 accuracy over all labelled images.
+    pub accuracy: f32,
+    /// Top-1 accuracy on classes held out from training (compositional hold-out), if any.
+    pub held_out_accuracy: Option<f32>,
+    /// Number of images.
+    pub images: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// Evaluation on a split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Steps completed when evaluated.
+    pub step: usize,
+    /// Split evaluated.
+    pub split: Split,
+    /// Images in the gallery.
+    pub images: usize,
+    /// Captions in the gallery.
+    pub captions: usize,
+    /// Image → text retrieval.
+    pub image_to_text: Recall,
+    /// Text → image retrieval.
+    pub text_to_image: Recall,
+    /// Zero-shot classification, when the dataset has classes.
+    pub zero_shot: Option<ZeroShot>,
+    /// ‖mean(image) − mean(text)‖ over L2-normalised embeddings of matched pairs (Liang et al., 2022).
+    pub modality_gap: f32,
+    /// Mean loss of the objective over the split's pairs (first caption per image).
+    pub loss: f32,
+    /// Wall time of the evaluation, seconds.
+    pub seconds: f64,
+}
+
+/// Everything the trainer reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Training (re)starts.
+    RunStarted {
+        /// The full configuration.
+        config: Box<RunConfig>,
+        /// Step the run starts from (non-zero after a resume).
+        step: usize,
+        /// Number of trainable scalars in the model.
+        model_parameters: usize,
+        /// Active objective.
+        objective: String,
+        /// Device description.
+        device: String,
+    },
+    /// One optimizer step finished.
+    Step(StepStats),
+    /// An evaluation finished.
+    Eval(EvalReport),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Step it holds.
+        step: usize,
+        /// Its directory.
+        path: PathBuf,
+    },
+    /// Training stopped before the planned step count, keeping its last good state.
+    Paused {
+        /// Last completed step.
+        step: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The planned steps are done.
+    RunFinished {
+        /// Steps completed.
+        step: usize,
+        /// Training wall time (evaluations excluded), seconds.
+        train_seconds: f64,
+        /// Pairs per second over the training steps.
+        pairs_per_second: f64,
+    },
+}
+
+/// Appends events to a JSONL file.
+pub struct JsonlWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+}
+
+impl JsonlWriter {
+    /// Opens `path` for appending (creating it).
+    pub fn append(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            file: std::io::BufWriter::new(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes one event as a line and flushes it.
+    pub fn write(&mut self, event: &Event) -> Result<()> {
+        let line = serde_json::to_string(event)
+            .map_err(|e| Error::Data(format!("cannot serialise event: {e}")))?;
+        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))?;
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Reads every event of a JSONL file; a bad line is an error naming its number.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Event>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(&line).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            msg: format!("line {}: not an event: {e}", i + 1),
+        })?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,323 @@
+//! Transformer building blocks shared by both towers: linear, LayerNorm, attention, MLP, block.
+//!
+//! Everything is written with differentiable tensor ops (candle's fused `layer_norm` and
+//! `softmax_last_dim` have no backward pass). Attention is explicit — `softmax(QKᵀ/√d + mask)·V`
+//! — so each layer can hand back its attention weights without changing the numbers.
+
+use super::Kernels;
+use crate::Result;
+use crate::params::{Init, Scope};
+use candle_core::{D, Tensor};
+
+/// `y = x·Wᵀ + b`, with `W` of shape `(out, in)` like `torch.nn.Linear`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear layer with weights `N(0, std²)` and zero bias (if `bias`).
+    pub fn new(in_dim: usize, out_dim: usize, std: f64, bias: bool, s: &Scope) -> Result<Self> {
+        let weight = s.get("weight", (out_dim, in_dim), Init::Normal(std))?;
+        let bias = if bias {
+            Some(s.get("bias", out_dim, Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the layer to the last dimension of `xs` (any rank ≥ 2).
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let ys = match &self.bias {
+            Some(b) => kernels::add_bias(&ys, b)?,
+            None => ys,
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        ys.reshape(out_dims)
+    }
+}
+
+/// Layer normalisation over the last dimension, with learned scale and shift.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    fused: bool,
+}
+
+impl LayerNorm {
+    /// Scale 1, shift 0, `eps = 1e-5` (PyTorch's default).
+    pub fn new(dim: usize, kernels: Kernels, s: &Scope) -> Result<Self> {
+        Ok(Self {
+            weight: s.get("weight", dim, Init::Ones)?,
+            bias: s.get("bias", dim, Init::Zeros)?,
+            eps: 1e-5,
+            fused: kernels == Kernels::Fused,
+        })
+    }
+
+    /// `(x − mean) / sqrt(var + eps) · weight + bias`, biased variance as in PyTorch.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if self.fused {
+            kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)
+        } else {
+            kernels::layer_norm_reference(xs, &self.weight, &self.bias, self.eps)
+        }
+    }
+}
+
+/// Log-softmax over the last dimension. The max is subtracted for stability and detached:
+/// the function is shift-invariant, so its gradient is exact without differentiating the max.
+pub fn log_softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let shifted = xs.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Multi-head self-attention with explicit weights.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    fused: bool,
+}
+
+impl Attention {
+    /// `qkv` maps `width → 3·width`, `proj` maps back; init as in open_clip
+    /// (`in_proj std = width^-½`, `out_proj std = width^-½ · (2·layers)^-½`).
+    pub fn new(
+        width: usize,
+        heads: usize,
+        layers: usize,
+        kernels: Kernels,
+        s: &Scope,
+    ) -> Result<Self> {
+        let attn_std = (width as f64).powf(-0.5);
+        let proj_std = attn_std * ((2 * layers) as f64).powf(-0.5);
+        Ok(Self {
+            qkv: Linear::new(width, 3 * width, attn_std, true, &s.pp("qkv"))?,
+            proj: Linear::new(width, width, proj_std, true, &s.pp("proj"))?,
+            heads,
+            fused: kernels == Kernels::Fused,
+        })
+    }
+
+    /// Self-attention over `xs` `(B, L, D)` (`causal`: each position sees itself and earlier
+    /// ones). Returns the output `(B, L, D)` and, if `want_weights`, the weights `(B, H, L, L)`.
+    ///
+    /// With fused kernels the output is computed by one fused op and the weights, when asked
+    /// for, by a second op on the same inputs, so asking for weights never changes the output;
+    /// with reference kernels the output is computed from the returned weights (which are then
+    /// part of the autograd graph, for gradient-based relevance).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        causal: bool,
+        want_weights: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let qkv = self.qkv.forward(xs)?; // (B, L, 3D)
+        let h = self.heads;
+        let (out, weights) = if self.fused {
+            let w = if want_weights {
+                Some(kernels::attention::attention_weights(&qkv, h, causal)?)
+            } else {
+                None
+            };
+            (kernels::attention::attention(&qkv, h, causal)?, w)
+        } else {
+            let w = kernels::attention::attention_weights_reference(&qkv, h, causal)?;
+            let out = kernels::attention::apply_weights(&w, &qkv, h)?;
+            (out, want_weights.then_some(w))
+        };
+        Ok((self.proj.forward(&out)?, weights))
+    }
+
+    /// The value vectors `(B, H, L, dh)` of `xs` — with the weights they reproduce the output.
+    pub fn values(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, d) = xs.dims3()?;
+        let dh = d / self.heads;
+        self.qkv
+            .forward(xs)?
+            .narrow(2, 2 * d, d)?
+            .reshape((b, l, self.heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Applies the output projection to per-head outputs `(B, H, L, dh)`.
+    pub fn project_heads(&self, heads_out: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, l, dh) = heads_out.dims4()?;
+        self.proj
+            .forward(&heads_out.transpose(1, 2)?.reshape((b, l, h * dh))?)
+    }
+}
+
+/// Two-layer perceptron with GELU (tanh approximation).
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    fc: Linear,
+    proj: Linear,
+    fused: bool,
+}
+
+impl Mlp {
+    /// `width → hidden → width`, init as in open_clip (`fc std = (2·width)^-½`).
+    pub fn new(
+        width: usize,
+        hidden: usize,
+        layers: usize,
+        kernels: Kernels,
+        s: &Scope,
+    ) -> Result<Self> {
+        let fc_std = ((2 * width) as f64).powf(-0.5);
+        let proj_std = (width as f64).powf(-0.5) * ((2 * layers) as f64).powf(-0.5);
+        Ok(Self {
+            fc: Linear::new(width, hidden, fc_std, true, &s.pp("fc"))?,
+            proj: Linear::new(hidden, width, proj_std, true, &s.pp("proj"))?,
+            fused: kernels == Kernels::Fused,
+        })
+    }
+
+    /// `proj(gelu(fc(x)))`.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.fc.forward(xs)?;
+        let h = if self.fused {
+            kernels::gelu(&h)?
+        } else {
+            kernels::gelu_reference(&h)?
+        };
+        self.proj.forward(&h)
+    }
+}
+
+/// Pre-LN residual block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// One block of a `layers`-deep encoder.
+    pub fn new(
+        width: usize,
+        heads: usize,
+        mlp_ratio: usize,
+        layers: usize,
+        kernels: Kernels,
+        s: &Scope,
+    ) -> Result<Self> {
+        Ok(Self {
+            ln1: LayerNorm::new(width, kernels, &s.pp("ln1"))?,
+            attn: Attention::new(width, heads, layers, kernels, &s.pp("attn"))?,
+            ln2: LayerNorm::new(width, kernels, &s.pp("ln2"))?,
+            mlp: Mlp::new(width, width * mlp_ratio, layers, kernels, &s.pp("mlp"))?,
+        })
+    }
+
+    /// The block's output and, on request, its attention weights `(B, H, L, L)`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        causal: bool,
+        want_weights: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (a, w) = self
+            .attn
+            .forward(&self.ln1.forward(xs)?, causal, want_weights)?;
+        let xs = (xs + a)?;
+        let xs = (&xs + self.mlp.forward(&self.ln2.forward(&xs)?)?)?;
+        Ok((xs, w))
+    }
+
+    /// The attention sub-layer and its input normalisation, for inspection.
+    pub fn attention(&self) -> (&LayerNorm, &Attention) {
+        (&self.ln1, &self.attn)
+    }
+}
+
+/// A stack of [`Block`]s.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    blocks: Vec<Block>,
+}
+
+/// An encoder's output.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput {
+    /// Last block's output `(B, L, D)`.
+    pub hidden: Tensor,
+    /// Per layer, attention weights `(B, H, L, L)` — present when requested.
+    pub attentions: Option<Vec<Tensor>>,
+    /// Per layer, the block input `(B, L, D)` — present when weights were requested.
+    pub inputs: Option<Vec<Tensor>>,
+}
+
+impl Encoder {
+    /// `layers` blocks under `s.blocks.<i>`.
+    pub fn new(
+        width: usize,
+        heads: usize,
+        mlp_ratio: usize,
+        layers: usize,
+        kernels: Kernels,
+        s: &Scope,
+    ) -> Result<Self> {
+        let blocks = (0..layers)
+            .map(|i| {
+                Block::new(
+                    width,
+                    heads,
+                    mlp_ratio,
+                    layers,
+                    kernels,
+                    &s.pp("blocks").pp(i),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { blocks })
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// Runs every block; collects attention weights (and block inputs) when `want_weights`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        causal: bool,
+        want_weights: bool,
+    ) -> candle_core::Result<EncoderOutput> {
+        let mut xs = xs.clone();
+        let mut attentions = Vec::new();
+        let mut inputs = Vec::new();
+        for block in &self.blocks {
+            if want_weights {
+                inputs.push(xs.clone());
+            }
+            let (out, w) = block.forward(&xs, causal, want_weights)?;
+            attentions.extend(w);
+            xs = out;
+        }
+        Ok(EncoderOutput {
+            hidden: xs,
+            attentions: want_weights.then_some(attentions),
+            inputs: want_weights.then_some(inputs),
+        })
+    }
+}
