@@ -154,7 +154,7 @@ fn missing_or_corrupt_checkpoints_are_named_and_fail() {
     // A real checkpoint, then damage it in different ways.
     let good = dir.join("good");
     let mut t = workbench::train::Trainer::new(tiny_config()).unwrap();
-    t.train_step().unwrap();
+    t.step().unwrap();
     t.save_checkpoint(&good.join("checkpoint")).unwrap();
     let copy = |name: &str| {
         let d = dir.join(name).join("checkpoint");
@@ -211,6 +211,44 @@ fn missing_or_corrupt_checkpoints_are_named_and_fail() {
     assert_eq!(
         exit_code(&["eval", "--checkpoint", d.to_str().unwrap()]),
         ExitCode::FAILURE
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn data_prints_samples_and_writes_a_contact_sheet() {
+    let dir = tmpdir("cli-data");
+    let png = dir.join("sheet.png");
+    let png_s = png.to_string_lossy().into_owned();
+    assert_eq!(
+        exit_code(&[
+            "data",
+            "--split",
+            "zero-shot",
+            "--count",
+            "10",
+            "--scale",
+            "2",
+            "--out",
+            &png_s
+        ]),
+        ExitCode::SUCCESS
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    // 8 columns × (64 + 2) + 2 wide, 2 rows × (64 + 2) + 2 high.
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((width, height), (8 * 66 + 2, 2 * 66 + 2));
+    let e = error_of(&["data", "--split", "val", "--start", "5000"]).unwrap();
+    assert!(
+        e.contains("--start 5000") && e.contains("1000 samples"),
+        "{e}"
+    );
+    assert!(
+        error_of(&["data", "--split", "holiday"])
+            .unwrap()
+            .contains("holiday")
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -10,6 +10,7 @@ use std::io::IsTerminal as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use workbench::config::{RunConfig, parse_device};
 use workbench::data::Split;
 use workbench::events::{EvalReport, Event, JsonlWriter};
@@ -31,6 +32,34 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint: retrieval both ways, zero-shot accuracy, modality gap.
     Eval(EvalArgs),
+    /// Look at a dataset: print samples' captions and objects, write a contact sheet PNG.
+    Data(DataArgs),
+}
+
+/// `workbench data`.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// TOML run configuration whose `[data]` to show.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Preset whose data to show when no config file is given.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Split to show.
+    #[arg(long, default_value = "train", value_parser = ["train", "val", "test", "zero-shot"])]
+    pub split: String,
+    /// First sample index.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+    /// Number of samples.
+    #[arg(long, default_value_t = 16)]
+    pub count: usize,
+    /// Write a contact sheet (8 images per row, upscaled) to this PNG file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Upscaling factor of the contact sheet.
+    #[arg(long, default_value_t = 4)]
+    pub scale: usize,
 }
 
 /// `workbench train`.
@@ -63,7 +92,7 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
-    /// Run directory (default: runs/<preset>, numbered if taken).
+    /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its checkpoint (`--steps` may extend it).
@@ -111,6 +140,8 @@ where
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`workbench data | head`): not an error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -118,11 +149,26 @@ where
     }
 }
 
+/// Writes a line to standard output, reporting a closed pipe as an error instead of panicking.
+fn say(line: &str) -> Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
+        Command::Data(a) => data(&a),
     }
 }
 
@@ -212,16 +258,20 @@ fn train(a: &TrainArgs) -> Result<()> {
     trainer.set_run_dir(&run_dir);
     let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
     let steps = trainer.config().train.steps as u64;
-    let bar = progress_bar(steps, trainer.step() as u64, a.quiet);
+    let bar = progress_bar(steps, trainer.completed_steps() as u64, a.quiet);
     let mut last_eval: Option<EvalReport> = None;
     let mut write_err = None;
     let mut finished = None;
+    let interrupted = interrupt_flag();
     let outcome = trainer.fit(|event| {
         if let Err(e) = log.write(event) {
             write_err = Some(e);
             return ControlFlow::Break(());
         }
         on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
+        if interrupted.load(Ordering::SeqCst) {
+            return ControlFlow::Break(());
+        }
         ControlFlow::Continue(())
     });
     bar.finish_and_clear();
@@ -229,15 +279,44 @@ fn train(a: &TrainArgs) -> Result<()> {
         return Err(e.into());
     }
     let outcome = outcome?;
-    summary(&run_dir, trainer.step(), last_eval.as_ref(), finished);
+    summary(
+        &run_dir,
+        trainer.completed_steps(),
+        last_eval.as_ref(),
+        finished,
+    );
     match outcome {
         FitOutcome::Finished => Ok(()),
+        FitOutcome::Paused(_) if interrupted.load(Ordering::SeqCst) => bail!(
+            "interrupted at step {}; checkpoint saved in {}; continue with --resume {}",
+            trainer.completed_steps(),
+            run_dir.join("checkpoint").display(),
+            run_dir.display()
+        ),
         FitOutcome::Paused(reason) => bail!(
             "training paused at step {}: {reason}\n  last good state: {}",
-            trainer.step(),
+            trainer.completed_steps(),
             run_dir.join("checkpoint").display()
         ),
     }
+}
+
+/// Set by the first Ctrl-C: training stops after the current step and writes a checkpoint.
+/// A second Ctrl-C exits at once.
+fn interrupt_flag() -> &'static AtomicBool {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // Without a handler (e.g. one was installed elsewhere) Ctrl-C keeps its default effect.
+        let _ = ctrlc::set_handler(|| {
+            if FLAG.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
+        });
+    });
+    FLAG.store(false, Ordering::SeqCst);
+    &FLAG
 }
 
 fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
@@ -395,9 +474,98 @@ fn eval(a: &EvalArgs) -> Result<()> {
     };
     let report = trainer.evaluate(split)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!("{}", report_table(&report));
+        say(&report_table(&report))?;
     }
     Ok(())
+}
+
+fn data(a: &DataArgs) -> Result<()> {
+    use workbench::data::{PairDataset, Shapes};
+    let cfg = match (&a.config, &a.preset) {
+        (Some(path), _) => RunConfig::load(path)?,
+        (None, Some(p)) => RunConfig::preset(p)?,
+        (None, None) => RunConfig::default(),
+    };
+    if !(1..=4096).contains(&a.count) || !(1..=32).contains(&a.scale) {
+        bail!("--count must be in 1..=4096 and --scale in 1..=32");
+    }
+    let ds = Shapes::new(cfg.data.clone())?;
+    let len = match a.split.as_str() {
+        "zero-shot" => ds.zero_shot_len(),
+        "val" => ds.len(Split::Val),
+        "test" => ds.len(Split::Test),
+        _ => ds.len(Split::Train),
+    };
+    let end = (a.start + a.count).min(len);
+    if a.start >= end {
+        bail!(
+            "--start {} is past the end of the {} split ({len} samples)",
+            a.start,
+            a.split
+        );
+    }
+    let classes = ds.classes();
+    let mut images = Vec::new();
+    for i in a.start..end {
+        let s = match a.split.as_str() {
+            "zero-shot" => ds.zero_shot_sample(i)?,
+            "val" => ds.sample(Split::Val, i)?,
+            "test" => ds.sample(Split::Test, i)?,
+            _ => ds.sample(Split::Train, i)?,
+        };
+        let label = s
+            .label
+            .and_then(|l| {
+                classes
+                    .as_ref()
+                    .map(|c| format!("  [class {l}: {}]", c.names[l]))
+            })
+            .unwrap_or_default();
+        say(&format!("{i:>6}{label}"))?;
+        for c in &s.captions {
+            say(&format!("        {}", c.text))?;
+        }
+        images.push(s.image);
+    }
+    if let Some(out) = &a.out {
+        contact_sheet(&images, a.scale)?
+            .save(out)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {} ({} images)", out.display(), images.len());
+    }
+    Ok(())
+}
+
+/// Images side by side, 8 per row, each upscaled `scale` times (nearest neighbour) with a
+/// 2-pixel white gutter.
+fn contact_sheet(images: &[workbench::data::RgbImage], scale: usize) -> Result<image::RgbImage> {
+    let Some(first) = images.first() else {
+        bail!("no images")
+    };
+    let (w, h) = (first.width * scale, first.height * scale);
+    let cols = images.len().min(8);
+    let rows = images.len().div_ceil(8);
+    let gutter = 2;
+    let width = u32::try_from(cols * (w + gutter) + gutter)?;
+    let height = u32::try_from(rows * (h + gutter) + gutter)?;
+    let mut sheet = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    for (k, im) in images.iter().enumerate() {
+        let (ox, oy) = (
+            gutter + (k % 8) * (w + gutter),
+            gutter + (k / 8) * (h + gutter),
+        );
+        for y in 0..h {
+            for x in 0..w {
+                let p = im.pixel(x / scale, y / scale);
+                sheet.put_pixel(
+                    u32::try_from(ox + x)?,
+                    u32::try_from(oy + y)?,
+                    image::Rgb(p),
+                );
+            }
+        }
+    }
+    Ok(sheet)
 }

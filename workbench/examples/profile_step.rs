@@ -13,7 +13,7 @@ fn main() -> workbench::Result<()> {
     }
     let mut tr = Trainer::new(cfg)?;
     for _ in 0..3 {
-        tr.train_step()?;
+        tr.step()?;
     }
     let n = 10;
     let (mut td, mut tf, mut tb, mut ts) = (0.0, 0.0, 0.0, 0.0);

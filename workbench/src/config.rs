@@ -86,7 +86,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             seed: 0,
-            steps: 2_500,
+            steps: 2_000,
             batch_size: 128,
             lr: 2e-3,
             min_lr_ratio: 0.05,

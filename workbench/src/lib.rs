@@ -10,7 +10,7 @@
 //! - [`model`]: [`ClipModel`](model::ClipModel) — a ViT and a causal text Transformer with
 //!   projection heads; attention weights and per-token embeddings on request.
 //! - [`loss`]: the [`Objective`](loss::Objective) trait and built-in objectives.
-//! - [`train`]: the [`Trainer`](train::Trainer) — `train_step()` and `fit(on_event)`.
+//! - [`train`]: the [`Trainer`](train::Trainer) — `step()` and `fit(on_event)`.
 //! - [`events`]: plain-data [`Event`](events::Event)s that the CLI, GUI and notebooks consume.
 //! - [`eval`] and [`metrics`]: retrieval, zero-shot accuracy, modality gap.
 //! - [`params`], [`optim`], [`checkpoint`], [`config`], [`rng`]: the machinery.
@@ -23,7 +23,7 @@
 //! cfg.train.steps = 200;
 //! let mut trainer = Trainer::new(cfg)?;
 //! for _ in 0..200 {
-//!     let stats = trainer.train_step()?;
+//!     let stats = trainer.step()?;
 //!     if stats.step % 50 == 0 {
 //!         println!("step {} loss {:.3}", stats.step, stats.loss);
 //!     }

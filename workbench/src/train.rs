@@ -181,7 +181,7 @@ impl Trainer {
         &self.device
     }
     /// Steps completed.
-    pub fn step(&self) -> usize {
+    pub fn completed_steps(&self) -> usize {
         self.step
     }
     /// Training wall time so far (evaluations excluded), seconds.
@@ -204,7 +204,7 @@ impl Trainer {
 
     /// One step on the next batch of the loader. On a non-finite loss or gradient nothing is
     /// updated (the loader is rewound too) and [`Error::NonFinite`] names the step and term.
-    pub fn train_step(&mut self) -> Result<StepStats> {
+    pub fn step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
         let before = self.loader.state();
         let batch = self.loader.next_batch()?;
@@ -327,7 +327,7 @@ impl Trainer {
             self.cfg.train.checkpoint_every,
         );
         while self.step < steps {
-            let stats = match self.train_step() {
+            let stats = match self.step() {
                 Ok(s) => s,
                 Err(e @ Error::NonFinite { .. }) => {
                     return self.pause(&mut on_event, e.to_string());

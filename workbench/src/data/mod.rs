@@ -3,7 +3,7 @@
 //! A dataset hands out [`Sample`]s — plain data, no tensors: an RGB image, one or more captions
 //! (paraphrases of the same content, like COCO's five captions per image), and where the dataset
 //! knows it, ground truth (objects, masks, which caption words name which object). The
-//! [`Loader`](loader::Loader) turns samples into tensor [`Batch`](batch::Batch)es.
+//! [`Loader`] turns samples into tensor [`Batch`]es.
 //!
 //! The embedded default is [`shapes::Shapes`], a procedural, seeded image–caption set that needs no
 //! files. Real datasets implement the same trait.
