@@ -1,5 +1,6 @@
 //! Integration tests of Contrastive Workbench — one binary.
-#![allow(clippy::unwrap_used, clippy::float_cmp, missing_docs)]
+// Scenario tests (a 200-step run with swaps and a resume) read best as one function each.
+#![allow(clippy::unwrap_used, clippy::float_cmp, clippy::too_many_lines, missing_docs)]
 
 // Shared helpers: small configurations, temporary directories, tensor comparison.
 mod util;
@@ -14,5 +15,7 @@ mod model;
 mod losses;
 // Training: overfitting, determinism, checkpoints, resume, non-finite values.
 mod training;
+// Live control: objective swaps, edits, probe, resume after a swap.
+mod swap;
 // The command line: a real run, and every bad-input case.
 mod cli;

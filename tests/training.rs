@@ -126,9 +126,19 @@ fn fit_reports_events_evaluates_and_checkpoints() {
             Event::Checkpoint { .. } => "ckpt",
             Event::Paused { .. } => "paused",
             Event::RunFinished { .. } => "finished",
+            Event::Probe(_) => "probe",
+            Event::ObjectiveSwapped { .. }
+            | Event::Edited { .. }
+            | Event::CommandRejected { .. } => "control",
         })
         .collect();
     assert_eq!(kinds.first(), Some(&"start"));
+    assert_eq!(kinds.iter().filter(|k| **k == "control").count(), 0);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "probe").count(),
+        1,
+        "at the start (probe_every = 50 > 12 steps): {kinds:?}"
+    );
     assert_eq!(kinds.iter().filter(|k| **k == "step").count(), 12);
     assert_eq!(
         kinds.iter().filter(|k| **k == "eval").count(),
@@ -210,7 +220,8 @@ fn a_user_defined_objective_trains_through_the_same_api() {
     t.set_objective(Box::new(FixedTemperature {
         poison_at_call: None,
         calls: AtomicUsize::new(0),
-    }));
+    }))
+    .unwrap();
     let batch = t.next_batch().unwrap();
     let first = t.step_on(&batch).unwrap();
     assert!(first.terms.contains_key("contrastive"));
@@ -227,7 +238,8 @@ fn a_non_finite_loss_stops_the_update_and_names_step_and_term() {
     t.set_objective(Box::new(FixedTemperature {
         poison_at_call: Some(3),
         calls: AtomicUsize::new(0),
-    }));
+    }))
+    .unwrap();
     losses(&mut t, 3);
     let before = snapshot(&t);
     let err = t.step().unwrap_err();
@@ -251,7 +263,8 @@ fn fit_pauses_on_non_finite_values_with_a_checkpoint_of_the_last_good_state() {
     t.set_objective(Box::new(FixedTemperature {
         poison_at_call: Some(5),
         calls: AtomicUsize::new(0),
-    }));
+    }))
+    .unwrap();
     let mut paused = None;
     let out = t.fit(|e| {
         if let Event::Paused { step, reason } = e {
@@ -277,8 +290,10 @@ fn gradients_of_inactive_parameters_are_not_applied() {
     // Freezing the temperature removes it from the optimizer: it keeps its value.
     let mut cfg = tiny_config();
     cfg.loss = workbench::loss::LossConfig::Clip(workbench::loss::ClipLossConfig {
-        freeze_temperature: true,
-        ..Default::default()
+        temperature: workbench::loss::TemperatureConfig {
+            learnable: false,
+            ..Default::default()
+        },
     });
     let mut t = Trainer::new(cfg).unwrap();
     let before = t

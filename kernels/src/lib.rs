@@ -33,6 +33,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::float_cmp))]
 
+pub mod alloc;
 pub mod attention;
 pub mod bias;
 pub mod check;

@@ -1,4 +1,4 @@
-//! The `workbench` command line: `train` and `eval`.
+//! The `workbench` command line: `train`, `eval`, `data` and `bench`.
 //!
 //! The binary is a thin wrapper around [`run`], which tests call directly.
 
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use workbench::config::{RunConfig, parse_device};
 use workbench::data::Split;
 use workbench::events::{EvalReport, Event, JsonlWriter};
+use workbench::loss::LossConfig;
 use workbench::train::{FitOutcome, Trainer};
 
 /// Train small CLIP-like image–text models and look inside them.
@@ -34,6 +35,25 @@ pub enum Command {
     Eval(EvalArgs),
     /// Look at a dataset: print samples' captions and objects, write a contact sheet PNG.
     Data(DataArgs),
+    /// Benchmarks: `bench losses` times every objective's forward + backward pass.
+    Bench(BenchArgs),
+}
+
+/// `workbench bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_parser = ["losses"])]
+    pub what: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [256usize, 1024, 4096])]
+    pub batch: Vec<usize>,
+    /// Timed repetitions per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Skip a measurement whose estimated memory exceeds this many GiB.
+    #[arg(long, default_value_t = 8.0)]
+    pub max_memory_gb: f64,
 }
 
 /// `workbench data`.
@@ -95,12 +115,31 @@ pub struct TrainArgs {
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Objective to train with (clip, siglip, cloob, filip, focal, soft_targets, triplet,
+    /// multi_positive, fn_mask, hard_negatives, dcl, align_uniform, tcl), default settings.
+    /// A resumed run keeps its objective; use `--swap` to change it.
+    #[arg(long, conflicts_with = "resume")]
+    pub loss: Option<String>,
+    /// Switch objective live at a step, `STEP:NAME` (repeatable), e.g. `--swap 1000:siglip`.
+    #[arg(long, value_parser = parse_swap)]
+    pub swap: Vec<(usize, String)>,
     /// Continue the run in this directory from its checkpoint (`--steps` may extend it).
     #[arg(long, conflicts_with_all = ["config", "preset", "out", "batch_size", "seed"])]
     pub resume: Option<PathBuf>,
     /// No progress bar; one line per evaluation.
     #[arg(long)]
     pub quiet: bool,
+}
+
+fn parse_swap(s: &str) -> std::result::Result<(usize, String), String> {
+    let (step, name) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected STEP:NAME, e.g. 1000:siglip, got {s:?}"))?;
+    let step = step
+        .parse()
+        .map_err(|_| format!("STEP must be a step number, got {step:?}"))?;
+    LossConfig::by_name(name).map_err(|e| e.to_string())?;
+    Ok((step, name.to_string()))
 }
 
 /// `workbench eval`.
@@ -169,6 +208,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
         Command::Data(a) => data(&a),
+        Command::Bench(a) => bench(&a),
     }
 }
 
@@ -188,6 +228,9 @@ pub fn train_config(a: &TrainArgs) -> Result<RunConfig> {
         );
     }
     apply_overrides(&mut cfg, a);
+    if let Some(name) = &a.loss {
+        cfg.loss = LossConfig::by_name(name).context("--loss")?;
+    }
     cfg.validate().context("invalid command-line value")?;
     Ok(cfg)
 }
@@ -263,10 +306,31 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut write_err = None;
     let mut finished = None;
     let interrupted = interrupt_flag();
-    let outcome = trainer.fit(|event| {
+    let (commands, received) = std::sync::mpsc::channel();
+    let mut swaps = a.swap.clone();
+    swaps.sort_by_key(|s| s.0);
+    let swap_due = |step: usize, swaps: &mut Vec<(usize, String)>| -> Result<()> {
+        while let Some((at, name)) = swaps.first().cloned() {
+            if at > step {
+                break;
+            }
+            swaps.remove(0);
+            let loss = LossConfig::by_name(&name)?;
+            // The receiver lives as long as the fit; a send cannot fail while it runs.
+            let _ = commands.send(workbench::control::Command::Swap { loss });
+        }
+        Ok(())
+    };
+    swap_due(trainer.completed_steps(), &mut swaps)?;
+    let outcome = trainer.fit_with(&received, |event| {
         if let Err(e) = log.write(event) {
             write_err = Some(e);
             return ControlFlow::Break(());
+        }
+        if let Event::Step(s) = event
+            && let Err(e) = swap_due(s.step, &mut swaps)
+        {
+            bar.println(format!("cannot swap: {e:#}"));
         }
         on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
         if interrupted.load(Ordering::SeqCst) {
@@ -387,8 +451,76 @@ fn on_event(
             pairs_per_second,
             ..
         } => *finished = Some((*train_seconds, *pairs_per_second)),
-        Event::Checkpoint { .. } => {}
+        Event::ObjectiveSwapped {
+            step,
+            from,
+            to,
+            params,
+            restored,
+            ..
+        } => {
+            let values: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{k} = {v:.4}"))
+                .collect();
+            let how = if restored.is_empty() {
+                "new"
+            } else {
+                "restored"
+            };
+            print_line(
+                bar,
+                &format!(
+                    "step {step}: objective {from} → {to} ({how}: {})",
+                    values.join(", ")
+                ),
+            );
+        }
+        Event::Edited { step, command, .. } => {
+            print_line(bar, &format!("step {step}: applied {command:?}"));
+        }
+        Event::CommandRejected {
+            step,
+            command,
+            reason,
+        } => print_line(bar, &format!("step {step}: rejected {command:?}: {reason}")),
+        Event::Checkpoint { .. } | Event::Probe(_) => {}
     }
+}
+
+fn print_line(bar: &ProgressBar, line: &str) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
+    say(&format!(
+        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {} threads",
+        a.repeats,
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    ))?;
+    say(crate::bench::HEADER)?;
+    let mut clip = std::collections::HashMap::new();
+    let mut failed = None;
+    crate::bench::run(
+        &a.batch,
+        a.repeats.max(1),
+        max_bytes,
+        crate::bench::Shapes::default(),
+        |row| {
+            if row.objective == "clip" {
+                clip.insert(row.batch, row.forward_ms + row.backward_ms);
+            }
+            if let Err(e) = say(&crate::bench::line(row, clip.get(&row.batch).copied())) {
+                failed.get_or_insert(e);
+            }
+        },
+    )?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// One line summarising an evaluation.

@@ -2,7 +2,9 @@
 //!
 //! # Brief overview
 //!
-//! - [`cli`]: the `workbench` command line (`train`, `eval`), callable in-process via
+//! - [`cli`]: the `workbench` command line (`train`, `eval`, `data`, `bench`), callable in-process via
 //!   [`cli::main_with_args`].
+//! - [`bench`]: the objectives benchmark behind `workbench bench losses`.
 
 pub mod cli;
+pub mod bench;

@@ -76,6 +76,11 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Pairs per forward pass during evaluation.
     pub eval_batch_size: usize,
+    /// Measure the fixed probe batch every this many steps and at every objective swap (0 = only
+    /// at swaps). Probe metrics do not depend on the objective, so curves compare across swaps.
+    pub probe_every: usize,
+    /// Validation pairs in the probe batch.
+    pub probe_size: usize,
     /// `"cpu"`, `"cuda"` or `"cuda:N"`.
     pub device: String,
     /// Image augmentation.
@@ -99,6 +104,8 @@ impl Default for TrainConfig {
             eval_every: 500,
             checkpoint_every: 0,
             eval_batch_size: 500,
+            probe_every: 50,
+            probe_size: 256,
             device: "cpu".into(),
             augment: AugmentConfig::default(),
         }
@@ -236,7 +243,7 @@ impl RunConfig {
             ));
         }
         let t = &self.train;
-        let checks: [(&str, bool, &str); 9] = [
+        let checks: [(&str, bool, &str); 10] = [
             ("train.steps", t.steps >= 1, "must be at least 1"),
             (
                 "train.batch_size",
@@ -274,6 +281,7 @@ impl RunConfig {
                 t.eval_batch_size >= 1,
                 "must be at least 1",
             ),
+            ("train.probe_size", t.probe_size >= 2, "must be at least 2"),
         ];
         for (field, ok, msg) in checks {
             if !ok {
@@ -287,6 +295,9 @@ impl RunConfig {
             ));
         }
         parse_device(&t.device)?;
+        // Building the objective in a scratch store checks every loss setting.
+        let scratch = crate::params::Params::new(0, &candle_core::Device::Cpu);
+        self.loss.build(&scratch.scope("loss"))?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::data::batch::{images_tensor, text_tensors};
 use crate::data::{ClassSet, PairDataset, RgbImage, Split, Tokenizer};
-use crate::events::{EvalReport, ZeroShot};
+use crate::events::{EvalReport, PROBE_TEMPERATURE, ProbeReport, ZeroShot};
 use crate::loss::{LossInputs, Objective};
 use crate::metrics::{self, Matrix};
 use crate::model::{Capture, ClipModel};
@@ -224,6 +224,85 @@ fn to_rows(t: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
     Ok((t.flatten_all()?.to_vec1::<f32>()?, r, c))
 }
 
+/// Objective-independent metrics of matched embeddings `(N, E)` (row `i` of each is a pair):
+/// symmetric InfoNCE at τ = [`PROBE_TEMPERATURE`], R@1 both ways (equal caption texts count as
+/// correct), mean matched and unmatched cosine, and the centroid gap. Computed in f64 on the host.
+pub fn probe_report(
+    image: &Tensor,
+    text: &Tensor,
+    captions: &[String],
+    step: usize,
+    objective: &str,
+) -> Result<ProbeReport> {
+    let (img, n, e) = to_rows(image)?;
+    let (txt, n2, e2) = to_rows(text)?;
+    if n != n2 || e != e2 || captions.len() != n || n < 2 {
+        return Err(Error::Data(format!(
+            "probe: {n}x{e} images, {n2}x{e2} texts and {} captions do not form a batch of pairs",
+            captions.len()
+        )));
+    }
+    let sim: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (i, j) = (k / n, k % n);
+            (0..e)
+                .map(|d| f64::from(img[i * e + d]) * f64::from(txt[j * e + d]))
+                .sum()
+        })
+        .collect();
+    let at = |i: usize, j: usize| sim[i * n + j];
+    let scale = 1.0 / f64::from(PROBE_TEMPERATURE);
+    let lse = |vals: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = vals.map(|x| x * scale).collect();
+        let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    };
+    let (mut nce, mut i2t, mut t2i, mut pos) = (0.0, 0usize, 0usize, 0.0);
+    let (mut neg, mut neg_count) = (0.0, 0usize);
+    for i in 0..n {
+        nce += lse(&mut (0..n).map(|j| at(i, j))) - at(i, i) * scale;
+        nce += lse(&mut (0..n).map(|j| at(j, i))) - at(i, i) * scale;
+        let best_text = (0..n)
+            .max_by(|&a, &b| at(i, a).total_cmp(&at(i, b)))
+            .unwrap_or(i);
+        let best_image = (0..n)
+            .max_by(|&a, &b| at(a, i).total_cmp(&at(b, i)))
+            .unwrap_or(i);
+        i2t += usize::from(captions[best_text] == captions[i]);
+        t2i += usize::from(captions[best_image] == captions[i]);
+        pos += at(i, i);
+        for j in 0..n {
+            if captions[j] != captions[i] {
+                neg += at(i, j);
+                neg_count += 1;
+            }
+        }
+    }
+    let gap = (0..e)
+        .map(|d| {
+            let mi: f64 = (0..n).map(|i| f64::from(img[i * e + d])).sum::<f64>() / n as f64;
+            let mt: f64 = (0..n).map(|i| f64::from(txt[i * e + d])).sum::<f64>() / n as f64;
+            (mi - mt).powi(2)
+        })
+        .sum::<f64>()
+        .sqrt();
+    Ok(ProbeReport {
+        step,
+        objective: objective.to_string(),
+        pairs: n,
+        info_nce: (nce / (2 * n) as f64) as f32,
+        image_to_text_r1: i2t as f32 / n as f32,
+        text_to_image_r1: t2i as f32 / n as f32,
+        positive_cosine: (pos / n as f64) as f32,
+        negative_cosine: if neg_count == 0 {
+            0.0
+        } else {
+            (neg / neg_count as f64) as f32
+        },
+        modality_gap: gap as f32,
+    })
+}
+
 /// What [`evaluate`] needs besides the model.
 pub struct EvalContext<'a> {
     /// The objective, for the split loss.
@@ -305,9 +384,9 @@ pub fn evaluate(model: &ClipModel, set: &EvalSet, cx: &EvalContext<'_>) -> Resul
 }
 
 /// Mean objective value over consecutive batches of `batch` pairs (a last batch of < 2 pairs is
-/// skipped); NaN if the objective needs per-token embeddings.
+/// skipped); NaN if the objective needs more than the global embeddings.
 fn split_loss(objective: &dyn Objective, img: &Tensor, txt: &Tensor, batch: usize) -> Result<f32> {
-    if objective.needs_tokens() {
+    if objective.needs() != crate::loss::Needs::default() {
         return Ok(f32::NAN);
     }
     let n = img.dim(0)?;

@@ -28,6 +28,8 @@ pub struct StepStats {
     pub grad_norm: f32,
     /// Pairs in the batch.
     pub batch_size: usize,
+    /// The objective that made this step.
+    pub objective: String,
     /// Wall time of the step (data, forward, backward, update), seconds.
     pub seconds: f64,
 }
@@ -86,6 +88,33 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
+/// Objective-independent metrics on the fixed probe batch (the same validation pairs every
+/// time), so that curves stay comparable when the objective changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Steps completed.
+    pub step: usize,
+    /// The objective active at this step.
+    pub objective: String,
+    /// Pairs in the probe batch.
+    pub pairs: usize,
+    /// Symmetric InfoNCE at the fixed temperature [`PROBE_TEMPERATURE`].
+    pub info_nce: f32,
+    /// Image→text R@1 (a caption with the ground-truth text counts as correct).
+    pub image_to_text_r1: f32,
+    /// Text→image R@1 (an image whose caption has the query's text counts as correct).
+    pub text_to_image_r1: f32,
+    /// Mean cosine of matched pairs.
+    pub positive_cosine: f32,
+    /// Mean cosine of unmatched pairs (different caption texts).
+    pub negative_cosine: f32,
+    /// ‖mean(image) − mean(text)‖ of the normalised embeddings.
+    pub modality_gap: f32,
+}
+
+/// The fixed temperature of [`ProbeReport::info_nce`].
+pub const PROBE_TEMPERATURE: f32 = 0.07;
+
 /// Everything the trainer reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -121,6 +150,42 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The objective was switched between two steps.
+    ObjectiveSwapped {
+        /// Steps completed when it happened (the next step uses `to`).
+        step: usize,
+        /// The outgoing objective.
+        from: String,
+        /// The incoming objective.
+        to: String,
+        /// The incoming objective's full settings (`None` for a user-defined objective).
+        config: Option<crate::loss::LossConfig>,
+        /// The incoming objective's learnable parameters after the swap (scalars as values,
+        /// larger tensors as their mean).
+        params: BTreeMap<String, f32>,
+        /// Of those, the ones restored from an earlier time on that objective.
+        restored: Vec<String>,
+    },
+    /// A live edit was applied between two steps (weight, parameter value, freeze, clamp).
+    Edited {
+        /// Steps completed when it happened.
+        step: usize,
+        /// The edit.
+        command: crate::control::Command,
+        /// Values of the affected parameters after the edit.
+        params: BTreeMap<String, f32>,
+    },
+    /// A command could not be applied; the run goes on unchanged.
+    CommandRejected {
+        /// Steps completed when it arrived.
+        step: usize,
+        /// The command.
+        command: crate::control::Command,
+        /// Why.
+        reason: String,
+    },
+    /// Metrics on the fixed probe batch.
+    Probe(ProbeReport),
     /// The planned steps are done.
     RunFinished {
         /// Steps completed.

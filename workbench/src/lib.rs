@@ -37,6 +37,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod data;
 mod error;
 pub mod eval;

@@ -232,6 +232,11 @@ impl Scope {
     pub fn device(&self) -> &Device {
         self.params.device()
     }
+
+    /// The whole store.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
 }
 
 #[cfg(test)]

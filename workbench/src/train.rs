@@ -15,21 +15,28 @@
 
 use crate::checkpoint::{self, FORMAT_VERSION};
 use crate::config::{RunConfig, parse_device};
-use crate::data::{Batch, Loader, LoaderState, PairDataset, Shapes, Split, Tokenizer};
-use crate::eval::{EvalContext, EvalSet, evaluate};
-use crate::events::{EvalReport, Event, StepStats};
-use crate::loss::{LossInputs, Objective};
+use crate::control::{Command, RunHandle};
+use crate::data::{
+    Batch, Extras, Loader, LoaderState, PairDataset, Shapes, Split, Tokenizer, collate,
+};
+use crate::eval::{EvalContext, EvalSet, evaluate, probe_report};
+use crate::events::{EvalReport, Event, ProbeReport, StepStats};
+use crate::loss::{LossConfig, LossInputs, Needs, Objective};
 use crate::model::{Capture, ClipModel};
 use crate::optim::{AdamW, AdamWParams, clip_factor, grad_norm, lr_at};
-use crate::params::Params;
+use crate::params::{Params, Scope};
 use crate::{Error, Result};
-use candle_core::{Device, Var};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver};
 use std::time::Instant;
+
+/// Builds an objective in the `loss` scope of a run's parameter store.
+type ObjectiveFactory<'a> = Box<dyn FnOnce(&Scope) -> Result<Box<dyn Objective>> + 'a>;
 
 /// How [`Trainer::fit`] ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,8 +62,14 @@ pub struct CheckpointState {
     pub objective: String,
     /// Training wall time so far, seconds.
     pub train_seconds: f64,
-    /// The run configuration.
+    /// The run configuration (its `loss` is the active objective, with live edits applied).
     pub config: RunConfig,
+    /// Frozen parameter-name prefixes.
+    #[serde(default)]
+    pub frozen: BTreeSet<String>,
+    /// Clamped parameter-name prefixes and their `[min, max]`.
+    #[serde(default)]
+    pub clamps: BTreeMap<String, [f64; 2]>,
 }
 
 /// Owns everything a run needs: data, tokenizer, parameters, model, objective, optimizer.
@@ -74,6 +87,9 @@ pub struct Trainer {
     train_seconds: f64,
     eval_sets: BTreeMap<&'static str, EvalSet>,
     run_dir: Option<PathBuf>,
+    frozen: BTreeSet<String>,
+    clamps: BTreeMap<String, [f64; 2]>,
+    probe: Option<Batch>,
 }
 
 impl Trainer {
@@ -97,6 +113,16 @@ impl Trainer {
         tokenizer: Tokenizer,
         device: Device,
     ) -> Result<Self> {
+        Self::assemble(cfg, dataset, tokenizer, device, None)
+    }
+
+    fn assemble(
+        cfg: RunConfig,
+        dataset: Arc<dyn PairDataset>,
+        tokenizer: Tokenizer,
+        device: Device,
+        make_objective: Option<ObjectiveFactory<'_>>,
+    ) -> Result<Self> {
         cfg.validate()?;
         kernels::cpu::tune_allocator();
         check_context(&tokenizer, dataset.as_ref())?;
@@ -109,7 +135,10 @@ impl Trainer {
             tokenizer.context_length(),
             &params.scope("model"),
         )?;
-        let objective = cfg.loss.build(&params.scope("loss"))?;
+        let objective = match make_objective {
+            Some(make) => make(&params.scope("loss"))?,
+            None => cfg.loss.build(&params.scope("loss"))?,
+        };
         let t = &cfg.train;
         let opt = AdamW::new(AdamWParams {
             beta1: t.beta1,
@@ -139,6 +168,9 @@ impl Trainer {
             train_seconds: 0.0,
             eval_sets: BTreeMap::new(),
             run_dir: None,
+            frozen: BTreeSet::new(),
+            clamps: BTreeMap::new(),
+            probe: None,
         })
     }
 
@@ -147,9 +179,264 @@ impl Trainer {
         self.run_dir = Some(dir.into());
     }
 
-    /// Replaces the objective (a built-in one or your own [`Objective`]).
-    pub fn set_objective(&mut self, objective: Box<dyn Objective>) {
-        self.objective = objective;
+    /// Replaces the objective with your own [`Objective`] (built-in ones: [`Command::Swap`] or
+    /// [`Trainer::swap_objective`]). Its parameters must live in [`Trainer::params`] to be
+    /// checkpointed; a checkpoint of a run with a custom objective resumes through
+    /// [`Trainer::resume_with_objective`].
+    pub fn set_objective(&mut self, objective: Box<dyn Objective>) -> Result<Event> {
+        self.activate(objective, None, &BTreeSet::new())
+    }
+
+    /// Switches to a built-in objective between two steps (what [`Command::Swap`] does).
+    pub fn swap_objective(&mut self, loss: LossConfig) -> Result<Event> {
+        let before: BTreeSet<String> = self.params.all().into_iter().map(|p| p.0).collect();
+        let objective = loss.build(&self.params.scope("loss"))?;
+        self.activate(objective, Some(loss), &before)
+    }
+
+    fn activate(
+        &mut self,
+        objective: Box<dyn Objective>,
+        loss: Option<LossConfig>,
+        before: &BTreeSet<String>,
+    ) -> Result<Event> {
+        let (img, txt, _) = self.probe_embeddings()?;
+        objective.on_activate(&LossInputs {
+            progress: self.progress(),
+            step: self.step,
+            ..LossInputs::new(&img, &txt)
+        })?;
+        let names: Vec<String> = match &loss {
+            Some(l) => l.names().iter().map(|n| format!("loss.{n}.")).collect(),
+            None => vec![format!("loss.{}.", objective.name())],
+        };
+        let mut params = BTreeMap::new();
+        for prefix in names {
+            for (name, var) in self.params.with_prefix(&prefix) {
+                params.insert(name, var.as_tensor().mean_all()?.to_scalar::<f32>()?);
+            }
+        }
+        let restored = params
+            .keys()
+            .filter(|k| before.contains(*k))
+            .cloned()
+            .collect();
+        let to = objective.name().to_string();
+        let from = std::mem::replace(&mut self.objective, objective);
+        if let Some(l) = &loss {
+            self.cfg.loss = l.clone();
+        }
+        Ok(Event::ObjectiveSwapped {
+            step: self.step,
+            from: from.name().to_string(),
+            to,
+            config: loss,
+            params,
+            restored,
+        })
+    }
+
+    /// Applies a live command now (between steps); [`Trainer::fit_with`] calls this for every
+    /// command it receives. `Stop` is a no-op here.
+    pub fn apply(&mut self, command: &Command) -> Result<Event> {
+        let step = self.step;
+        let edited = |params: BTreeMap<String, f32>| Event::Edited {
+            step,
+            command: command.clone(),
+            params,
+        };
+        match command {
+            Command::Swap { loss } => self.swap_objective(loss.clone()),
+            Command::SetWeight { part, weight } => {
+                let LossConfig::Sum(mut sum) = self.cfg.loss.clone() else {
+                    return Err(Error::config(
+                        "command.set_weight",
+                        format!(
+                            "the active objective `{}` is not a sum",
+                            self.objective.name()
+                        ),
+                    ));
+                };
+                let Some(p) = sum.parts.iter_mut().find(|p| p.loss.name() == part) else {
+                    return Err(Error::config(
+                        "command.set_weight.part",
+                        format!("the active sum has no part `{part}`"),
+                    ));
+                };
+                p.weight = *weight;
+                let loss = LossConfig::Sum(sum);
+                self.objective = loss.build(&self.params.scope("loss"))?;
+                self.cfg.loss = loss;
+                Ok(edited(BTreeMap::from([(
+                    format!("{part}/weight"),
+                    *weight as f32,
+                )])))
+            }
+            Command::SetTemperature { objective, tau } => {
+                if !(tau.is_finite() && *tau > 0.0) {
+                    return Err(Error::config(
+                        "command.set_temperature.tau",
+                        format!("must be > 0, got {tau}"),
+                    ));
+                }
+                let name = format!("loss.{objective}.logit_scale");
+                self.set_param(&name, (1.0 / tau).ln())?;
+                Ok(edited(self.values(&name)?))
+            }
+            Command::SetParam { name, value } => {
+                if !name.starts_with("loss.") {
+                    return Err(Error::config(
+                        "command.set_param.name",
+                        format!("only objective parameters (`loss.*`) can be set, not `{name}`"),
+                    ));
+                }
+                self.set_param(name, *value)?;
+                Ok(edited(self.values(name)?))
+            }
+            Command::Freeze { prefix, frozen } => {
+                let values = self.values(prefix)?;
+                if *frozen {
+                    self.frozen.insert(prefix.clone());
+                } else if !self.frozen.remove(prefix) {
+                    return Err(Error::config(
+                        "command.freeze.prefix",
+                        format!("`{prefix}` is not frozen"),
+                    ));
+                }
+                Ok(edited(values))
+            }
+            Command::Clamp { prefix, range } => {
+                match range {
+                    Some([lo, hi]) if lo <= hi => {
+                        self.values(prefix)?;
+                        self.clamps.insert(prefix.clone(), [*lo, *hi]);
+                        self.apply_clamps()?;
+                    }
+                    Some(r) => {
+                        return Err(Error::config(
+                            "command.clamp.range",
+                            format!("need min <= max, got {r:?}"),
+                        ));
+                    }
+                    None => {
+                        if self.clamps.remove(prefix).is_none() {
+                            return Err(Error::config(
+                                "command.clamp.prefix",
+                                format!("`{prefix}` is not clamped"),
+                            ));
+                        }
+                    }
+                }
+                Ok(edited(self.values(prefix)?))
+            }
+            Command::Stop => Ok(edited(BTreeMap::new())),
+        }
+    }
+
+    fn set_param(&self, name: &str, value: f64) -> Result<()> {
+        let var = self
+            .params
+            .get(name)
+            .ok_or_else(|| Error::config("command", format!("there is no parameter `{name}`")))?;
+        var.set(&var.as_tensor().ones_like()?.affine(0.0, value)?)?;
+        Ok(())
+    }
+
+    /// Mean value of every parameter matching `prefix` (an error if none does).
+    fn values(&self, prefix: &str) -> Result<BTreeMap<String, f32>> {
+        let mut out = BTreeMap::new();
+        for (name, var) in self.params.all() {
+            if name_matches(&name, prefix) {
+                out.insert(name, var.as_tensor().mean_all()?.to_scalar::<f32>()?);
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::config(
+                "command",
+                format!("no parameter is called `{prefix}` or starts with `{prefix}.`"),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn apply_clamps(&self) -> Result<()> {
+        for (prefix, [lo, hi]) in &self.clamps {
+            for (name, var) in self.params.all() {
+                if name_matches(&name, prefix) {
+                    var.set(&var.as_tensor().clamp(*lo, *hi)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frozen parameter-name prefixes.
+    pub fn frozen(&self) -> &BTreeSet<String> {
+        &self.frozen
+    }
+
+    /// Clamped parameter-name prefixes.
+    pub fn clamps(&self) -> &BTreeMap<String, [f64; 2]> {
+        &self.clamps
+    }
+
+    fn progress(&self) -> f64 {
+        self.step as f64 / self.cfg.train.steps.max(1) as f64
+    }
+
+    /// The fixed probe batch: the first `train.probe_size` validation images with their first
+    /// caption.
+    pub fn probe_batch(&mut self) -> Result<&Batch> {
+        if self.probe.is_none() {
+            let n = self.cfg.train.probe_size.min(self.dataset.len(Split::Val));
+            if n < 2 {
+                return Err(Error::config(
+                    "train.probe_size",
+                    format!(
+                        "the probe needs at least 2 validation images; the val split has {}",
+                        self.dataset.len(Split::Val)
+                    ),
+                ));
+            }
+            let samples = (0..n)
+                .map(|i| self.dataset.sample(Split::Val, i))
+                .collect::<Result<Vec<_>>>()?;
+            let mut rows = Vec::with_capacity(n);
+            for (i, s) in samples.iter().enumerate() {
+                let caption = s
+                    .captions
+                    .first()
+                    .ok_or_else(|| Error::Data(format!("val image {i} has no caption")))?;
+                rows.push((i, &s.image, caption.text.as_str()));
+            }
+            let mut batch = collate(&rows, &self.tokenizer, &self.device)?;
+            batch.groups = samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.group.unwrap_or(i as u64))
+                .collect();
+            self.probe = Some(batch);
+        }
+        self.probe
+            .as_ref()
+            .ok_or_else(|| Error::Data("probe batch missing".into()))
+    }
+
+    /// Detached embeddings of the probe batch and its captions.
+    fn probe_embeddings(&mut self) -> Result<(Tensor, Tensor, Vec<String>)> {
+        let batch = self.probe_batch()?.clone();
+        let emb = self.model.forward(&batch, Capture::NONE)?;
+        Ok((
+            emb.image.embedding.detach(),
+            emb.text.embedding.detach(),
+            batch.captions,
+        ))
+    }
+
+    /// Objective-independent metrics on the fixed probe batch.
+    pub fn probe(&mut self) -> Result<ProbeReport> {
+        let (img, txt, captions) = self.probe_embeddings()?;
+        probe_report(&img, &txt, &captions, self.step, self.objective.name())
     }
 
     /// The configuration.
@@ -194,12 +481,22 @@ impl Trainer {
         self.loader.next_batch()
     }
 
-    /// Parameters the optimizer updates: the model's and the active objective's, sorted.
+    /// Parameters the optimizer updates: the model's and the active objective's, sorted, less
+    /// the frozen ones.
     pub fn trainable(&self) -> Vec<(String, Var)> {
         let mut v = self.params.with_prefix("model.");
         v.extend(self.objective.parameters());
+        v.retain(|(n, _)| !self.frozen.iter().any(|p| name_matches(n, p)));
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    fn extras(&self) -> Extras {
+        let needs = self.objective.needs();
+        Extras {
+            hard_negatives: needs.hard_negatives,
+            second_views: needs.second_views,
+        }
     }
 
     /// One step on the next batch of the loader. On a non-finite loss or gradient nothing is
@@ -207,7 +504,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
         let before = self.loader.state();
-        let batch = self.loader.next_batch()?;
+        let batch = self.loader.next_batch_with(self.extras())?;
         let result = self.update(&batch, t0);
         if result.is_err() {
             self.loader.set_state(before);
@@ -224,15 +521,24 @@ impl Trainer {
         let t = &self.cfg.train;
         let next = self.step + 1;
         let lr = lr_at(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio);
+        let needs = self.objective.needs();
         let capture = Capture {
             attention: false,
-            tokens: self.objective.needs_tokens(),
+            tokens: needs.tokens,
         };
         let emb = self.model.forward(batch, capture)?;
+        let (extra_text, second) = self.encode_extras(batch, needs)?;
         let inputs = LossInputs {
             image_tokens: emb.image.tokens.as_ref(),
             text_tokens: emb.text.tokens.as_ref(),
             text_mask: Some(&batch.text_mask),
+            groups: Some(&batch.groups),
+            text_ids: Some(&batch.text_ids),
+            extra_text: extra_text.as_ref(),
+            image2: second.as_ref().map(|s| &s.0),
+            text2: second.as_ref().map(|s| &s.1),
+            progress: self.progress(),
+            step: self.step,
             ..LossInputs::new(&emb.image.embedding, &emb.text.embedding)
         };
         let out = self.objective.forward(&inputs)?;
@@ -270,6 +576,7 @@ impl Trainer {
             clip_factor(norm, self.cfg.train.grad_clip),
         )?;
         self.objective.after_step()?;
+        self.apply_clamps()?;
         self.step = next;
         let seconds = t0.elapsed().as_secs_f64();
         self.train_seconds += seconds;
@@ -281,8 +588,49 @@ impl Trainer {
             lr,
             grad_norm: norm as f32,
             batch_size: batch.len(),
+            objective: self.objective.name().to_string(),
             seconds,
         })
+    }
+
+    /// Embeddings of the hard negatives and of the second views, when the objective needs them.
+    #[allow(clippy::type_complexity, reason = "a private pair of optional tensors")]
+    fn encode_extras(
+        &self,
+        batch: &Batch,
+        needs: Needs,
+    ) -> Result<(Option<Tensor>, Option<(Tensor, Tensor)>)> {
+        let name = self.objective.name();
+        let extra = if needs.hard_negatives > 0 {
+            let n = batch.negatives.as_ref().ok_or_else(|| {
+                Error::Data(format!(
+                    "objective `{name}` needs hard-negative captions; the batch has none"
+                ))
+            })?;
+            Some(
+                self.model
+                    .encode_text(&n.tokens, &n.eos, Capture::NONE)?
+                    .embedding,
+            )
+        } else {
+            None
+        };
+        let second = if needs.second_views {
+            let v = batch.second.as_ref().ok_or_else(|| {
+                Error::Data(format!(
+                    "objective `{name}` needs second views; the batch has none"
+                ))
+            })?;
+            Some((
+                self.model.encode_image(&v.images, Capture::NONE)?.embedding,
+                self.model
+                    .encode_text(&v.texts.tokens, &v.texts.eos, Capture::NONE)?
+                    .embedding,
+            ))
+        } else {
+            None
+        };
+        Ok((extra, second))
     }
 
     /// Evaluates on `split` (retrieval, zero-shot, gap, loss).
@@ -307,8 +655,17 @@ impl Trainer {
     /// checkpointing (when a run directory is set). `on_event` sees every event and may stop the
     /// run by returning `Break`; a non-finite loss or gradient pauses it. Either way the trainer
     /// keeps its last good state, and `fit` can be called again to continue.
-    pub fn fit(
+    pub fn fit(&mut self, on_event: impl FnMut(&Event) -> ControlFlow<()>) -> Result<FitOutcome> {
+        let (_keep, commands) = mpsc::channel();
+        self.fit_with(&commands, on_event)
+    }
+
+    /// [`Trainer::fit`] taking live [`Command`]s from `commands` between steps: each is applied
+    /// and logged (`objective_swapped`, `edited`, or `command_rejected` — a command that cannot
+    /// apply never stops the run). A swap is followed by a probe event.
+    pub fn fit_with(
         &mut self,
+        commands: &Receiver<Command>,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<FitOutcome> {
         let started = Event::RunStarted {
@@ -321,12 +678,43 @@ impl Trainer {
         if on_event(&started).is_break() {
             return self.pause(&mut on_event, "stopped by the caller".into());
         }
-        let (steps, every, ck_every) = (
+        let (steps, every, ck_every, probe_every) = (
             self.cfg.train.steps,
             self.cfg.train.eval_every,
             self.cfg.train.checkpoint_every,
+            self.cfg.train.probe_every,
         );
+        if probe_every > 0 && self.step < steps {
+            let report = self.probe()?;
+            if on_event(&Event::Probe(report)).is_break() {
+                return self.pause(&mut on_event, "stopped by the caller".into());
+            }
+        }
         while self.step < steps {
+            let mut stop = false;
+            for command in commands.try_iter() {
+                if command == Command::Stop {
+                    stop = true;
+                    continue;
+                }
+                let event = self
+                    .apply(&command)
+                    .unwrap_or_else(|e| Event::CommandRejected {
+                        step: self.step,
+                        command: command.clone(),
+                        reason: e.to_string(),
+                    });
+                let swapped = matches!(event, Event::ObjectiveSwapped { .. });
+                if on_event(&event).is_break() {
+                    return self.pause(&mut on_event, "stopped by the caller".into());
+                }
+                if swapped && on_event(&Event::Probe(self.probe()?)).is_break() {
+                    return self.pause(&mut on_event, "stopped by the caller".into());
+                }
+            }
+            if stop {
+                return self.pause(&mut on_event, "stopped by a command".into());
+            }
             let stats = match self.step() {
                 Ok(s) => s,
                 Err(e @ Error::NonFinite { .. }) => {
@@ -337,6 +725,12 @@ impl Trainer {
             let step = stats.step;
             if on_event(&Event::Step(stats)).is_break() {
                 return self.pause(&mut on_event, "stopped by the caller".into());
+            }
+            if probe_every > 0 && step % probe_every == 0 {
+                let report = self.probe()?;
+                if on_event(&Event::Probe(report)).is_break() {
+                    return self.pause(&mut on_event, "stopped by the caller".into());
+                }
             }
             if every > 0 && step % every == 0 && step < steps {
                 let report = self.evaluate(Split::Val)?;
@@ -358,6 +752,22 @@ impl Trainer {
             pairs_per_second: pairs / self.train_seconds.max(1e-9),
         });
         Ok(FitOutcome::Finished)
+    }
+
+    /// Runs [`Trainer::fit_with`] on a background thread; the handle sends commands, streams
+    /// events and gives the trainer back when the run ends (see [`crate::control`]).
+    pub fn spawn(mut self) -> RunHandle {
+        let (command_tx, command_rx) = mpsc::channel();
+        let (event_tx, event_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let outcome = self.fit_with(&command_rx, |event| {
+                // A dropped receiver only means nobody listens any more; training goes on.
+                let _ = event_tx.send(event.clone());
+                ControlFlow::Continue(())
+            });
+            (self, outcome)
+        });
+        RunHandle::new(command_tx, event_rx, thread)
     }
 
     fn pause(
@@ -398,6 +808,8 @@ impl Trainer {
             objective: self.objective.name().to_string(),
             train_seconds: self.train_seconds,
             config: self.cfg.clone(),
+            frozen: self.frozen.clone(),
+            clamps: self.clamps.clone(),
         };
         let json = serde_json::to_vec_pretty(&state)
             .map_err(|e| Error::Data(format!("cannot serialise checkpoint state: {e}")))?;
@@ -451,6 +863,26 @@ impl Trainer {
         device: Option<Device>,
         edit: impl FnOnce(&mut RunConfig),
     ) -> Result<Self> {
+        Self::resume_inner(dir, device, edit, None)
+    }
+
+    /// Resumes a run whose active objective was your own: `make` rebuilds it (creating its
+    /// parameters under the given `loss` scope, as when it was first set); the checkpoint's
+    /// values are then loaded into them.
+    pub fn resume_with_objective(
+        dir: &Path,
+        device: Option<Device>,
+        make: impl FnOnce(&Scope) -> Result<Box<dyn Objective>>,
+    ) -> Result<Self> {
+        Self::resume_inner(dir, device, |_| {}, Some(Box::new(make)))
+    }
+
+    fn resume_inner(
+        dir: &Path,
+        device: Option<Device>,
+        edit: impl FnOnce(&mut RunConfig),
+        make_objective: Option<ObjectiveFactory<'_>>,
+    ) -> Result<Self> {
         let (dir, state) = Self::read_state(dir)?;
         let mut cfg = state.config.clone();
         edit(&mut cfg);
@@ -463,7 +895,7 @@ impl Trainer {
             Some(d) => d,
             None => parse_device(&cfg.train.device)?,
         };
-        let mut trainer = Self::with_parts(cfg, dataset, tokenizer, device)?;
+        let mut trainer = Self::assemble(cfg, dataset, tokenizer, device, make_objective)?;
         trainer.load_state(&dir, &state)?;
         Ok(trainer)
     }
@@ -491,8 +923,18 @@ impl Trainer {
         self.loader.set_state(state.loader);
         self.step = state.step;
         self.train_seconds = state.train_seconds;
+        self.frozen.clone_from(&state.frozen);
+        self.clamps.clone_from(&state.clamps);
         Ok(())
     }
+}
+
+/// Whether parameter `name` is `prefix` or lies under it (`model.vision` matches
+/// `model.vision.blocks.0.attn.qkv.weight`, not `model.vision_proj`).
+fn name_matches(name: &str, prefix: &str) -> bool {
+    name == prefix
+        || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+        || prefix.ends_with('.') && name.starts_with(prefix)
 }
 
 /// The checkpoint directory for `path`: a checkpoint itself or a run directory holding one.

@@ -20,6 +20,52 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Caption text of each row.
     pub captions: Vec<String>,
+    /// Content group of each row (equal ids: same content; see [`Sample::group`]).
+    ///
+    /// [`Sample::group`]: crate::data::Sample::group
+    pub groups: Vec<u64>,
+    /// Id of each row's caption text (equal texts, equal ids).
+    pub text_ids: Vec<u64>,
+    /// Hard-negative captions, `K` per row: rows `i·K .. (i+1)·K` belong to image `i`.
+    pub negatives: Option<Texts>,
+    /// A second augmented view of every image with a second caption.
+    pub second: Option<SecondView>,
+}
+
+/// Tokenised texts, padded to the longest.
+#[derive(Clone, Debug)]
+pub struct Texts {
+    /// `(N, T)` u32 token ids.
+    pub tokens: Tensor,
+    /// `(N,)` u32 EOS positions.
+    pub eos: Tensor,
+    /// `(N, T)` f32 padding mask.
+    pub mask: Tensor,
+    /// The texts.
+    pub texts: Vec<String>,
+}
+
+impl Texts {
+    /// Tokenises `texts`.
+    pub fn new(texts: Vec<String>, tokenizer: &Tokenizer, device: &Device) -> Result<Self> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (tokens, eos, mask) = text_tensors(&refs, tokenizer, device)?;
+        Ok(Self {
+            tokens,
+            eos,
+            mask,
+            texts,
+        })
+    }
+}
+
+/// The second view of a batch (intra-modal objectives).
+#[derive(Clone, Debug)]
+pub struct SecondView {
+    /// `(B, 3, H, W)`: each image augmented again, independently of the first view.
+    pub images: Tensor,
+    /// Another caption of each image (a different paraphrase when the image has one).
+    pub texts: Texts,
 }
 
 impl Batch {
@@ -84,7 +130,9 @@ pub fn text_tensors(
     ))
 }
 
-/// Stacks `(dataset index, image, caption)` triples into a [`Batch`].
+/// Stacks `(dataset index, image, caption)` triples into a [`Batch`]; each row is its own
+/// group, and there are no negatives or second views (the [`Loader`](crate::data::Loader) adds
+/// them).
 pub fn collate(
     rows: &[(usize, &RgbImage, &str)],
     tokenizer: &Tokenizer,
@@ -100,5 +148,9 @@ pub fn collate(
         text_mask,
         indices: rows.iter().map(|r| r.0).collect(),
         captions: texts.iter().map(ToString::to_string).collect(),
+        groups: rows.iter().map(|r| r.0 as u64).collect(),
+        text_ids: texts.iter().map(|t| crate::rng::hash_str(t)).collect(),
+        negatives: None,
+        second: None,
     })
 }

@@ -5,7 +5,7 @@
 //! augmentation all derive from `(seed, position)`, so the loader's whole state is one integer
 //! ([`LoaderState`]) and a resumed run sees exactly the batches the uninterrupted run would have.
 
-use crate::data::{Batch, PairDataset, RgbImage, Split, Tokenizer, collate};
+use crate::data::{Batch, PairDataset, RgbImage, SecondView, Split, Texts, Tokenizer, collate};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::Device;
@@ -33,6 +33,25 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// Whether the augmentation changes anything.
+    pub fn is_identity(&self) -> bool {
+        self.shift == 0 && self.noise == 0.0
+    }
+
+    /// The augmentation of second views: this one, or a mild default (shift 2, noise 0.02) when
+    /// this one is the identity — two identical views would make intra-modal contrast trivial.
+    #[must_use]
+    pub fn for_second_view(&self) -> Self {
+        if self.is_identity() {
+            Self {
+                shift: 2,
+                noise: 0.02,
+            }
+        } else {
+            self.clone()
+        }
+    }
+
     /// Applies the augmentation to `im` with randomness from `rng`.
     pub fn apply(&self, im: &RgbImage, rng: &mut Rng) -> RgbImage {
         let mut out = im.clone();
@@ -57,6 +76,15 @@ impl AugmentConfig {
         }
         out
     }
+}
+
+/// What a batch carries beyond images, captions and groups (objectives ask for these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// Hard-negative captions per image (0: none).
+    pub hard_negatives: usize,
+    /// A second augmented view and a second caption per image.
+    pub second_views: bool,
 }
 
 /// Where the loader is in its endless stream; saved in checkpoints.
@@ -142,29 +170,104 @@ impl Loader {
 
     /// The next batch; advances the position by the batch size.
     pub fn next_batch(&mut self) -> Result<Batch> {
+        self.next_batch_with(Extras::default())
+    }
+
+    /// The next batch with `extras`. Extras draw from their own random streams, so asking for
+    /// them never changes the images and captions of the batch itself.
+    pub fn next_batch_with(&mut self, extras: Extras) -> Result<Batch> {
         let start = self.state.position;
         let positions: Vec<(u64, usize)> = (start..start + self.batch_size as u64)
             .map(|p| (p, self.index_at(p)))
             .collect();
+        let view2 = self.augment.for_second_view();
         let rows = positions
             .par_iter()
-            .map(|&(p, index)| {
-                let sample = self.dataset.sample(Split::Train, index)?;
-                let mut rng = Rng::derive(self.seed, "loader/item", p);
-                let caption = sample
-                    .captions
-                    .get(rng.below(sample.captions.len().max(1)))
-                    .map(|c| c.text.clone())
-                    .ok_or_else(|| Error::Data(format!("train image {index} has no caption")))?;
-                Ok((index, self.augment.apply(&sample.image, &mut rng), caption))
-            })
+            .map(|&(p, index)| self.row(p, index, extras, &view2))
             .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<(usize, &RgbImage, &str)> =
-            rows.iter().map(|(i, im, c)| (*i, im, c.as_str())).collect();
-        let batch = collate(&refs, &self.tokenizer, &self.device)?;
+        let refs: Vec<(usize, &RgbImage, &str)> = rows
+            .iter()
+            .map(|r| (r.index, &r.image, r.caption.as_str()))
+            .collect();
+        let mut batch = collate(&refs, &self.tokenizer, &self.device)?;
+        batch.groups = rows.iter().map(|r| r.group).collect();
+        if extras.hard_negatives > 0 {
+            let texts = rows
+                .iter()
+                .flat_map(|r| r.negatives.iter().cloned())
+                .collect();
+            batch.negatives = Some(Texts::new(texts, &self.tokenizer, &self.device)?);
+        }
+        if extras.second_views {
+            let images: Vec<&RgbImage> = rows
+                .iter()
+                .filter_map(|r| r.second.as_ref().map(|s| &s.0))
+                .collect();
+            let texts = rows
+                .iter()
+                .filter_map(|r| r.second.as_ref().map(|s| s.1.clone()))
+                .collect();
+            batch.second = Some(SecondView {
+                images: crate::data::batch::images_tensor(&images, &self.device)?,
+                texts: Texts::new(texts, &self.tokenizer, &self.device)?,
+            });
+        }
         self.state.position += self.batch_size as u64;
         Ok(batch)
     }
+
+    fn row(&self, p: u64, index: usize, extras: Extras, view2: &AugmentConfig) -> Result<Row> {
+        let sample = self.dataset.sample(Split::Train, index)?;
+        if sample.captions.is_empty() {
+            return Err(Error::Data(format!("train image {index} has no caption")));
+        }
+        let mut rng = Rng::derive(self.seed, "loader/item", p);
+        let c = rng.below(sample.captions.len());
+        let image = self.augment.apply(&sample.image, &mut rng);
+        let negatives = if extras.hard_negatives > 0 {
+            let mut rng = Rng::derive(self.seed, "loader/negatives", p);
+            self.dataset.hard_negatives(
+                &sample,
+                &sample.captions[c],
+                extras.hard_negatives,
+                &mut rng,
+            )?
+        } else {
+            Vec::new()
+        };
+        let second = if extras.second_views {
+            let mut rng = Rng::derive(self.seed, "loader/second", p);
+            let n = sample.captions.len();
+            let c2 = if n > 1 {
+                (c + 1 + rng.below(n - 1)) % n
+            } else {
+                c
+            };
+            Some((
+                view2.apply(&sample.image, &mut rng),
+                sample.captions[c2].text.clone(),
+            ))
+        } else {
+            None
+        };
+        Ok(Row {
+            index,
+            group: sample.group.unwrap_or(index as u64),
+            caption: sample.captions[c].text.clone(),
+            image,
+            negatives,
+            second,
+        })
+    }
+}
+
+struct Row {
+    index: usize,
+    group: u64,
+    caption: String,
+    image: RgbImage,
+    negatives: Vec<String>,
+    second: Option<(RgbImage, String)>,
 }
 
 #[cfg(test)]

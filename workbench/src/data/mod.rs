@@ -14,9 +14,9 @@ pub mod loader;
 pub mod shapes;
 pub mod tokenizer;
 
-pub use batch::{Batch, collate};
+pub use batch::{Batch, SecondView, Texts, collate};
 pub use image::RgbImage;
-pub use loader::{Loader, LoaderState};
+pub use loader::{Extras, Loader, LoaderState};
 pub use shapes::{Shapes, ShapesConfig};
 pub use tokenizer::{Encoding, Tokenizer};
 
@@ -112,6 +112,10 @@ pub struct Sample {
     pub label: Option<usize>,
     /// Objects, masks and boxes, for localisation scores (synthetic data only).
     pub truth: Option<SceneTruth>,
+    /// Content id: samples with equal ids show the same content (for `shapes`, the same canonical
+    /// scene description). Multi-positive and false-negative objectives use it; `None` makes
+    /// every image its own group.
+    pub group: Option<u64>,
 }
 
 /// Classes for zero-shot classification.
@@ -159,6 +163,22 @@ pub trait PairDataset: Send + Sync {
     /// Number of labelled images for zero-shot evaluation.
     fn zero_shot_len(&self) -> usize {
         0
+    }
+    /// `k` captions that almost describe `sample` but not quite (one attribute or relation
+    /// changed), made from `caption` by rule, for hard-negative objectives. None of them may be
+    /// a true caption of the sample. Datasets without ground truth cannot make them.
+    fn hard_negatives(
+        &self,
+        sample: &Sample,
+        caption: &Caption,
+        k: usize,
+        rng: &mut crate::rng::Rng,
+    ) -> crate::Result<Vec<String>> {
+        let _ = (sample, caption, k, rng);
+        Err(crate::Error::Data(format!(
+            "dataset {} cannot make hard-negative captions",
+            self.name()
+        )))
     }
     /// The `index`-th labelled image for zero-shot evaluation ([`Sample::label`] set).
     fn zero_shot_sample(&self, index: usize) -> crate::Result<Sample> {

@@ -1,25 +1,84 @@
-//! Contrastive objectives.
+//! Contrastive objectives: the [`Objective`] trait, the built-in zoo, and composition.
 //!
-//! An [`Objective`] receives everything a loss may need ([`LossInputs`]: normalised global
-//! embeddings, and optionally per-token embeddings with masks, group ids and extra negatives) and
-//! returns the scalar loss **with its named terms** ([`LossOutput`]), each logged as its own curve.
+//! An objective receives everything a loss may need ([`LossInputs`]: L2-normalised global
+//! embeddings; on request per-patch / per-token embeddings with the padding mask, group ids,
+//! hard-negative captions, second views) and returns the scalar loss **with its named terms**
+//! ([`LossOutput`]), each logged as its own curve. It says what it needs in [`Objective::needs`];
+//! the trainer computes only that.
 //!
 //! An objective owns its learnable parameters (temperature, bias, …). It creates them in the
 //! run's parameter store under `loss.<name>.*` when built, with its own init policy; because the
 //! store is get-or-create, building the same objective again later restores the trained values.
-//! Swapping objectives therefore never touches the model.
+//! Swapping objectives therefore never touches the model, and swapping back restores them.
 //!
-//! Built-in objectives are listed in [`LossConfig`] (serde-tagged by `kind`). A user objective
-//! is any type implementing [`Objective`], passed to the trainer directly.
+//! | `kind` | objective | seed paper |
+//! |---|---|---|
+//! | `clip` | symmetric InfoNCE, learnable temperature | CLIP (Radford et al., 2021) |
+//! | `siglip` | pairwise sigmoid, learnable temperature and bias | SigLIP (Zhai et al., 2023) |
+//! | `cloob` | InfoLOOB + modern Hopfield retrieval (both switchable) | CLOOB (Fürst et al., 2022) |
+//! | `filip` | token-wise late interaction | FILIP (Yao et al., 2022) |
+//! | `focal` | focal loss in place of cross-entropy | RO-ViT (Kim et al., 2023) |
+//! | `soft_targets` | softened negatives, ε schedule | PyramidCLIP, LightCLIP |
+//! | `triplet` | ranking hinge, random / hardest / semi-hard mining | VSE++ (Faghri et al., 2018) |
+//! | `multi_positive` | InfoNCE with every same-group row a positive | DreamLIP, PLIP (SupCon targets) |
+//! | `fn_mask` | InfoNCE with false negatives masked out | G-SimCLR, UniME |
+//! | `hard_negatives` | InfoNCE with rule-made negative captions as extra columns | Structure-CLIP, SVLC |
+//! | `dcl` | decoupled contrastive (positive not in the denominator) | Yeh et al., 2022 |
+//! | `align_uniform` | alignment + uniformity | Wang & Isola, 2020 |
+//! | `tcl` | cross-modal + image–image + text–text InfoNCE | TCL (Yang et al., 2022) |
+//! | `sum` | weighted sum of any of the above | — |
+//!
+//! A user objective is any type implementing [`Objective`], handed to
+//! [`Trainer::set_objective`](crate::train::Trainer::set_objective).
 
 pub mod clip;
+pub mod cloob;
+pub mod common;
+pub mod composite;
+pub mod decoupled;
+pub mod filip;
+pub mod focal;
+pub mod hard_negatives;
+pub mod intra_modal;
+pub mod masking;
+pub mod multi_positive;
+pub mod siglip;
+pub mod smoothing;
+pub mod triplet;
 
 pub use clip::{ClipLoss, ClipLossConfig};
+pub use common::TemperatureConfig;
 
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
+
+/// What an objective needs beyond the global embeddings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Needs {
+    /// Per-patch and per-token projected embeddings (and the text padding mask).
+    pub tokens: bool,
+    /// A group id per row (rows of one group are positives of each other).
+    pub groups: bool,
+    /// Rule-made negative captions per image.
+    pub hard_negatives: usize,
+    /// A second augmented view of every image and a second caption (a paraphrase).
+    pub second_views: bool,
+}
+
+impl Needs {
+    /// Everything either needs.
+    #[must_use]
+    pub fn union(self, o: Self) -> Self {
+        Self {
+            tokens: self.tokens || o.tokens,
+            groups: self.groups || o.groups,
+            hard_negatives: self.hard_negatives.max(o.hard_negatives),
+            second_views: self.second_views || o.second_views,
+        }
+    }
+}
 
 /// What an objective sees for one batch. Row `i` of `image` and `text` is a positive pair.
 #[derive(Clone, Copy, Debug)]
@@ -28,16 +87,26 @@ pub struct LossInputs<'a> {
     pub image: &'a Tensor,
     /// L2-normalised text embeddings `(B, E)`.
     pub text: &'a Tensor,
-    /// L2-normalised projected patch embeddings `(B, N, E)`, when the objective asks for tokens.
+    /// L2-normalised projected patch embeddings `(B, N, E)` (class token excluded).
     pub image_tokens: Option<&'a Tensor>,
-    /// L2-normalised projected token embeddings `(B, T, E)`, when the objective asks for tokens.
+    /// L2-normalised projected token embeddings `(B, T, E)`.
     pub text_tokens: Option<&'a Tensor>,
-    /// `(B, T)` f32, 1 for real tokens and 0 for padding.
+    /// `(B, T)` f32, 1 for real tokens (BOS through EOS) and 0 for padding.
     pub text_mask: Option<&'a Tensor>,
-    /// Group id per row (several captions of one image, or class labels).
+    /// Group id per row: rows with equal ids describe the same content.
     pub groups: Option<&'a [u64]>,
-    /// Extra negative captions' embeddings `(M, E)`.
+    /// Id per row of the exact caption text (equal texts, equal ids).
+    pub text_ids: Option<&'a [u64]>,
+    /// Hard-negative caption embeddings `(B·K, E)`: rows `i·K .. (i+1)·K` belong to image `i`.
     pub extra_text: Option<&'a Tensor>,
+    /// Embeddings of a second augmented view of each image `(B, E)`.
+    pub image2: Option<&'a Tensor>,
+    /// Embeddings of a second caption of each image `(B, E)`.
+    pub text2: Option<&'a Tensor>,
+    /// Fraction of the training schedule completed, in `[0, 1]` (for schedules such as ε).
+    pub progress: f64,
+    /// Optimizer steps completed (seeds per-step random choices, e.g. random negatives).
+    pub step: usize,
 }
 
 impl<'a> LossInputs<'a> {
@@ -50,7 +119,12 @@ impl<'a> LossInputs<'a> {
             text_tokens: None,
             text_mask: None,
             groups: None,
+            text_ids: None,
             extra_text: None,
+            image2: None,
+            text2: None,
+            progress: 0.0,
+            step: 0,
         }
     }
 }
@@ -69,9 +143,9 @@ pub trait Objective: Send {
     /// Short stable name (`"clip"`); parameters live under `loss.<name>.*`.
     fn name(&self) -> &str;
 
-    /// Whether [`LossInputs::image_tokens`] / `text_tokens` are needed (costs extra compute).
-    fn needs_tokens(&self) -> bool {
-        false
+    /// What the objective needs besides the global embeddings (costs extra compute).
+    fn needs(&self) -> Needs {
+        Needs::default()
     }
 
     /// The loss and its terms for one batch.
@@ -85,9 +159,15 @@ pub trait Objective: Send {
         Ok(())
     }
 
-    /// Human-facing values of its parameters to log (e.g. `logit_scale` as `exp(t)`).
+    /// Human-facing values of its parameters and schedules to log (e.g. `logit_scale` = `exp(t)`).
     fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
         Ok(Vec::new())
+    }
+
+    /// Called once when the objective is swapped in mid-run, with the current embeddings of the
+    /// probe batch — e.g. SigLIP sets a freshly created bias from the current logits.
+    fn on_activate(&self, _inputs: &LossInputs<'_>) -> candle_core::Result<()> {
+        Ok(())
     }
 }
 
@@ -95,8 +175,34 @@ pub trait Objective: Send {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LossConfig {
-    /// CLIP symmetric InfoNCE with learnable temperature.
+    /// CLIP symmetric InfoNCE.
     Clip(ClipLossConfig),
+    /// SigLIP pairwise sigmoid.
+    Siglip(siglip::SiglipConfig),
+    /// CLOOB.
+    Cloob(cloob::CloobConfig),
+    /// FILIP late interaction.
+    Filip(filip::FilipConfig),
+    /// Focal contrastive.
+    Focal(focal::FocalConfig),
+    /// Softened negatives with an ε schedule.
+    SoftTargets(smoothing::SoftTargetsConfig),
+    /// Triplet / ranking hinge.
+    Triplet(triplet::TripletConfig),
+    /// Multi-positive InfoNCE.
+    MultiPositive(multi_positive::MultiPositiveConfig),
+    /// InfoNCE with false negatives masked.
+    FnMask(masking::FnMaskConfig),
+    /// InfoNCE with hard-negative captions.
+    HardNegatives(hard_negatives::HardNegativesConfig),
+    /// Decoupled contrastive.
+    Dcl(decoupled::DclConfig),
+    /// Alignment + uniformity.
+    AlignUniform(decoupled::AlignUniformConfig),
+    /// Cross-modal + intra-modal InfoNCE.
+    Tcl(intra_modal::TclConfig),
+    /// Weighted sum of objectives.
+    Sum(composite::SumConfig),
 }
 
 impl Default for LossConfig {
@@ -106,11 +212,60 @@ impl Default for LossConfig {
 }
 
 impl LossConfig {
-    /// The objective's stable name.
+    /// The objective's stable name (its parameters live under `loss.<name>`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Clip(_) => "clip",
+            Self::Siglip(_) => "siglip",
+            Self::Cloob(_) => "cloob",
+            Self::Filip(_) => "filip",
+            Self::Focal(_) => "focal",
+            Self::SoftTargets(_) => "soft_targets",
+            Self::Triplet(_) => "triplet",
+            Self::MultiPositive(_) => "multi_positive",
+            Self::FnMask(_) => "fn_mask",
+            Self::HardNegatives(_) => "hard_negatives",
+            Self::Dcl(_) => "dcl",
+            Self::AlignUniform(_) => "align_uniform",
+            Self::Tcl(_) => "tcl",
+            Self::Sum(_) => "sum",
         }
+    }
+
+    /// Names of the objectives it consists of (the parts of a sum, else its own name); their
+    /// parameters live under `loss.<name>`.
+    pub fn names(&self) -> Vec<&'static str> {
+        match self {
+            Self::Sum(s) => s.parts.iter().flat_map(|p| p.loss.names()).collect(),
+            other => vec![other.name()],
+        }
+    }
+
+    /// Every built-in objective with its default settings (`sum` excluded).
+    pub fn builtins() -> Vec<Self> {
+        vec![
+            Self::Clip(ClipLossConfig::default()),
+            Self::Siglip(siglip::SiglipConfig::default()),
+            Self::Cloob(cloob::CloobConfig::default()),
+            Self::Filip(filip::FilipConfig::default()),
+            Self::Focal(focal::FocalConfig::default()),
+            Self::SoftTargets(smoothing::SoftTargetsConfig::default()),
+            Self::Triplet(triplet::TripletConfig::default()),
+            Self::MultiPositive(multi_positive::MultiPositiveConfig::default()),
+            Self::FnMask(masking::FnMaskConfig::default()),
+            Self::HardNegatives(hard_negatives::HardNegativesConfig::default()),
+            Self::Dcl(decoupled::DclConfig::default()),
+            Self::AlignUniform(decoupled::AlignUniformConfig::default()),
+            Self::Tcl(intra_modal::TclConfig::default()),
+        ]
+    }
+
+    /// The built-in objective called `name`, with default settings.
+    pub fn by_name(name: &str) -> Result<Self> {
+        Self::builtins().into_iter().find(|c| c.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Self::builtins().iter().map(Self::name).collect();
+            crate::Error::config("loss.kind", format!("unknown objective {name:?}; expected one of {names:?} or \"sum\""))
+        })
     }
 
     /// Builds the objective; its parameters are created (or restored) under `loss.<name>`.
@@ -118,6 +273,19 @@ impl LossConfig {
         let s = loss_scope.pp(self.name());
         Ok(match self {
             Self::Clip(c) => Box::new(ClipLoss::new(c, &s)?),
+            Self::Siglip(c) => Box::new(siglip::SiglipLoss::new(c, &s)?),
+            Self::Cloob(c) => Box::new(cloob::CloobLoss::new(c, &s)?),
+            Self::Filip(c) => Box::new(filip::FilipLoss::new(c, &s)?),
+            Self::Focal(c) => Box::new(focal::FocalLoss::new(c, &s)?),
+            Self::SoftTargets(c) => Box::new(smoothing::SoftTargetsLoss::new(c, &s)?),
+            Self::Triplet(c) => Box::new(triplet::TripletLoss::new(c, &s)?),
+            Self::MultiPositive(c) => Box::new(multi_positive::MultiPositiveLoss::new(c, &s)?),
+            Self::FnMask(c) => Box::new(masking::FnMaskLoss::new(c, &s)?),
+            Self::HardNegatives(c) => Box::new(hard_negatives::HardNegativesLoss::new(c, &s)?),
+            Self::Dcl(c) => Box::new(decoupled::DclLoss::new(c, &s)?),
+            Self::AlignUniform(c) => Box::new(decoupled::AlignUniformLoss::new(c, &s)?),
+            Self::Tcl(c) => Box::new(intra_modal::TclLoss::new(c, &s)?),
+            Self::Sum(c) => Box::new(composite::SumLoss::new(c, loss_scope)?),
         })
     }
 }
@@ -134,4 +302,14 @@ pub fn symmetric_cross_entropy(logits: &Tensor) -> candle_core::Result<(Tensor, 
             .neg()
     };
     Ok((diag_nll(logits)?, diag_nll(&logits.t()?.contiguous()?)?))
+}
+
+/// `(B, B)` scaled logits `exp(t)·x·yᵀ` and CLIP's two cross-entropy terms, shared by several
+/// objectives.
+pub fn info_nce(logits: &Tensor) -> candle_core::Result<LossOutput> {
+    let (i2t, t2i) = symmetric_cross_entropy(logits)?;
+    Ok(LossOutput {
+        loss: ((&i2t + &t2i)? * 0.5)?,
+        terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+    })
 }

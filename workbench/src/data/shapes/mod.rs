@@ -21,10 +21,11 @@
 //! assert_eq!(s, shapes.sample(Split::Val, 3).unwrap()); // deterministic
 //! ```
 
+pub mod negatives;
 pub mod render;
 pub mod scene;
 
-use crate::data::{ClassSet, ObjectTruth, PairDataset, Sample, SceneTruth, Split};
+use crate::data::{Caption, ClassSet, ObjectTruth, PairDataset, Sample, SceneTruth, Split};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use render::{COLOUR_NAMES, SHAPE_NAMES};
@@ -289,11 +290,14 @@ impl Shapes {
                 .position(|&p| p == (o.colour, o.shape)),
             _ => None,
         });
+        let n = scene.objects.len().clamp(1, TEMPLATES.len());
+        let canonical = scene::fill(TEMPLATES[n - 1][0], scene).text;
         Sample {
             image,
             captions,
             label,
             truth: Some(SceneTruth { objects }),
+            group: Some(crate::rng::hash_str(&canonical)),
         }
     }
 }
@@ -324,6 +328,20 @@ impl PairDataset for Shapes {
         }
         let (scene, rng) = self.scene(split, index);
         Ok(self.finish(&scene, rng, None))
+    }
+
+    fn hard_negatives(
+        &self,
+        sample: &Sample,
+        caption: &Caption,
+        k: usize,
+        rng: &mut Rng,
+    ) -> Result<Vec<String>> {
+        let truth = sample
+            .truth
+            .as_ref()
+            .ok_or_else(|| Error::Data("shapes: sample without ground truth".into()))?;
+        negatives::generate(truth, caption, k, rng)
     }
 
     fn corpus(&self) -> Vec<String> {

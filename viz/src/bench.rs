@@ -1,0 +1,199 @@
+//! `workbench bench losses`: forward + backward time and peak memory of every objective.
+//!
+//! Inputs are random L2-normalised embeddings shaped like the `tiny` preset's (embedding size
+//! 64, 16 patches, 12 text tokens, 3 hard negatives per image, groups of about 4 rows). Each
+//! measurement is the median of `repeats` runs after one warm-up, all objectives side by side in
+//! one process, so ratios are meaningful even on a noisy machine. Peak memory is what the process
+//! allocated on top of the inputs during forward and backward (the binary counts allocations;
+//! see [`kernels::alloc::CountingAllocator`]).
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use std::time::Instant;
+use workbench::loss::{LossConfig, LossInputs};
+use workbench::params::Params;
+use workbench::rng::Rng;
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Objective name.
+    pub objective: String,
+    /// Pairs per batch.
+    pub batch: usize,
+    /// Median forward time, ms.
+    pub forward_ms: f64,
+    /// Median backward time, ms.
+    pub backward_ms: f64,
+    /// Peak bytes allocated on top of the inputs.
+    pub peak_bytes: usize,
+    /// Why it was not measured.
+    pub skipped: Option<String>,
+}
+
+/// Shapes of the benchmark inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct Shapes {
+    /// Embedding size.
+    pub dim: usize,
+    /// Patches per image.
+    pub patches: usize,
+    /// Tokens per caption.
+    pub tokens: usize,
+    /// Hard negatives per image.
+    pub negatives: usize,
+}
+
+impl Default for Shapes {
+    fn default() -> Self {
+        Self {
+            dim: 64,
+            patches: 16,
+            tokens: 12,
+            negatives: 3,
+        }
+    }
+}
+
+fn unit_rows(rng: &mut Rng, shape: &[usize], dev: &Device) -> Result<Var> {
+    let n: usize = shape.iter().product();
+    let t = Tensor::from_vec(rng.normal_vec(n, 1.0), shape, dev)?;
+    let norm = t.sqr()?.sum_keepdim(shape.len() - 1)?.sqrt()?;
+    Ok(Var::from_tensor(&t.broadcast_div(&norm)?)?)
+}
+
+/// Bytes FILIP's `(B, N, B, T)` similarity tensor takes, times the copies forward and backward
+/// keep alive (masked similarities, maxima, gradients).
+pub fn filip_estimate(batch: usize, s: Shapes) -> usize {
+    batch * s.patches * batch * s.tokens * 4 * 4
+}
+
+/// Measures every built-in objective at every batch size.
+pub fn run(
+    batches: &[usize],
+    repeats: usize,
+    max_bytes: usize,
+    shapes: Shapes,
+    mut each: impl FnMut(&Row),
+) -> Result<Vec<Row>> {
+    let dev = Device::Cpu;
+    let mut rows = Vec::new();
+    for &b in batches {
+        let mut rng = Rng::new(b as u64);
+        let s = shapes;
+        let image = unit_rows(&mut rng, &[b, s.dim], &dev)?;
+        let text = unit_rows(&mut rng, &[b, s.dim], &dev)?;
+        let image2 = unit_rows(&mut rng, &[b, s.dim], &dev)?;
+        let text2 = unit_rows(&mut rng, &[b, s.dim], &dev)?;
+        let extra = unit_rows(&mut rng, &[b * s.negatives, s.dim], &dev)?;
+        let patches = unit_rows(&mut rng, &[b, s.patches, s.dim], &dev)?;
+        let tokens = unit_rows(&mut rng, &[b, s.tokens, s.dim], &dev)?;
+        let lengths: Vec<usize> = (0..b).map(|_| 4 + rng.below(s.tokens - 3)).collect();
+        let mask: Vec<f32> = (0..b * s.tokens)
+            .map(|k| {
+                if k % s.tokens < lengths[k / s.tokens] {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, s.tokens), &dev)?;
+        let groups: Vec<u64> = (0..b)
+            .map(|_| rng.below(b.div_ceil(4).max(2)) as u64)
+            .collect();
+        let text_ids = groups.clone();
+        for cfg in LossConfig::builtins() {
+            let name = cfg.name().to_string();
+            if name == "filip" && filip_estimate(b, s) > max_bytes {
+                let row = Row {
+                    objective: name,
+                    batch: b,
+                    forward_ms: f64::NAN,
+                    backward_ms: f64::NAN,
+                    peak_bytes: 0,
+                    skipped: Some(format!(
+                        "needs about {:.1} GiB (> --max-memory-gb)",
+                        filip_estimate(b, s) as f64 / f64::from(1u32 << 30)
+                    )),
+                };
+                each(&row);
+                rows.push(row);
+                continue;
+            }
+            let params = Params::new(0, &dev);
+            let objective = cfg.build(&params.scope("loss"))?;
+            let inputs = LossInputs {
+                image_tokens: Some(patches.as_tensor()),
+                text_tokens: Some(tokens.as_tensor()),
+                text_mask: Some(&mask),
+                groups: Some(&groups),
+                text_ids: Some(&text_ids),
+                extra_text: Some(extra.as_tensor()),
+                image2: Some(image2.as_tensor()),
+                text2: Some(text2.as_tensor()),
+                progress: 0.5,
+                step: 1,
+                ..LossInputs::new(image.as_tensor(), text.as_tensor())
+            };
+            let (mut fwd, mut bwd, mut peak) = (Vec::new(), Vec::new(), 0);
+            for r in 0..=repeats {
+                let base = kernels::alloc::reset_peak();
+                let t0 = Instant::now();
+                let out = objective.forward(&inputs)?;
+                let _ = out.loss.to_scalar::<f32>()?;
+                let t1 = Instant::now();
+                let grads = out.loss.backward()?;
+                let t2 = Instant::now();
+                peak = peak.max(kernels::alloc::peak().saturating_sub(base));
+                drop(grads);
+                if r > 0 {
+                    fwd.push((t1 - t0).as_secs_f64() * 1e3);
+                    bwd.push((t2 - t1).as_secs_f64() * 1e3);
+                }
+            }
+            let row = Row {
+                objective: name,
+                batch: b,
+                forward_ms: median(&mut fwd),
+                backward_ms: median(&mut bwd),
+                peak_bytes: peak,
+                skipped: None,
+            };
+            each(&row);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// The table header.
+pub const HEADER: &str =
+    "objective         batch   forward ms  backward ms   total ms  ×clip   peak MiB";
+
+/// One table line; `clip_total` is CLIP's forward + backward at the same batch.
+pub fn line(r: &Row, clip_total: Option<f64>) -> String {
+    if let Some(why) = &r.skipped {
+        return format!("{:<16} {:>6}   skipped: {why}", r.objective, r.batch);
+    }
+    let total = r.forward_ms + r.backward_ms;
+    let ratio = clip_total.map_or("     —".to_string(), |c| format!("{:>6.2}", total / c));
+    format!(
+        "{:<16} {:>6} {:>12.2} {:>12.2} {:>10.2} {ratio} {:>10.1}",
+        r.objective,
+        r.batch,
+        r.forward_ms,
+        r.backward_ms,
+        total,
+        r.peak_bytes as f64 / f64::from(1u32 << 20)
+    )
+}

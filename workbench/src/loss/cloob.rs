@@ -1,0 +1,130 @@
+//! CLOOB: InfoLOOB with modern-Hopfield retrieval of both modalities.
+//!
+//! Fürst et al., 2022, "CLOOB: Modern Hopfield Networks with InfoLOOB Outperform CLIP"
+//! (arXiv:2110.11316), §3 and Algorithm 1; reference code ml-jku/cloob (`cloob_training/loss.py`).
+//!
+//! With image embeddings `U = (x_i)` and text embeddings `V = (y_i)` of the batch as the stored
+//! patterns, Hopfield retrieval with inverse temperature β maps a query `ξ` to
+//! `normalize(Σ_k softmax_k(β ξ·s_k) s_k)`. Four retrievals:
+//!
+//! ```text
+//! U_x = retrieve(U; x)   U_y = retrieve(U; y)     (from the image store, by images / by texts)
+//! V_y = retrieve(V; y)   V_x = retrieve(V; x)     (from the text store, by texts / by images)
+//! LOOB(A, P) = −(1/B) Σ_i [ a_i·p_i/τ − log Σ_{j≠i} exp(a_i·p_j/τ) ]      (positive left out)
+//! L = τ · [ LOOB(U_x, U_y) + LOOB(V_y, V_x) ]
+//! ```
+//!
+//! τ is fixed (`inv_tau` = 30 in the paper): InfoLOOB is unbounded below, so a learned
+//! temperature would run away. The factor τ follows the reference code. Terms: `image` and
+//! `text` (each already multiplied by τ).
+//!
+//! The 2 × 2 ablation of the paper's §4: `hopfield = false` uses the embeddings themselves
+//! (`U_x = x`, `U_y = y`, `V_y = y`, `V_x = x`); `loob = false` puts the positive back into the
+//! denominator (InfoNCE).
+
+use super::common::{NEG, check_batch, diagonal, eye, logsumexp_last, similarity};
+use super::{LossInputs, LossOutput, Objective};
+use crate::Result;
+use crate::params::Scope;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// Settings of [`CloobLoss`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloobConfig {
+    /// Fixed inverse temperature 1/τ of the InfoLOOB terms.
+    pub inv_tau: f64,
+    /// Inverse temperature β of the Hopfield retrieval.
+    pub beta: f64,
+    /// Retrieve through the Hopfield memories (false: use the embeddings directly).
+    pub hopfield: bool,
+    /// Leave the positive out of the denominator (false: InfoNCE).
+    pub loob: bool,
+}
+
+impl Default for CloobConfig {
+    fn default() -> Self {
+        Self {
+            inv_tau: 30.0,
+            beta: 8.0,
+            hopfield: true,
+            loob: true,
+        }
+    }
+}
+
+/// CLOOB. Terms: `image`, `text`.
+pub struct CloobLoss {
+    cfg: CloobConfig,
+}
+
+impl CloobLoss {
+    /// CLOOB has no learnable parameters; `s` is unused but kept for a uniform constructor.
+    pub fn new(cfg: &CloobConfig, _s: &Scope) -> Result<Self> {
+        if !(cfg.inv_tau > 0.0 && cfg.beta > 0.0) {
+            return Err(crate::Error::config("loss.inv_tau", "inv_tau and beta must be positive"));
+        }
+        Ok(Self { cfg: cfg.clone() })
+    }
+}
+
+/// Modern-Hopfield retrieval: each row of `queries` `(N, E)` becomes the normalised
+/// `softmax(β q·Sᵀ)·S` over the stored rows `S` `(M, E)`.
+pub fn hopfield_retrieve(stored: &Tensor, queries: &Tensor, beta: f64) -> candle_core::Result<Tensor> {
+    let attn = kernels::softmax_last(&(similarity(queries, stored)? * beta)?)?;
+    crate::model::l2_normalize(&attn.matmul(stored)?)
+}
+
+/// `−(1/B) Σ_i [k_ii − log Σ_{j≠i} exp(k_ij)]` for logits `k` (LOOB), or with `j = i` included
+/// (InfoNCE) when `leave_out` is false. Row-wise: anchors are rows.
+pub fn loob_rows(k: &Tensor, leave_out: bool) -> candle_core::Result<Tensor> {
+    let n = k.dim(0)?;
+    let positives = diagonal(k)?;
+    let denom_in = if leave_out {
+        (k + (eye(n, k.device())? * NEG)?)?
+    } else {
+        k.clone()
+    };
+    (logsumexp_last(&denom_in)? - positives)?.mean_all()
+}
+
+impl Objective for CloobLoss {
+    fn name(&self) -> &'static str {
+        "cloob"
+    }
+
+    fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
+        check_batch(x.image, x.text, "cloob")?;
+        let (img, txt) = (x.image, x.text);
+        let (u_x, u_y, v_y, v_x) = if self.cfg.hopfield {
+            let beta = self.cfg.beta;
+            (
+                hopfield_retrieve(img, img, beta)?,
+                hopfield_retrieve(img, txt, beta)?,
+                hopfield_retrieve(txt, txt, beta)?,
+                hopfield_retrieve(txt, img, beta)?,
+            )
+        } else {
+            (img.clone(), txt.clone(), txt.clone(), img.clone())
+        };
+        let tau = 1.0 / self.cfg.inv_tau;
+        let image = (loob_rows(&(similarity(&u_x, &u_y)? * self.cfg.inv_tau)?, self.cfg.loob)? * tau)?;
+        let text = (loob_rows(&(similarity(&v_y, &v_x)? * self.cfg.inv_tau)?, self.cfg.loob)? * tau)?;
+        Ok(LossOutput {
+            loss: (&image + &text)?,
+            terms: vec![("image".into(), image), ("text".into(), text)],
+        })
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
+    fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
+        Ok(vec![
+            ("inv_tau".into(), self.cfg.inv_tau as f32),
+            ("beta".into(), self.cfg.beta as f32),
+        ])
+    }
+}

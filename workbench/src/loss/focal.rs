@@ -1,0 +1,163 @@
+//! Focal contrastive loss: cross-entropy replaced by the focal loss.
+//!
+//! Kim, Angelova & Kuo, 2023, "Region-Aware Pretraining for Open-Vocabulary Object Detection
+//! with Vision Transformers" (RO-ViT, arXiv:2305.07011), §3.2: "replace the common softmax cross
+//! entropy loss in contrastive learning with focal loss to better learn the informative yet
+//! difficult examples"; the focal loss is Lin et al., 2017 (arXiv:1708.02002).
+//!
+//! `variant = "sigmoid"` (RO-ViT's formulation): every image–text cell is a binary problem,
+//! `p_ij = σ(z_ij·l_ij)` with `z = +1` on the diagonal and `−1` elsewhere,
+//! `l_ij = exp(t)·x_i·y_j + b`, and
+//!
+//! ```text
+//! L = −(1/B) Σ_i Σ_j (1 − p_ij)^γ log p_ij
+//! ```
+//!
+//! A learnable bias initialised at −10 offsets the B² − B negatives (as in SigLIP); without it
+//! the loss starts dominated by easy negatives.
+//!
+//! `variant = "softmax"`: `p_i = softmax_j(l_i·)_i` in both directions and
+//! `L = ½ [−(1/B) Σ_i (1 − p_i)^γ log p_i + same over columns]` — focal loss on CLIP's softmax.
+//! γ = 0 recovers SigLIP (sigmoid) or CLIP (softmax).
+
+use super::common::{
+    Temperature, TemperatureConfig, check_batch, diagonal, eye, log_sigmoid, similarity,
+};
+use super::{LossInputs, LossOutput, Objective};
+use crate::Result;
+use crate::params::{Init, Scope};
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// Which probabilities the focal weighting applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FocalVariant {
+    /// Per-cell sigmoid probabilities (RO-ViT).
+    Sigmoid,
+    /// Softmax probability of the positive, both directions.
+    Softmax,
+}
+
+/// Settings of [`FocalLoss`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FocalConfig {
+    /// Focusing parameter γ ≥ 0.
+    pub gamma: f64,
+    /// Sigmoid (RO-ViT) or softmax.
+    pub variant: FocalVariant,
+    /// Temperature: init τ = 0.1 for the sigmoid variant, learnable.
+    pub temperature: TemperatureConfig,
+    /// Initial bias (sigmoid variant).
+    pub init_bias: f64,
+}
+
+impl Default for FocalConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 2.0,
+            variant: FocalVariant::Sigmoid,
+            temperature: TemperatureConfig {
+                init: 0.1,
+                ..TemperatureConfig::default()
+            },
+            init_bias: -10.0,
+        }
+    }
+}
+
+/// Focal contrastive loss. Terms: `positive` and `negative` (sigmoid) or `image_to_text` and
+/// `text_to_image` (softmax).
+pub struct FocalLoss {
+    cfg: FocalConfig,
+    temperature: Temperature,
+    bias: Option<(String, Var)>,
+}
+
+impl FocalLoss {
+    /// Creates (or restores) the temperature and, for the sigmoid variant, the bias.
+    pub fn new(cfg: &FocalConfig, s: &Scope) -> Result<Self> {
+        if !(cfg.gamma >= 0.0 && cfg.gamma.is_finite()) {
+            return Err(crate::Error::config(
+                "loss.gamma",
+                format!("must be >= 0, got {}", cfg.gamma),
+            ));
+        }
+        let bias = match cfg.variant {
+            FocalVariant::Sigmoid => Some((
+                s.path("logit_bias"),
+                s.var("logit_bias", (), Init::Const(cfg.init_bias))?,
+            )),
+            FocalVariant::Softmax => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            temperature: Temperature::new(&cfg.temperature, s)?,
+            bias,
+        })
+    }
+}
+
+/// `−(1 − p)^γ log p` from `log p` (element-wise).
+fn focal_term(logp: &Tensor, gamma: f64) -> candle_core::Result<Tensor> {
+    let one_minus_p = (1.0 - logp.exp()?)?; // p ≤ 1 since log p ≤ 0
+    let weight = if gamma == 0.0 {
+        one_minus_p.ones_like()?
+    } else {
+        one_minus_p.powf(gamma)?
+    };
+    (weight * logp)?.neg()
+}
+
+impl Objective for FocalLoss {
+    fn name(&self) -> &'static str {
+        "focal"
+    }
+
+    fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
+        let b = check_batch(x.image, x.text, "focal")?;
+        let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
+        let g = self.cfg.gamma;
+        if let Some((_, bias)) = &self.bias {
+            let l = logits.broadcast_add(bias.as_tensor())?;
+            let pos = eye(b, l.device())?;
+            let z = ((&pos * 2.0)? - 1.0)?;
+            let cell = focal_term(&log_sigmoid(&(l * z)?)?, g)?;
+            let positive = ((&cell * &pos)?.sum_all()? / b as f64)?;
+            let negative = ((&cell * (1.0 - &pos)?)?.sum_all()? / b as f64)?;
+            Ok(LossOutput {
+                loss: (&positive + &negative)?,
+                terms: vec![("positive".into(), positive), ("negative".into(), negative)],
+            })
+        } else {
+            let ls = crate::model::layers::log_softmax_last;
+            let i2t = focal_term(&diagonal(&ls(&logits)?)?, g)?.mean_all()?;
+            let t2i = focal_term(&diagonal(&ls(&logits.t()?.contiguous()?)?)?, g)?.mean_all()?;
+            Ok(LossOutput {
+                loss: ((&i2t + &t2i)? * 0.5)?,
+                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+            })
+        }
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.temperature
+            .parameter()
+            .into_iter()
+            .chain(self.bias.clone())
+            .collect()
+    }
+
+    fn after_step(&self) -> candle_core::Result<()> {
+        self.temperature.clamp()
+    }
+
+    fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
+        let mut v = vec![("logit_scale".into(), self.temperature.value()?)];
+        if let Some((_, b)) = &self.bias {
+            v.push(("logit_bias".into(), b.as_tensor().to_scalar::<f32>()?));
+        }
+        Ok(v)
+    }
+}
