@@ -252,3 +252,87 @@ fn data_prints_samples_and_writes_a_contact_sheet() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn train_takes_an_objective_and_live_swaps_and_names_bad_ones() {
+    let dir = tmpdir("cli-loss");
+    let config = write_config(&dir, |_| {});
+    let out = dir.join("run");
+    let out_s = out.to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--config",
+        &config,
+        "--out",
+        &out_s,
+        "--quiet",
+        "--loss",
+        "siglip",
+        "--swap",
+        "4:cloob",
+        "--swap",
+        "2:triplet",
+    ];
+    assert_eq!(exit_code(&args), ExitCode::SUCCESS);
+    let events = workbench::events::read_jsonl(&out.join("metrics.jsonl")).unwrap();
+    let swaps: Vec<(usize, String, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            workbench::events::Event::ObjectiveSwapped { step, from, to, .. } => {
+                Some((*step, from.clone(), to.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        swaps,
+        [
+            (2, "siglip".to_string(), "triplet".to_string()),
+            (4, "triplet".to_string(), "cloob".to_string())
+        ]
+    );
+    let saved = workbench::config::RunConfig::load(&out.join("config.toml")).unwrap();
+    assert_eq!(
+        saved.loss.name(),
+        "siglip",
+        "config.toml is the run as started"
+    );
+    let (_, state) = workbench::train::Trainer::read_state(&out).unwrap();
+    assert_eq!(
+        state.config.loss.name(),
+        "cloob",
+        "the checkpoint has the active objective"
+    );
+
+    let e = error_of(&["train", "--loss", "nope"]).unwrap();
+    assert!(e.contains("loss.kind") && e.contains("siglip"), "{e}");
+    let e = error_of(&["train", "--swap", "10"]).unwrap();
+    assert!(e.contains("STEP:NAME"), "{e}");
+    let e = error_of(&["train", "--swap", "x:clip"]).unwrap();
+    assert!(e.contains("step number"), "{e}");
+    let e = error_of(&["train", "--swap", "5:nope"]).unwrap();
+    assert!(e.contains("nope"), "{e}");
+    let bad = dir.join("bad-loss.toml");
+    std::fs::write(
+        &bad,
+        "preset = \"tiny\"\n[loss]\nkind = \"focal\"\ngamma = -1.0\n",
+    )
+    .unwrap();
+    let e = error_of(&["train", "--config", bad.to_str().unwrap()]).unwrap();
+    assert!(e.contains("loss.gamma"), "{e}");
+    std::fs::write(&bad, "[loss]\nkind = \"triplet\"\nmining = \"sideways\"\n").unwrap();
+    let e = error_of(&["train", "--config", bad.to_str().unwrap()]).unwrap();
+    assert!(
+        e.contains("bad-loss.toml") && e.contains("mining") && e.contains("line 3"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bench_losses_prints_every_objective_at_each_batch() {
+    let e = error_of(&["bench", "losses", "--batch", "8", "--repeats", "1"]);
+    assert_eq!(e, None);
+    let e = error_of(&["bench", "weights"]).unwrap();
+    assert!(e.contains("losses"), "{e}");
+}

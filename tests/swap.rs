@@ -479,3 +479,96 @@ fn the_loader_adds_hard_negatives_groups_and_second_views_without_changing_the_b
     );
     assert!(distinct.len() > ids.len() / 4);
 }
+
+/// A user-defined objective with a learnable parameter of its own, declared here and not in the
+/// library: InfoNCE whose temperature is learned as `softplus(u)` with `u` under `loss.user.u`.
+struct SoftplusTemperature {
+    u: candle_core::Var,
+}
+
+impl SoftplusTemperature {
+    fn new(s: &workbench::params::Scope) -> workbench::Result<Box<dyn workbench::loss::Objective>> {
+        let u = s
+            .pp("user")
+            .var("u", (), workbench::params::Init::Const(0.1))?;
+        Ok(Box::new(Self { u }))
+    }
+}
+
+impl workbench::loss::Objective for SoftplusTemperature {
+    fn name(&self) -> &'static str {
+        "user"
+    }
+    fn forward(
+        &self,
+        x: &workbench::loss::LossInputs<'_>,
+    ) -> candle_core::Result<workbench::loss::LossOutput> {
+        let tau = (self.u.as_tensor().exp()? + 1.0)?.log()?;
+        let logits = x.image.matmul(&x.text.t()?)?.broadcast_div(&tau)?;
+        let out = workbench::loss::info_nce(&logits)?;
+        Ok(out)
+    }
+    fn parameters(&self) -> Vec<(String, candle_core::Var)> {
+        vec![("loss.user.u".into(), self.u.clone())]
+    }
+}
+
+#[test]
+fn a_user_objective_swaps_in_trains_its_parameter_and_resumes() {
+    let dir = tmpdir("user-objective");
+    let mut cfg = tiny_config();
+    cfg.train.steps = 12;
+    let run = |t: &mut Trainer, stop: Option<usize>| {
+        let mut losses = BTreeMap::new();
+        let (_tx, rx) = mpsc::channel();
+        t.fit_with(&rx, |e| {
+            if let Event::Step(s) = e {
+                losses.insert(s.step, s.loss);
+                if Some(s.step) == stop {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        losses
+    };
+    let mut straight = Trainer::new(cfg.clone()).unwrap();
+    for _ in 0..2 {
+        straight.step().unwrap();
+    }
+    let event = straight
+        .set_objective(SoftplusTemperature::new(&straight.params().scope("loss")).unwrap())
+        .unwrap();
+    assert!(matches!(&event, Event::ObjectiveSwapped { to, config: None, .. } if to == "user"));
+    let all = run(&mut straight, None);
+    assert_eq!(straight.objective().name(), "user");
+    assert_ne!(
+        value(&straight, "loss.user.u"),
+        0.1,
+        "its parameter trained"
+    );
+
+    let mut first = Trainer::new(cfg).unwrap();
+    first.set_run_dir(&dir);
+    for _ in 0..2 {
+        first.step().unwrap();
+    }
+    first
+        .set_objective(SoftplusTemperature::new(&first.params().scope("loss")).unwrap())
+        .unwrap();
+    let head = run(&mut first, Some(7));
+    assert!(
+        Trainer::resume(&dir, None).is_err(),
+        "the config alone cannot rebuild it"
+    );
+    let mut resumed = Trainer::resume_with_objective(&dir, None, SoftplusTemperature::new).unwrap();
+    let mut joined = head;
+    joined.extend(run(&mut resumed, None));
+    assert_eq!(joined, all);
+    assert_eq!(
+        value(&resumed, "loss.user.u"),
+        value(&straight, "loss.user.u")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

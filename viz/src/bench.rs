@@ -62,10 +62,11 @@ fn unit_rows(rng: &mut Rng, shape: &[usize], dev: &Device) -> Result<Var> {
     Ok(Var::from_tensor(&t.broadcast_div(&norm)?)?)
 }
 
-/// Bytes FILIP's `(B, N, B, T)` similarity tensor takes, times the copies forward and backward
-/// keep alive (masked similarities, maxima, gradients).
+/// Peak bytes FILIP needs: its `(B, N, B, T)` f32 similarity tensor times the 14 copies of
+/// that size forward and backward keep alive (masked similarities, max selections, gradients;
+/// measured at batch 256: 682 MiB).
 pub fn filip_estimate(batch: usize, s: Shapes) -> usize {
-    batch * s.patches * batch * s.tokens * 4 * 4
+    batch * s.patches * batch * s.tokens * 4 * 14
 }
 
 /// Measures every built-in objective at every batch size.

@@ -6,5 +6,5 @@
 //!   [`cli::main_with_args`].
 //! - [`bench`]: the objectives benchmark behind `workbench bench losses`.
 
-pub mod cli;
 pub mod bench;
+pub mod cli;

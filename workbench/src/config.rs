@@ -188,14 +188,19 @@ impl RunConfig {
         let mut merged = toml::Value::try_from(&base)
             .map_err(|e| file_err(format!("cannot represent preset {preset}: {e}")))?;
         merge(&mut merged, toml::Value::Table(table));
+        let loss_table = merged.get("loss").cloned();
         let cfg: Self = serde_path_to_error::deserialize(merged).map_err(|e| {
-            let field = e.path().to_string();
+            let mut field = e.path().to_string();
+            let mut msg = e.into_inner().to_string();
+            // Objectives are a tagged enum, whose errors lose the path; look again, per kind.
+            if field.starts_with("loss")
+                && let Some((path, m)) = loss_table.as_ref().and_then(crate::loss::diagnose_toml)
+            {
+                field = format!("loss.{path}");
+                msg = m;
+            }
             let key = field.rsplit('.').next().unwrap_or(&field).to_string();
-            file_err(format!(
-                "{}field `{field}`: {}",
-                line_of(text, &key),
-                e.into_inner()
-            ))
+            file_err(format!("{}field `{field}`: {msg}", line_of(text, &key)))
         })?;
         cfg.validate().map_err(|e| match e {
             Error::Config { field, msg } => {

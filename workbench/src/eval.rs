@@ -384,10 +384,15 @@ pub fn evaluate(model: &ClipModel, set: &EvalSet, cx: &EvalContext<'_>) -> Resul
 }
 
 /// Mean objective value over consecutive batches of `batch` pairs (a last batch of < 2 pairs is
-/// skipped); NaN if the objective needs more than the global embeddings.
-fn split_loss(objective: &dyn Objective, img: &Tensor, txt: &Tensor, batch: usize) -> Result<f32> {
+/// skipped); `None` if the objective needs more than the global embeddings.
+fn split_loss(
+    objective: &dyn Objective,
+    img: &Tensor,
+    txt: &Tensor,
+    batch: usize,
+) -> Result<Option<f32>> {
     if objective.needs() != crate::loss::Needs::default() {
-        return Ok(f32::NAN);
+        return Ok(None);
     }
     let n = img.dim(0)?;
     let (mut sum, mut count) = (0f64, 0usize);
@@ -403,11 +408,7 @@ fn split_loss(objective: &dyn Objective, img: &Tensor, txt: &Tensor, batch: usiz
         count += len;
         start += len;
     }
-    Ok(if count == 0 {
-        f32::NAN
-    } else {
-        (sum / count as f64) as f32
-    })
+    Ok((count > 0).then(|| (sum / count as f64) as f32))
 }
 
 fn zero_shot(model: &ClipModel, zs: &ZeroShotSet, cx: &EvalContext<'_>) -> Result<ZeroShot> {

@@ -82,8 +82,9 @@ pub struct EvalReport {
     pub zero_shot: Option<ZeroShot>,
     /// ‖mean(image) − mean(text)‖ over L2-normalised embeddings of matched pairs (Liang et al., 2022).
     pub modality_gap: f32,
-    /// Mean loss of the objective over the split's pairs (first caption per image).
-    pub loss: f32,
+    /// Mean loss of the objective over the split's pairs (first caption per image); `None` when
+    /// the objective needs more than global embeddings (tokens, groups, negatives, second views).
+    pub loss: Option<f32>,
     /// Wall time of the evaluation, seconds.
     pub seconds: f64,
 }

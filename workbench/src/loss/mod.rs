@@ -290,6 +290,62 @@ impl LossConfig {
     }
 }
 
+/// Where a `[loss]` TOML table is wrong: the dotted path below `loss` and what is expected.
+/// (Serde reports errors inside a tagged enum without their path; this looks again per kind.)
+pub fn diagnose_toml(value: &toml::Value) -> Option<(String, String)> {
+    fn check<T: serde::de::DeserializeOwned>(v: toml::Value) -> Option<(String, String)> {
+        serde_path_to_error::deserialize::<_, T>(v)
+            .err()
+            .map(|e| (e.path().to_string(), e.into_inner().to_string()))
+    }
+    let mut table = value.as_table()?.clone();
+    let kind = match table.remove("kind") {
+        Some(toml::Value::String(k)) => k,
+        Some(other) => {
+            return Some(("kind".into(), format!("expected a string, found {}", other.type_str())));
+        }
+        None => return Some(("kind".into(), "missing; name the objective, e.g. kind = \"clip\"".into())),
+    };
+    let v = toml::Value::Table(table.clone());
+    match kind.as_str() {
+        "clip" => check::<ClipLossConfig>(v),
+        "siglip" => check::<siglip::SiglipConfig>(v),
+        "cloob" => check::<cloob::CloobConfig>(v),
+        "filip" => check::<filip::FilipConfig>(v),
+        "focal" => check::<focal::FocalConfig>(v),
+        "soft_targets" => check::<smoothing::SoftTargetsConfig>(v),
+        "triplet" => check::<triplet::TripletConfig>(v),
+        "multi_positive" => check::<multi_positive::MultiPositiveConfig>(v),
+        "fn_mask" => check::<masking::FnMaskConfig>(v),
+        "hard_negatives" => check::<hard_negatives::HardNegativesConfig>(v),
+        "dcl" => check::<decoupled::DclConfig>(v),
+        "align_uniform" => check::<decoupled::AlignUniformConfig>(v),
+        "tcl" => check::<intra_modal::TclConfig>(v),
+        "sum" => {
+            if let Some(bad) = table.keys().find(|k| *k != "parts") {
+                return Some((bad.clone(), "unknown field; a sum has only `parts`".into()));
+            }
+            let parts = table.get("parts").and_then(toml::Value::as_array)?;
+            for (i, part) in parts.iter().enumerate() {
+                let Some(t) = part.as_table() else {
+                    return Some((format!("parts[{i}]"), "expected a table { weight, loss }".into()));
+                };
+                if let Some(bad) = t.keys().find(|k| *k != "weight" && *k != "loss") {
+                    return Some((format!("parts[{i}].{bad}"), "unknown field; expected `weight` or `loss`".into()));
+                }
+                if let Some((p, m)) = t.get("loss").and_then(diagnose_toml) {
+                    return Some((format!("parts[{i}].loss.{p}"), m));
+                }
+            }
+            None
+        }
+        other => {
+            let names: Vec<&str> = LossConfig::builtins().iter().map(LossConfig::name).collect();
+            Some(("kind".into(), format!("unknown objective {other:?}; expected one of {names:?} or \"sum\"")))
+        }
+    }
+}
+
 /// Symmetric cross-entropy of a square logits matrix whose diagonal holds the positives:
 /// returns `(mean_i −log softmax_row(i)[i], mean_j −log softmax_col(j)[j])`.
 pub fn symmetric_cross_entropy(logits: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {

@@ -4,18 +4,16 @@
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fmt::Write as _;
-use std::io::IsTerminal as _;
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use workbench::config::{RunConfig, parse_device};
 use workbench::data::Split;
-use workbench::events::{EvalReport, Event, JsonlWriter};
+use workbench::events::EvalReport;
 use workbench::loss::LossConfig;
-use workbench::train::{FitOutcome, Trainer};
+use workbench::train::Trainer;
+
+mod train;
 
 /// Train small CLIP-like image–text models and look inside them.
 #[derive(Debug, Parser)]
@@ -205,7 +203,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(a) => train(&a),
+        Command::Train(a) => train::train(&a),
         Command::Eval(a) => eval(&a),
         Command::Data(a) => data(&a),
         Command::Bench(a) => bench(&a),
@@ -260,269 +258,6 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
 }
 
-/// `runs/<base>`, or `runs/<base>-2`, `-3`, … — never an existing directory.
-fn fresh_run_dir(base: &str) -> PathBuf {
-    let root = Path::new("runs");
-    let mut dir = root.join(base);
-    let mut n = 2;
-    while dir.exists() {
-        dir = root.join(format!("{base}-{n}"));
-        n += 1;
-    }
-    dir
-}
-
-fn train(a: &TrainArgs) -> Result<()> {
-    let (mut trainer, run_dir) = if let Some(dir) = &a.resume {
-        let device = a.device.as_deref().map(parse_device).transpose()?;
-        let trainer = Trainer::resume_with(dir, device, |cfg| apply_overrides(cfg, a))?;
-        let run_dir = if dir.join("state.json").is_file() {
-            dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf)
-        } else {
-            dir.clone()
-        };
-        (trainer, run_dir)
-    } else {
-        let cfg = train_config(a)?;
-        let run_dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
-        if run_dir.exists() && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            bail!(
-                "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
-                run_dir.display()
-            );
-        }
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-        cfg.save(&run_dir.join("config.toml"))?;
-        let trainer = Trainer::new(cfg)?;
-        trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
-        (trainer, run_dir)
-    };
-    trainer.set_run_dir(&run_dir);
-    let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
-    let steps = trainer.config().train.steps as u64;
-    let bar = progress_bar(steps, trainer.completed_steps() as u64, a.quiet);
-    let mut last_eval: Option<EvalReport> = None;
-    let mut write_err = None;
-    let mut finished = None;
-    let interrupted = interrupt_flag();
-    let (commands, received) = std::sync::mpsc::channel();
-    let mut swaps = a.swap.clone();
-    swaps.sort_by_key(|s| s.0);
-    let swap_due = |step: usize, swaps: &mut Vec<(usize, String)>| -> Result<()> {
-        while let Some((at, name)) = swaps.first().cloned() {
-            if at > step {
-                break;
-            }
-            swaps.remove(0);
-            let loss = LossConfig::by_name(&name)?;
-            // The receiver lives as long as the fit; a send cannot fail while it runs.
-            let _ = commands.send(workbench::control::Command::Swap { loss });
-        }
-        Ok(())
-    };
-    swap_due(trainer.completed_steps(), &mut swaps)?;
-    let outcome = trainer.fit_with(&received, |event| {
-        if let Err(e) = log.write(event) {
-            write_err = Some(e);
-            return ControlFlow::Break(());
-        }
-        if let Event::Step(s) = event
-            && let Err(e) = swap_due(s.step, &mut swaps)
-        {
-            bar.println(format!("cannot swap: {e:#}"));
-        }
-        on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
-        if interrupted.load(Ordering::SeqCst) {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    let outcome = outcome?;
-    summary(
-        &run_dir,
-        trainer.completed_steps(),
-        last_eval.as_ref(),
-        finished,
-    );
-    match outcome {
-        FitOutcome::Finished => Ok(()),
-        FitOutcome::Paused(_) if interrupted.load(Ordering::SeqCst) => bail!(
-            "interrupted at step {}; checkpoint saved in {}; continue with --resume {}",
-            trainer.completed_steps(),
-            run_dir.join("checkpoint").display(),
-            run_dir.display()
-        ),
-        FitOutcome::Paused(reason) => bail!(
-            "training paused at step {}: {reason}\n  last good state: {}",
-            trainer.completed_steps(),
-            run_dir.join("checkpoint").display()
-        ),
-    }
-}
-
-/// Set by the first Ctrl-C: training stops after the current step and writes a checkpoint.
-/// A second Ctrl-C exits at once.
-fn interrupt_flag() -> &'static AtomicBool {
-    static FLAG: AtomicBool = AtomicBool::new(false);
-    static HANDLER: std::sync::Once = std::sync::Once::new();
-    HANDLER.call_once(|| {
-        // Without a handler (e.g. one was installed elsewhere) Ctrl-C keeps its default effect.
-        let _ = ctrlc::set_handler(|| {
-            if FLAG.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
-        });
-    });
-    FLAG.store(false, Ordering::SeqCst);
-    &FLAG
-}
-
-fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
-    }
-    let bar = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:28.cyan/blue}] {msg} · ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_position(pos);
-    bar
-}
-
-fn on_event(
-    event: &Event,
-    bar: &ProgressBar,
-    quiet: bool,
-    last_eval: &mut Option<EvalReport>,
-    finished: &mut Option<(f64, f64)>,
-) {
-    match event {
-        Event::RunStarted {
-            step,
-            model_parameters,
-            objective,
-            device,
-            config,
-        } => {
-            let msg = format!(
-                "training {} ({} parameters) with `{objective}` on {device}, batch {}, from step {step}",
-                config.preset, model_parameters, config.train.batch_size
-            );
-            bar.println(&msg);
-            if bar.is_hidden() && !quiet {
-                eprintln!("{msg}");
-            }
-        }
-        Event::Step(s) => {
-            bar.set_position(s.step as u64);
-            let pps = s.batch_size as f64 / s.seconds.max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4} · lr {:.2e} · {pps:.0} pairs/s",
-                s.loss, s.lr
-            ));
-            if bar.is_hidden() && !quiet && s.step % 100 == 0 {
-                eprintln!(
-                    "step {:>6}  loss {:.4}  lr {:.2e}  {pps:.0} pairs/s",
-                    s.step, s.loss, s.lr
-                );
-            }
-        }
-        Event::Eval(r) => {
-            let line = eval_line(r);
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
-            *last_eval = Some(r.clone());
-        }
-        Event::Paused { step, reason } => eprintln!("paused at step {step}: {reason}"),
-        Event::RunFinished {
-            train_seconds,
-            pairs_per_second,
-            ..
-        } => *finished = Some((*train_seconds, *pairs_per_second)),
-        Event::ObjectiveSwapped {
-            step,
-            from,
-            to,
-            params,
-            restored,
-            ..
-        } => {
-            let values: Vec<String> = params
-                .iter()
-                .map(|(k, v)| format!("{k} = {v:.4}"))
-                .collect();
-            let how = if restored.is_empty() {
-                "new"
-            } else {
-                "restored"
-            };
-            print_line(
-                bar,
-                &format!(
-                    "step {step}: objective {from} → {to} ({how}: {})",
-                    values.join(", ")
-                ),
-            );
-        }
-        Event::Edited { step, command, .. } => {
-            print_line(bar, &format!("step {step}: applied {command:?}"));
-        }
-        Event::CommandRejected {
-            step,
-            command,
-            reason,
-        } => print_line(bar, &format!("step {step}: rejected {command:?}: {reason}")),
-        Event::Checkpoint { .. } | Event::Probe(_) => {}
-    }
-}
-
-fn print_line(bar: &ProgressBar, line: &str) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
-fn bench(a: &BenchArgs) -> Result<()> {
-    let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
-    say(&format!(
-        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {} threads",
-        a.repeats,
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-    ))?;
-    say(crate::bench::HEADER)?;
-    let mut clip = std::collections::HashMap::new();
-    let mut failed = None;
-    crate::bench::run(
-        &a.batch,
-        a.repeats.max(1),
-        max_bytes,
-        crate::bench::Shapes::default(),
-        |row| {
-            if row.objective == "clip" {
-                clip.insert(row.batch, row.forward_ms + row.backward_ms);
-            }
-            if let Err(e) = say(&crate::bench::line(row, clip.get(&row.batch).copied())) {
-                failed.get_or_insert(e);
-            }
-        },
-    )?;
-    failed.map_or(Ok(()), Err)
-}
-
 /// One line summarising an evaluation.
 pub fn eval_line(r: &EvalReport) -> String {
     let zs = r.zero_shot.as_ref().map_or(String::new(), |z| {
@@ -532,7 +267,7 @@ pub fn eval_line(r: &EvalReport) -> String {
         format!(" · zero-shot {:.3}{held}", z.accuracy)
     });
     format!(
-        "eval @ {:>6} [{}]: image→text R@1 {:.3} R@5 {:.3} · text→image R@1 {:.3} R@5 {:.3}{zs} · gap {:.3} · loss {:.4}",
+        "eval @ {:>6} [{}]: image→text R@1 {:.3} R@5 {:.3} · text→image R@1 {:.3} R@5 {:.3}{zs} · gap {:.3}{}",
         r.step,
         r.split,
         r.image_to_text.r1,
@@ -540,22 +275,8 @@ pub fn eval_line(r: &EvalReport) -> String {
         r.text_to_image.r1,
         r.text_to_image.r5,
         r.modality_gap,
-        r.loss
+        r.loss.map_or(String::new(), |l| format!(" · loss {l:.4}"))
     )
-}
-
-fn summary(run_dir: &Path, step: usize, eval: Option<&EvalReport>, finished: Option<(f64, f64)>) {
-    eprintln!("\n== run {} · step {step} ==", run_dir.display());
-    if let Some(r) = eval {
-        eprintln!("{}", report_table(r));
-    }
-    if let Some((secs, pps)) = finished {
-        eprintln!("training time {secs:.1} s · {pps:.0} pairs/s");
-    }
-    eprintln!(
-        "files: {0}/config.toml {0}/tokenizer.json {0}/metrics.jsonl {0}/checkpoint/",
-        run_dir.display()
-    );
 }
 
 /// A small table of an evaluation report.
@@ -592,7 +313,10 @@ pub fn report_table(r: &EvalReport) -> String {
         }
         s.push('\n');
     }
-    let _ = write!(s, "modality gap {:.3} · loss {:.4}", r.modality_gap, r.loss);
+    let _ = write!(s, "modality gap {:.3}", r.modality_gap);
+    if let Some(l) = r.loss {
+        let _ = write!(s, " · loss {l:.4}");
+    }
     s
 }
 
@@ -700,4 +424,31 @@ fn contact_sheet(images: &[workbench::data::RgbImage], scale: usize) -> Result<i
         }
     }
     Ok(sheet)
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
+    say(&format!(
+        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {} threads",
+        a.repeats,
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    ))?;
+    say(crate::bench::HEADER)?;
+    let mut clip = std::collections::HashMap::new();
+    let mut failed = None;
+    crate::bench::run(
+        &a.batch,
+        a.repeats.max(1),
+        max_bytes,
+        crate::bench::Shapes::default(),
+        |row| {
+            if row.objective == "clip" {
+                clip.insert(row.batch, row.forward_ms + row.backward_ms);
+            }
+            if let Err(e) = say(&crate::bench::line(row, clip.get(&row.batch).copied())) {
+                failed.get_or_insert(e);
+            }
+        },
+    )?;
+    failed.map_or(Ok(()), Err)
 }

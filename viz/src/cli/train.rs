@@ -1,0 +1,263 @@
+//! `workbench train`: the run directory, the progress bar, scheduled swaps, Ctrl-C.
+
+use super::{TrainArgs, apply_overrides, eval_line, report_table, train_config};
+use anyhow::{Context as _, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal as _;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use workbench::config::parse_device;
+use workbench::events::{EvalReport, Event, JsonlWriter};
+use workbench::loss::LossConfig;
+use workbench::train::{FitOutcome, Trainer};
+
+/// `runs/<base>`, or `runs/<base>-2`, `-3`, … — never an existing directory.
+fn fresh_run_dir(base: &str) -> PathBuf {
+    let root = Path::new("runs");
+    let mut dir = root.join(base);
+    let mut n = 2;
+    while dir.exists() {
+        dir = root.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    dir
+}
+
+pub(super) fn train(a: &TrainArgs) -> Result<()> {
+    let (mut trainer, run_dir) = if let Some(dir) = &a.resume {
+        let device = a.device.as_deref().map(parse_device).transpose()?;
+        let trainer = Trainer::resume_with(dir, device, |cfg| apply_overrides(cfg, a))?;
+        let run_dir = if dir.join("state.json").is_file() {
+            dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf)
+        } else {
+            dir.clone()
+        };
+        (trainer, run_dir)
+    } else {
+        let cfg = train_config(a)?;
+        let run_dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
+        if run_dir.exists() && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
+                run_dir.display()
+            );
+        }
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+        cfg.save(&run_dir.join("config.toml"))?;
+        let trainer = Trainer::new(cfg)?;
+        trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
+        (trainer, run_dir)
+    };
+    trainer.set_run_dir(&run_dir);
+    let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
+    let steps = trainer.config().train.steps as u64;
+    let bar = progress_bar(steps, trainer.completed_steps() as u64, a.quiet);
+    let mut last_eval: Option<EvalReport> = None;
+    let mut write_err = None;
+    let mut finished = None;
+    let interrupted = interrupt_flag();
+    let (commands, received) = std::sync::mpsc::channel();
+    let mut swaps = a.swap.clone();
+    swaps.sort_by_key(|s| s.0);
+    let swap_due = |step: usize, swaps: &mut Vec<(usize, String)>| -> Result<()> {
+        while let Some((at, name)) = swaps.first().cloned() {
+            if at > step {
+                break;
+            }
+            swaps.remove(0);
+            let loss = LossConfig::by_name(&name)?;
+            // The receiver lives as long as the fit; a send cannot fail while it runs.
+            let _ = commands.send(workbench::control::Command::Swap { loss });
+        }
+        Ok(())
+    };
+    swap_due(trainer.completed_steps(), &mut swaps)?;
+    let outcome = trainer.fit_with(&received, |event| {
+        if let Err(e) = log.write(event) {
+            write_err = Some(e);
+            return ControlFlow::Break(());
+        }
+        if let Event::Step(s) = event
+            && let Err(e) = swap_due(s.step, &mut swaps)
+        {
+            bar.println(format!("cannot swap: {e:#}"));
+        }
+        on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
+        if interrupted.load(Ordering::SeqCst) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let outcome = outcome?;
+    summary(
+        &run_dir,
+        trainer.completed_steps(),
+        last_eval.as_ref(),
+        finished,
+    );
+    match outcome {
+        FitOutcome::Finished => Ok(()),
+        FitOutcome::Paused(_) if interrupted.load(Ordering::SeqCst) => bail!(
+            "interrupted at step {}; checkpoint saved in {}; continue with --resume {}",
+            trainer.completed_steps(),
+            run_dir.join("checkpoint").display(),
+            run_dir.display()
+        ),
+        FitOutcome::Paused(reason) => bail!(
+            "training paused at step {}: {reason}\n  last good state: {}",
+            trainer.completed_steps(),
+            run_dir.join("checkpoint").display()
+        ),
+    }
+}
+
+/// Set by the first Ctrl-C: training stops after the current step and writes a checkpoint.
+/// A second Ctrl-C exits at once.
+fn interrupt_flag() -> &'static AtomicBool {
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // Without a handler (e.g. one was installed elsewhere) Ctrl-C keeps its default effect.
+        let _ = ctrlc::set_handler(|| {
+            if FLAG.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
+        });
+    });
+    FLAG.store(false, Ordering::SeqCst);
+    &FLAG
+}
+
+fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:28.cyan/blue}] {msg} · ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_position(pos);
+    bar
+}
+
+fn on_event(
+    event: &Event,
+    bar: &ProgressBar,
+    quiet: bool,
+    last_eval: &mut Option<EvalReport>,
+    finished: &mut Option<(f64, f64)>,
+) {
+    match event {
+        Event::RunStarted {
+            step,
+            model_parameters,
+            objective,
+            device,
+            config,
+        } => {
+            let msg = format!(
+                "training {} ({} parameters) with `{objective}` on {device}, batch {}, from step {step}",
+                config.preset, model_parameters, config.train.batch_size
+            );
+            bar.println(&msg);
+            if bar.is_hidden() && !quiet {
+                eprintln!("{msg}");
+            }
+        }
+        Event::Step(s) => {
+            bar.set_position(s.step as u64);
+            let pps = s.batch_size as f64 / s.seconds.max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} · lr {:.2e} · {pps:.0} pairs/s",
+                s.loss, s.lr
+            ));
+            if bar.is_hidden() && !quiet && s.step % 100 == 0 {
+                eprintln!(
+                    "step {:>6}  loss {:.4}  lr {:.2e}  {pps:.0} pairs/s",
+                    s.step, s.loss, s.lr
+                );
+            }
+        }
+        Event::Eval(r) => {
+            let line = eval_line(r);
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+            *last_eval = Some(r.clone());
+        }
+        Event::Paused { step, reason } => eprintln!("paused at step {step}: {reason}"),
+        Event::RunFinished {
+            train_seconds,
+            pairs_per_second,
+            ..
+        } => *finished = Some((*train_seconds, *pairs_per_second)),
+        Event::ObjectiveSwapped {
+            step,
+            from,
+            to,
+            params,
+            restored,
+            ..
+        } => {
+            let values: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{k} = {v:.4}"))
+                .collect();
+            let how = if restored.is_empty() {
+                "new"
+            } else {
+                "restored"
+            };
+            print_line(
+                bar,
+                &format!(
+                    "step {step}: objective {from} → {to} ({how}: {})",
+                    values.join(", ")
+                ),
+            );
+        }
+        Event::Edited { step, command, .. } => {
+            print_line(bar, &format!("step {step}: applied {command:?}"));
+        }
+        Event::CommandRejected {
+            step,
+            command,
+            reason,
+        } => print_line(bar, &format!("step {step}: rejected {command:?}: {reason}")),
+        Event::Checkpoint { .. } | Event::Probe(_) => {}
+    }
+}
+
+fn print_line(bar: &ProgressBar, line: &str) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn summary(run_dir: &Path, step: usize, eval: Option<&EvalReport>, finished: Option<(f64, f64)>) {
+    eprintln!("\n== run {} · step {step} ==", run_dir.display());
+    if let Some(r) = eval {
+        eprintln!("{}", report_table(r));
+    }
+    if let Some((secs, pps)) = finished {
+        eprintln!("training time {secs:.1} s · {pps:.0} pairs/s");
+    }
+    eprintln!(
+        "files: {0}/config.toml {0}/tokenizer.json {0}/metrics.jsonl {0}/checkpoint/",
+        run_dir.display()
+    );
+}
