@@ -1,6 +1,11 @@
 //! Integration tests of Contrastive Workbench — one binary.
 // Scenario tests (a 200-step run with swaps and a resume) read best as one function each.
-#![allow(clippy::unwrap_used, clippy::float_cmp, clippy::too_many_lines, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    clippy::too_many_lines,
+    missing_docs
+)]
 
 // Shared helpers: small configurations, temporary directories, tensor comparison.
 mod util;

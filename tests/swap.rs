@@ -487,7 +487,9 @@ struct SoftplusTemperature {
 }
 
 impl SoftplusTemperature {
-    fn new(s: &workbench::params::Scope) -> workbench::Result<Box<dyn workbench::loss::Objective>> {
+    fn boxed(
+        s: &workbench::params::Scope,
+    ) -> workbench::Result<Box<dyn workbench::loss::Objective>> {
         let u = s
             .pp("user")
             .var("u", (), workbench::params::Init::Const(0.1))?;
@@ -538,7 +540,7 @@ fn a_user_objective_swaps_in_trains_its_parameter_and_resumes() {
         straight.step().unwrap();
     }
     let event = straight
-        .set_objective(SoftplusTemperature::new(&straight.params().scope("loss")).unwrap())
+        .set_objective(SoftplusTemperature::boxed(&straight.params().scope("loss")).unwrap())
         .unwrap();
     assert!(matches!(&event, Event::ObjectiveSwapped { to, config: None, .. } if to == "user"));
     let all = run(&mut straight, None);
@@ -555,14 +557,15 @@ fn a_user_objective_swaps_in_trains_its_parameter_and_resumes() {
         first.step().unwrap();
     }
     first
-        .set_objective(SoftplusTemperature::new(&first.params().scope("loss")).unwrap())
+        .set_objective(SoftplusTemperature::boxed(&first.params().scope("loss")).unwrap())
         .unwrap();
     let head = run(&mut first, Some(7));
     assert!(
         Trainer::resume(&dir, None).is_err(),
         "the config alone cannot rebuild it"
     );
-    let mut resumed = Trainer::resume_with_objective(&dir, None, SoftplusTemperature::new).unwrap();
+    let mut resumed =
+        Trainer::resume_with_objective(&dir, None, SoftplusTemperature::boxed).unwrap();
     let mut joined = head;
     joined.extend(run(&mut resumed, None));
     assert_eq!(joined, all);

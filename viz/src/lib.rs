@@ -4,7 +4,7 @@
 //!
 //! - [`cli`]: the `workbench` command line (`train`, `eval`, `data`, `bench`), callable in-process via
 //!   [`cli::main_with_args`].
-//! - [`bench`]: the objectives benchmark behind `workbench bench losses`.
+//! - [`bench`](mod@bench): the objectives benchmark behind `workbench bench losses`.
 
 pub mod bench;
 pub mod cli;

@@ -63,7 +63,10 @@ impl CloobLoss {
     /// CLOOB has no learnable parameters; `s` is unused but kept for a uniform constructor.
     pub fn new(cfg: &CloobConfig, _s: &Scope) -> Result<Self> {
         if !(cfg.inv_tau > 0.0 && cfg.beta > 0.0) {
-            return Err(crate::Error::config("loss.inv_tau", "inv_tau and beta must be positive"));
+            return Err(crate::Error::config(
+                "loss.inv_tau",
+                "inv_tau and beta must be positive",
+            ));
         }
         Ok(Self { cfg: cfg.clone() })
     }
@@ -71,7 +74,11 @@ impl CloobLoss {
 
 /// Modern-Hopfield retrieval: each row of `queries` `(N, E)` becomes the normalised
 /// `softmax(β q·Sᵀ)·S` over the stored rows `S` `(M, E)`.
-pub fn hopfield_retrieve(stored: &Tensor, queries: &Tensor, beta: f64) -> candle_core::Result<Tensor> {
+pub fn hopfield_retrieve(
+    stored: &Tensor,
+    queries: &Tensor,
+    beta: f64,
+) -> candle_core::Result<Tensor> {
     let attn = kernels::softmax_last(&(similarity(queries, stored)? * beta)?)?;
     crate::model::l2_normalize(&attn.matmul(stored)?)
 }
@@ -109,8 +116,14 @@ impl Objective for CloobLoss {
             (img.clone(), txt.clone(), txt.clone(), img.clone())
         };
         let tau = 1.0 / self.cfg.inv_tau;
-        let image = (loob_rows(&(similarity(&u_x, &u_y)? * self.cfg.inv_tau)?, self.cfg.loob)? * tau)?;
-        let text = (loob_rows(&(similarity(&v_y, &v_x)? * self.cfg.inv_tau)?, self.cfg.loob)? * tau)?;
+        let image = (loob_rows(
+            &(similarity(&u_x, &u_y)? * self.cfg.inv_tau)?,
+            self.cfg.loob,
+        )? * tau)?;
+        let text = (loob_rows(
+            &(similarity(&v_y, &v_x)? * self.cfg.inv_tau)?,
+            self.cfg.loob,
+        )? * tau)?;
         Ok(LossOutput {
             loss: (&image + &text)?,
             terms: vec![("image".into(), image), ("text".into(), text)],

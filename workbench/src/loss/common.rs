@@ -15,7 +15,9 @@ pub const NEG: f64 = -1e9;
 pub struct TemperatureConfig {
     /// Initial temperature τ; the parameter is the log-scale `t = ln(1/τ)`.
     pub init: f64,
-    /// Learn it (false: fixed at `init`).
+    /// Learn it. When false it is not trained and not clamped: it starts at `init` when first
+    /// created and keeps whatever value it has since — one restored from an earlier time on this
+    /// objective, or one set live (`Command::SetTemperature`).
     pub learnable: bool,
     /// Upper bound of the scale `exp(t)` (open_clip clamps at 100).
     pub max_scale: f64,
@@ -42,8 +44,8 @@ impl TemperatureConfig {
     }
 }
 
-/// A learnable log-scale `t`, used as `exp(t)`, clamped to `[0, ln max_scale]` after each step
-/// (open_clip's `clamp_logit_scale`).
+/// A log-scale `t`, used as `exp(t)`. A learnable one is clamped to `[0, ln max_scale]` after each
+/// step (open_clip's `clamp_logit_scale`); a fixed one keeps its value.
 pub struct Temperature {
     var: Var,
     name: String,
@@ -57,7 +59,10 @@ impl Temperature {
         if !(cfg.init > 0.0 && cfg.init.is_finite() && cfg.max_scale >= 1.0) {
             return Err(crate::Error::config(
                 format!("{}.temperature", s.prefix()),
-                format!("need init > 0 and max_scale >= 1, got init {} max_scale {}", cfg.init, cfg.max_scale),
+                format!(
+                    "need init > 0 and max_scale >= 1, got init {} max_scale {}",
+                    cfg.init, cfg.max_scale
+                ),
             ));
         }
         Ok(Self {
@@ -75,12 +80,19 @@ impl Temperature {
 
     /// `(name, variable)` if learnable.
     pub fn parameter(&self) -> Option<(String, Var)> {
-        self.learnable.then(|| (self.name.clone(), self.var.clone()))
+        self.learnable
+            .then(|| (self.name.clone(), self.var.clone()))
     }
 
-    /// Clamps `t` to `[0, ln max_scale]`.
+    /// Clamps a learnable `t` to `[0, ln max_scale]`. A fixed temperature is left alone: the
+    /// optimizer never moves it, and clamping would change a fixed `τ > 1` (or `τ < 1/max_scale`)
+    /// after the first step.
     pub fn clamp(&self) -> candle_core::Result<()> {
-        self.var.set(&self.var.as_tensor().clamp(0.0, self.max_log)?)
+        if !self.learnable {
+            return Ok(());
+        }
+        self.var
+            .set(&self.var.as_tensor().clamp(0.0, self.max_log)?)
     }
 
     /// Current `exp(t)`.
@@ -104,8 +116,15 @@ pub fn eye(n: usize, device: &Device) -> candle_core::Result<Tensor> {
 }
 
 /// An `n × m` f32 matrix from a predicate.
-pub fn mask(n: usize, m: usize, device: &Device, f: impl Fn(usize, usize) -> bool) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..n * m).map(|k| if f(k / m, k % m) { 1.0 } else { 0.0 }).collect();
+pub fn mask(
+    n: usize,
+    m: usize,
+    device: &Device,
+    f: impl Fn(usize, usize) -> bool,
+) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..n * m)
+        .map(|k| if f(k / m, k % m) { 1.0 } else { 0.0 })
+        .collect();
     Tensor::from_vec(v, (n, m), device)
 }
 
@@ -125,7 +144,12 @@ pub fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
 /// `log Σ_j exp(x_ij)` over the last dimension (stable; the max is detached).
 pub fn logsumexp_last(x: &Tensor) -> candle_core::Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
-    (x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?.squeeze(D::Minus1)
+    (x.broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + max)?
+        .squeeze(D::Minus1)
 }
 
 /// The diagonal of a square matrix `(N, N) → (N,)`.
@@ -140,7 +164,11 @@ pub fn check_batch(image: &Tensor, text: &Tensor, what: &str) -> candle_core::Re
     let (b, e) = image.dims2()?;
     let (b2, e2) = text.dims2()?;
     if b != b2 || e != e2 {
-        candle_core::bail!("{what}: image {:?} and text {:?} embeddings must have the same shape", image.dims(), text.dims());
+        candle_core::bail!(
+            "{what}: image {:?} and text {:?} embeddings must have the same shape",
+            image.dims(),
+            text.dims()
+        );
     }
     if b < 2 {
         candle_core::bail!("{what}: a contrastive batch needs at least two pairs, got {b}");

@@ -56,7 +56,10 @@ impl SumLoss {
         for (k, p) in cfg.parts.iter().enumerate() {
             let name = p.loss.name();
             if matches!(p.loss, LossConfig::Sum(_)) {
-                return Err(Error::config(format!("loss.parts[{k}]"), "sums cannot be nested"));
+                return Err(Error::config(
+                    format!("loss.parts[{k}]"),
+                    "sums cannot be nested",
+                ));
             }
             if parts.iter().any(|(_, n, _)| n == name) {
                 return Err(Error::config(
@@ -65,7 +68,10 @@ impl SumLoss {
                 ));
             }
             if !(p.weight >= 0.0 && p.weight.is_finite()) {
-                return Err(Error::config(format!("loss.parts[{k}].weight"), format!("must be >= 0, got {}", p.weight)));
+                return Err(Error::config(
+                    format!("loss.parts[{k}].weight"),
+                    format!("must be >= 0, got {}", p.weight),
+                ));
             }
             parts.push((p.weight, name.to_string(), p.loss.build(loss_scope)?));
         }
@@ -79,7 +85,9 @@ impl Objective for SumLoss {
     }
 
     fn needs(&self) -> Needs {
-        self.parts.iter().fold(Needs::default(), |n, (_, _, o)| n.union(o.needs()))
+        self.parts
+            .iter()
+            .fold(Needs::default(), |n, (_, _, o)| n.union(o.needs()))
     }
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
@@ -93,7 +101,11 @@ impl Objective for SumLoss {
                 Some(t) => (t + weighted)?,
             });
             terms.push((name.clone(), out.loss));
-            terms.extend(out.terms.into_iter().map(|(t, v)| (format!("{name}/{t}"), v)));
+            terms.extend(
+                out.terms
+                    .into_iter()
+                    .map(|(t, v)| (format!("{name}/{t}"), v)),
+            );
         }
         let Some(loss) = total else {
             candle_core::bail!("empty sum");
@@ -102,7 +114,10 @@ impl Objective for SumLoss {
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {
-        self.parts.iter().flat_map(|(_, _, o)| o.parameters()).collect()
+        self.parts
+            .iter()
+            .flat_map(|(_, _, o)| o.parameters())
+            .collect()
     }
 
     fn after_step(&self) -> candle_core::Result<()> {
@@ -113,7 +128,11 @@ impl Objective for SumLoss {
         let mut v = Vec::new();
         for (w, name, o) in &self.parts {
             v.push((format!("{name}/weight"), *w as f32));
-            v.extend(o.scalars()?.into_iter().map(|(k, x)| (format!("{name}/{k}"), x)));
+            v.extend(
+                o.scalars()?
+                    .into_iter()
+                    .map(|(k, x)| (format!("{name}/{k}"), x)),
+            );
         }
         Ok(v)
     }

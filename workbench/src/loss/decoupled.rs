@@ -22,7 +22,9 @@
 //! with the paper's defaults α = 2, t = 2, equal weights.
 
 use super::cloob::loob_rows;
-use super::common::{NEG, Temperature, TemperatureConfig, check_batch, eye, logsumexp_last, similarity};
+use super::common::{
+    NEG, Temperature, TemperatureConfig, check_batch, eye, logsumexp_last, similarity,
+};
 use super::{LossInputs, LossOutput, Objective};
 use crate::Result;
 use crate::params::Scope;
@@ -122,7 +124,10 @@ impl AlignUniformLoss {
     /// No learnable parameters.
     pub fn new(cfg: &AlignUniformConfig, _s: &Scope) -> Result<Self> {
         if !(cfg.alpha > 0.0 && cfg.t > 0.0) {
-            return Err(crate::Error::config("loss.alpha", "alpha and t must be positive"));
+            return Err(crate::Error::config(
+                "loss.alpha",
+                "alpha and t must be positive",
+            ));
         }
         Ok(Self { cfg: cfg.clone() })
     }
@@ -152,10 +157,15 @@ impl Objective for AlignUniformLoss {
         };
         let ui = uniformity(x.image, self.cfg.t)?;
         let ut = uniformity(x.text, self.cfg.t)?;
-        let loss = ((&align * self.cfg.align_weight)? + ((&ui + &ut)? * (0.5 * self.cfg.uniform_weight))?)?;
+        let loss = ((&align * self.cfg.align_weight)?
+            + ((&ui + &ut)? * (0.5 * self.cfg.uniform_weight))?)?;
         Ok(LossOutput {
             loss,
-            terms: vec![("align".into(), align), ("uniform_image".into(), ui), ("uniform_text".into(), ut)],
+            terms: vec![
+                ("align".into(), align),
+                ("uniform_image".into(), ui),
+                ("uniform_text".into(), ut),
+            ],
         })
     }
 

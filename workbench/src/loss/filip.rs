@@ -55,7 +55,11 @@ pub fn word_mask(text_mask: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `(s^I, s^T)`, both `(B_img, B_txt)`, from patches `(B, N, E)`, tokens `(B', T, E)` and a
 /// `(B', T)` 0/1 mask of the tokens that take part.
-pub fn late_interaction(patches: &Tensor, tokens: &Tensor, mask: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn late_interaction(
+    patches: &Tensor,
+    tokens: &Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (bi, n, e) = patches.dims3()?;
     let (bt, t, _) = tokens.dims3()?;
     let sim = patches
@@ -70,7 +74,10 @@ pub fn late_interaction(patches: &Tensor, tokens: &Tensor, mask: &Tensor) -> can
     let best_patch = sim.max(1)?; // (Bi, Bt, T)
     let m2 = mask.reshape((1, bt, t))?;
     let count = mask.sum(1)?.reshape((1, bt))?;
-    let s_t = best_patch.broadcast_mul(&m2)?.sum(D::Minus1)?.broadcast_div(&count)?; // (Bi, Bt)
+    let s_t = best_patch
+        .broadcast_mul(&m2)?
+        .sum(D::Minus1)?
+        .broadcast_div(&count)?; // (Bi, Bt)
     Ok((s_i, s_t))
 }
 
@@ -88,7 +95,9 @@ impl Objective for FilipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "filip")?;
-        let (Some(patches), Some(tokens), Some(mask)) = (x.image_tokens, x.text_tokens, x.text_mask) else {
+        let (Some(patches), Some(tokens), Some(mask)) =
+            (x.image_tokens, x.text_tokens, x.text_mask)
+        else {
             candle_core::bail!("filip needs patch and token embeddings with the text mask");
         };
         let (s_i, s_t) = late_interaction(patches, tokens, &word_mask(mask)?)?;

@@ -21,7 +21,8 @@
 //! γ = 0 recovers SigLIP (sigmoid) or CLIP (softmax).
 
 use super::common::{
-    Temperature, TemperatureConfig, check_batch, diagonal, eye, log_sigmoid, similarity,
+    NEG, Temperature, TemperatureConfig, check_batch, diagonal, eye, log_sigmoid, logsumexp_last,
+    similarity,
 };
 use super::{LossInputs, LossOutput, Objective};
 use crate::Result;
@@ -99,15 +100,25 @@ impl FocalLoss {
     }
 }
 
-/// `−(1 − p)^γ log p` from `log p` (element-wise).
-fn focal_term(logp: &Tensor, gamma: f64) -> candle_core::Result<Tensor> {
-    let one_minus_p = (1.0 - logp.exp()?)?; // p ≤ 1 since log p ≤ 0
-    let weight = if gamma == 0.0 {
-        one_minus_p.ones_like()?
-    } else {
-        one_minus_p.powf(gamma)?
-    };
-    (weight * logp)?.neg()
+/// `−(1 − p)^γ log p` (element-wise) from `log p` and `log(1 − p)`, both computed stably by the
+/// caller. The weight is `exp(γ·log(1 − p))`: `(1 − exp(log p))^γ` rounds `1 − p` to 0 for a
+/// confidently classified cell, where the derivative of `x^γ` (γ < 1) is infinite and the
+/// gradients become NaN; this form stays finite and keeps `1 − p` accurate near `p = 1`.
+fn focal_term(logp: &Tensor, log_one_minus_p: &Tensor, gamma: f64) -> candle_core::Result<Tensor> {
+    if gamma == 0.0 {
+        return logp.neg();
+    }
+    ((log_one_minus_p * gamma)?.exp()? * logp)?.neg()
+}
+
+/// `(log p_i, log(1 − p_i))` for the softmax probability `p_i` of each row's diagonal entry:
+/// `log(1 − p_i) = logsumexp_{j≠i} l_ij − logsumexp_j l_ij`.
+fn softmax_diagonal_log_probs(l: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let n = l.dim(0)?;
+    let logp = diagonal(&crate::model::layers::log_softmax_last(l)?)?;
+    let others = (l + (eye(n, l.device())? * NEG)?)?;
+    let log_one_minus_p = (logsumexp_last(&others)? - logsumexp_last(l)?)?;
+    Ok((logp, log_one_minus_p))
 }
 
 impl Objective for FocalLoss {
@@ -123,7 +134,9 @@ impl Objective for FocalLoss {
             let l = logits.broadcast_add(bias.as_tensor())?;
             let pos = eye(b, l.device())?;
             let z = ((&pos * 2.0)? - 1.0)?;
-            let cell = focal_term(&log_sigmoid(&(l * z)?)?, g)?;
+            let zl = (l * z)?;
+            // p = σ(z·l) and 1 − p = σ(−z·l).
+            let cell = focal_term(&log_sigmoid(&zl)?, &log_sigmoid(&zl.neg()?)?, g)?;
             let positive = ((&cell * &pos)?.sum_all()? / b as f64)?;
             let negative = ((&cell * (1.0 - &pos)?)?.sum_all()? / b as f64)?;
             Ok(LossOutput {
@@ -131,9 +144,12 @@ impl Objective for FocalLoss {
                 terms: vec![("positive".into(), positive), ("negative".into(), negative)],
             })
         } else {
-            let ls = crate::model::layers::log_softmax_last;
-            let i2t = focal_term(&diagonal(&ls(&logits)?)?, g)?.mean_all()?;
-            let t2i = focal_term(&diagonal(&ls(&logits.t()?.contiguous()?)?)?, g)?.mean_all()?;
+            let direction = |l: &Tensor| -> candle_core::Result<Tensor> {
+                let (logp, log_one_minus_p) = softmax_diagonal_log_probs(l)?;
+                focal_term(&logp, &log_one_minus_p, g)?.mean_all()
+            };
+            let i2t = direction(&logits)?;
+            let t2i = direction(&logits.t()?.contiguous()?)?;
             Ok(LossOutput {
                 loss: ((&i2t + &t2i)? * 0.5)?,
                 terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],

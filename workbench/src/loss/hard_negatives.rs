@@ -54,7 +54,10 @@ impl HardNegativesLoss {
     /// Creates (or restores) the temperature.
     pub fn new(cfg: &HardNegativesConfig, s: &Scope) -> Result<Self> {
         if !(1..=16).contains(&cfg.per_image) {
-            return Err(crate::Error::config("loss.per_image", format!("must be in 1..=16, got {}", cfg.per_image)));
+            return Err(crate::Error::config(
+                "loss.per_image",
+                format!("must be in 1..=16, got {}", cfg.per_image),
+            ));
         }
         Ok(Self {
             cfg: cfg.clone(),
@@ -89,10 +92,16 @@ impl Objective for HardNegativesLoss {
         let main = similarity(x.image, x.text)?; // (B, B)
         let neg = similarity(x.image, extra)?; // (B, B·K)
         let hits = {
-            let (m, n) = (main.detach().to_vec2::<f32>()?, neg.detach().to_vec2::<f32>()?);
-            (0..b).filter(|&i| n[i][i * k..(i + 1) * k].iter().all(|&v| m[i][i] > v)).count()
+            let (m, n) = (
+                main.detach().to_vec2::<f32>()?,
+                neg.detach().to_vec2::<f32>()?,
+            );
+            (0..b)
+                .filter(|&i| n[i][i * k..(i + 1) * k].iter().all(|&v| m[i][i] > v))
+                .count()
         };
-        self.accuracy.store((hits as f32 / b as f32).to_bits(), Ordering::Relaxed);
+        self.accuracy
+            .store((hits as f32 / b as f32).to_bits(), Ordering::Relaxed);
         let logits = Tensor::cat(&[&main, &neg], 1)?.broadcast_mul(&scale)?;
         let i2t = image_to_text_wide(&logits)?;
         let (_, t2i) = symmetric_cross_entropy(&main.broadcast_mul(&scale)?)?;
@@ -113,7 +122,10 @@ impl Objective for HardNegativesLoss {
     fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
         Ok(vec![
             ("logit_scale".into(), self.temperature.value()?),
-            ("hard_negative_accuracy".into(), f32::from_bits(self.accuracy.load(Ordering::Relaxed))),
+            (
+                "hard_negative_accuracy".into(),
+                f32::from_bits(self.accuracy.load(Ordering::Relaxed)),
+            ),
         ])
     }
 }
@@ -123,5 +135,8 @@ impl Objective for HardNegativesLoss {
 fn image_to_text_wide(logits: &Tensor) -> candle_core::Result<Tensor> {
     let b = logits.dim(0)?;
     let labels = Tensor::arange(0u32, b as u32, logits.device())?.unsqueeze(1)?;
-    crate::model::layers::log_softmax_last(logits)?.gather(&labels, 1)?.mean_all()?.neg()
+    crate::model::layers::log_softmax_last(logits)?
+        .gather(&labels, 1)?
+        .mean_all()?
+        .neg()
 }

@@ -89,7 +89,11 @@ impl Objective for TclLoss {
             + (&text * self.cfg.text_weight)?)?;
         Ok(LossOutput {
             loss,
-            terms: vec![("cross_modal".into(), cross), ("image_image".into(), image), ("text_text".into(), text)],
+            terms: vec![
+                ("cross_modal".into(), cross),
+                ("image_image".into(), image),
+                ("text_text".into(), text),
+            ],
         })
     }
 

@@ -85,10 +85,16 @@ impl FnMaskLoss {
                 let Some(ids) = ids else {
                     candle_core::bail!("fn_mask by {:?} needs {what}", self.cfg.by);
                 };
+                if ids.len() != b {
+                    candle_core::bail!("fn_mask: {} {what} for {b} rows", ids.len());
+                }
                 (0..b * b).map(|k| ids[k / b] == ids[k % b]).collect()
             }
             FalseNegativeBy::Similarity => {
-                let s = similarity(x.text, x.text)?.detach().flatten_all()?.to_vec1::<f32>()?;
+                let s = similarity(x.text, x.text)?
+                    .detach()
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
                 let th = self.cfg.threshold as f32;
                 s.into_iter().map(|v| v >= th).collect()
             }
@@ -114,8 +120,12 @@ impl Objective for FnMaskLoss {
         let fneg = self.false_negatives(x, b)?;
         let count = fneg.iter().filter(|&&f| f).count();
         let frac = count as f32 / (b * (b - 1)) as f32;
-        self.masked.store(frac.to_bits(), std::sync::atomic::Ordering::Relaxed);
-        let additive: Vec<f32> = fneg.iter().map(|&f| if f { NEG as f32 } else { 0.0 }).collect();
+        self.masked
+            .store(frac.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        let additive: Vec<f32> = fneg
+            .iter()
+            .map(|&f| if f { NEG as f32 } else { 0.0 })
+            .collect();
         let additive = Tensor::from_vec(additive, (b, b), x.image.device())?;
         let logits = similarity(x.image, x.text)?
             .broadcast_mul(&self.temperature.scale()?)?

@@ -262,10 +262,16 @@ impl LossConfig {
 
     /// The built-in objective called `name`, with default settings.
     pub fn by_name(name: &str) -> Result<Self> {
-        Self::builtins().into_iter().find(|c| c.name() == name).ok_or_else(|| {
-            let names: Vec<&str> = Self::builtins().iter().map(Self::name).collect();
-            crate::Error::config("loss.kind", format!("unknown objective {name:?}; expected one of {names:?} or \"sum\""))
-        })
+        Self::builtins()
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::builtins().iter().map(Self::name).collect();
+                crate::Error::config(
+                    "loss.kind",
+                    format!("unknown objective {name:?}; expected one of {names:?} or \"sum\""),
+                )
+            })
     }
 
     /// Builds the objective; its parameters are created (or restored) under `loss.<name>`.
@@ -302,9 +308,17 @@ pub fn diagnose_toml(value: &toml::Value) -> Option<(String, String)> {
     let kind = match table.remove("kind") {
         Some(toml::Value::String(k)) => k,
         Some(other) => {
-            return Some(("kind".into(), format!("expected a string, found {}", other.type_str())));
+            return Some((
+                "kind".into(),
+                format!("expected a string, found {}", other.type_str()),
+            ));
         }
-        None => return Some(("kind".into(), "missing; name the objective, e.g. kind = \"clip\"".into())),
+        None => {
+            return Some((
+                "kind".into(),
+                "missing; name the objective, e.g. kind = \"clip\"".into(),
+            ));
+        }
     };
     let v = toml::Value::Table(table.clone());
     match kind.as_str() {
@@ -328,10 +342,16 @@ pub fn diagnose_toml(value: &toml::Value) -> Option<(String, String)> {
             let parts = table.get("parts").and_then(toml::Value::as_array)?;
             for (i, part) in parts.iter().enumerate() {
                 let Some(t) = part.as_table() else {
-                    return Some((format!("parts[{i}]"), "expected a table { weight, loss }".into()));
+                    return Some((
+                        format!("parts[{i}]"),
+                        "expected a table { weight, loss }".into(),
+                    ));
                 };
                 if let Some(bad) = t.keys().find(|k| *k != "weight" && *k != "loss") {
-                    return Some((format!("parts[{i}].{bad}"), "unknown field; expected `weight` or `loss`".into()));
+                    return Some((
+                        format!("parts[{i}].{bad}"),
+                        "unknown field; expected `weight` or `loss`".into(),
+                    ));
                 }
                 if let Some((p, m)) = t.get("loss").and_then(diagnose_toml) {
                     return Some((format!("parts[{i}].loss.{p}"), m));
@@ -340,8 +360,14 @@ pub fn diagnose_toml(value: &toml::Value) -> Option<(String, String)> {
             None
         }
         other => {
-            let names: Vec<&str> = LossConfig::builtins().iter().map(LossConfig::name).collect();
-            Some(("kind".into(), format!("unknown objective {other:?}; expected one of {names:?} or \"sum\"")))
+            let names: Vec<&str> = LossConfig::builtins()
+                .iter()
+                .map(LossConfig::name)
+                .collect();
+            Some((
+                "kind".into(),
+                format!("unknown objective {other:?}; expected one of {names:?} or \"sum\""),
+            ))
         }
     }
 }

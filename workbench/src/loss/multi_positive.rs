@@ -10,11 +10,14 @@
 //! L = ½ [ −(1/B) Σ_i Σ_j q_ij log softmax_j(l)_ij  + same over columns ],   l = exp(t)·x·yᵀ
 //! ```
 //!
-//! With all groups distinct this is CLIP. Group ids come from the dataset (for `shapes`: images
-//! whose scenes have the same description) and from several captions of one image in a batch
-//! (`train.captions_per_image`).
+//! With all groups distinct this is CLIP. Group ids come from the dataset's
+//! [`Sample::group`](crate::data::Sample::group): for `shapes`, images whose scenes have the same
+//! canonical description, so a batch's repeated captions ("a large red circle") are positives of
+//! every image they describe instead of false negatives.
 
-use super::common::{Temperature, TemperatureConfig, check_batch, mask, similarity, soft_cross_entropy};
+use super::common::{
+    Temperature, TemperatureConfig, check_batch, mask, similarity, soft_cross_entropy,
+};
 use super::{LossInputs, LossOutput, Needs, Objective};
 use crate::Result;
 use crate::params::Scope;

@@ -142,7 +142,10 @@ impl Objective for SiglipLoss {
     fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
         Ok(vec![
             ("logit_scale".into(), self.temperature.value()?),
-            ("logit_bias".into(), self.bias.as_tensor().to_scalar::<f32>()?),
+            (
+                "logit_bias".into(),
+                self.bias.as_tensor().to_scalar::<f32>()?,
+            ),
         ])
     }
 

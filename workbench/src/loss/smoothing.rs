@@ -14,7 +14,9 @@
 //! ε follows a schedule over training progress `p ∈ [0, 1]` from `epsilon_start` to
 //! `epsilon_end`: constant (start), linear, or cosine. ε = 0 is CLIP.
 
-use super::common::{Temperature, TemperatureConfig, check_batch, mask, similarity, soft_cross_entropy};
+use super::common::{
+    Temperature, TemperatureConfig, check_batch, mask, similarity, soft_cross_entropy,
+};
 use super::{LossInputs, LossOutput, Objective};
 use crate::Result;
 use crate::params::Scope;
@@ -82,9 +84,15 @@ pub struct SoftTargetsLoss {
 impl SoftTargetsLoss {
     /// Creates (or restores) the temperature.
     pub fn new(cfg: &SoftTargetsConfig, s: &Scope) -> Result<Self> {
-        for (field, v) in [("epsilon_start", cfg.epsilon_start), ("epsilon_end", cfg.epsilon_end)] {
+        for (field, v) in [
+            ("epsilon_start", cfg.epsilon_start),
+            ("epsilon_end", cfg.epsilon_end),
+        ] {
             if !(0.0..1.0).contains(&v) {
-                return Err(crate::Error::config(format!("loss.{field}"), format!("must be in [0, 1), got {v}")));
+                return Err(crate::Error::config(
+                    format!("loss.{field}"),
+                    format!("must be in [0, 1), got {v}"),
+                ));
             }
         }
         Ok(Self {
@@ -126,7 +134,10 @@ impl Objective for SoftTargetsLoss {
     fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
         Ok(vec![
             ("logit_scale".into(), self.temperature.value()?),
-            ("epsilon".into(), f64::from_bits(self.last_epsilon.load(Ordering::Relaxed)) as f32),
+            (
+                "epsilon".into(),
+                f64::from_bits(self.last_epsilon.load(Ordering::Relaxed)) as f32,
+            ),
         ])
     }
 }

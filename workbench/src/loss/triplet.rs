@@ -70,7 +70,10 @@ impl TripletLoss {
     /// No learnable parameters.
     pub fn new(cfg: &TripletConfig, _s: &Scope) -> Result<Self> {
         if !(cfg.margin >= 0.0 && cfg.margin.is_finite()) {
-            return Err(crate::Error::config("loss.margin", format!("must be >= 0, got {}", cfg.margin)));
+            return Err(crate::Error::config(
+                "loss.margin",
+                format!("must be >= 0, got {}", cfg.margin),
+            ));
         }
         Ok(Self { cfg: cfg.clone() })
     }
