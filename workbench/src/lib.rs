@@ -35,6 +35,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::float_cmp))]
 
+pub mod analysis;
 pub mod checkpoint;
 pub mod config;
 pub mod control;
