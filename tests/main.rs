@@ -22,5 +22,7 @@ mod losses;
 mod training;
 // Live control: objective swaps, edits, probe, resume after a swap.
 mod swap;
+// Analyses: the modality gap and the gap-shift sweep.
+mod analysis;
 // The command line: a real run, and every bad-input case.
 mod cli;

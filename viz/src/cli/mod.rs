@@ -35,6 +35,30 @@ pub enum Command {
     Data(DataArgs),
     /// Benchmarks: `bench losses` times every objective's forward + backward pass.
     Bench(BenchArgs),
+    /// Modality gap of a checkpoint: geometry of both embedding sets and the gap-shift sweep.
+    Gap(GapArgs),
+}
+
+/// `workbench gap`.
+#[derive(Debug, Args)]
+pub struct GapArgs {
+    /// A run directory or its `checkpoint/`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Split to measure.
+    #[arg(long, default_value = "val", value_parser = ["val", "test"])]
+    pub split: String,
+    /// Shifts along the gap vector to evaluate (1 closes the gap, negative widens it); write a
+    /// list that starts with a negative value as `--deltas=-0.5,0,1`.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true,
+          default_values_t = [-0.5f32, 0.0, 0.25, 0.5, 0.75, 1.0])]
+    pub deltas: Vec<f32>,
+    /// Write the full analysis (spectra, histograms, sweep) as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (default: as trained).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 /// `workbench bench`.
@@ -207,6 +231,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(&a),
         Command::Data(a) => data(&a),
         Command::Bench(a) => bench(&a),
+        Command::Gap(a) => gap(&a),
     }
 }
 
@@ -451,4 +476,48 @@ fn bench(a: &BenchArgs) -> Result<()> {
         },
     )?;
     failed.map_or(Ok(()), Err)
+}
+
+fn gap(a: &GapArgs) -> Result<()> {
+    let device = a.device.as_deref().map(parse_device).transpose()?;
+    let mut trainer = Trainer::resume(&a.checkpoint, device)?;
+    let split = if a.split == "test" {
+        Split::Test
+    } else {
+        Split::Val
+    };
+    let g = trainer.analyse_gap(split, &a.deltas)?;
+    let r = &g.report;
+    say(&format!(
+        "modality gap on {split} ({} pairs, {} dims) after {} steps",
+        r.pairs,
+        r.dim,
+        trainer.completed_steps()
+    ))?;
+    say(&format!(
+        "  centroid distance {:.3} · centroid cosine {:.3} · image cone {:.3} · text cone {:.3}",
+        r.centroid_distance, r.centroid_cosine, r.image_cone, r.text_cone
+    ))?;
+    say(&format!(
+        "  separability (held-out logistic probe) {:.3} · matched cosine {:.3} · unmatched {:.3}",
+        r.separability, r.matched_mean, r.unmatched_mean
+    ))?;
+    say(&format!(
+        "  effective rank: image {:.1}, text {:.1} (of {})",
+        r.image_effective_rank, r.text_effective_rank, r.dim
+    ))?;
+    say("      δ   gap   i→t R@1  t→i R@1  zero-shot")?;
+    for p in &g.sweep {
+        let zs = p.zero_shot.map_or("—".to_string(), |z| format!("{z:.3}"));
+        say(&format!(
+            "  {:>5.2} {:>5.3}  {:>7.3}  {:>7.3}  {zs:>9}",
+            p.delta, p.centroid_distance, p.image_to_text_r1, p.text_to_image_r1
+        ))?;
+    }
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&g)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        say(&format!("wrote {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -303,6 +303,21 @@ pub fn gap_report(image: &[f32], text: &[f32], dim: usize) -> Result<GapReport> 
     })
 }
 
+/// Each row of `m` (`n × dim`) moved by `scale · offset` and re-normalised.
+pub fn shift_rows(m: &[f32], dim: usize, offset: &[f32], scale: f32) -> Vec<f32> {
+    m.chunks_exact(dim)
+        .flat_map(|r| {
+            let moved: Vec<f64> = r
+                .iter()
+                .zip(offset)
+                .map(|(v, o)| f64::from(*v) + f64::from(scale) * f64::from(*o))
+                .collect();
+            let norm = moved.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            moved.into_iter().map(move |v| (v / norm) as f32)
+        })
+        .collect()
+}
+
 /// The gap-shift of Liang et al.: images `x − (δ/2)Δ`, texts `y + (δ/2)Δ`, each row then
 /// re-normalised; `Δ` is the gap vector of the inputs.
 pub fn shift_along_gap(
@@ -313,25 +328,11 @@ pub fn shift_along_gap(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let n = check(image, text, dim)?;
     let (mi, mt) = (mean_rows(image, n, dim), mean_rows(text, n, dim));
-    let half: Vec<f64> = mi
-        .iter()
-        .zip(&mt)
-        .map(|(a, b)| (a - b) * f64::from(delta) / 2.0)
-        .collect();
-    let shift = |m: &[f32], sign: f64| -> Vec<f32> {
-        m.chunks_exact(dim)
-            .flat_map(|r| {
-                let moved: Vec<f64> = r
-                    .iter()
-                    .zip(&half)
-                    .map(|(v, h)| f64::from(*v) + sign * h)
-                    .collect();
-                let norm = moved.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-                moved.into_iter().map(move |v| (v / norm) as f32)
-            })
-            .collect()
-    };
-    Ok((shift(image, -1.0), shift(text, 1.0)))
+    let gap: Vec<f32> = mi.iter().zip(&mt).map(|(a, b)| (a - b) as f32).collect();
+    Ok((
+        shift_rows(image, dim, &gap, -delta / 2.0),
+        shift_rows(text, dim, &gap, delta / 2.0),
+    ))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! # Ok::<(), workbench::Error>(())
 //! ```
 
+use crate::analysis::{GapAnalysis, analyse_gap};
 use crate::config::{RunConfig, parse_device};
 use crate::control::{Command, RunHandle};
 use crate::data::{Batch, Extras, Loader, PairDataset, Shapes, Split, Tokenizer};
@@ -352,10 +353,7 @@ impl Trainer {
 
     /// Evaluates on `split` (retrieval, zero-shot, gap, loss).
     pub fn evaluate(&mut self, split: Split) -> Result<EvalReport> {
-        if !self.eval_sets.contains_key(split.name()) {
-            let set = EvalSet::build(self.dataset.as_ref(), split, None)?;
-            self.eval_sets.insert(split.name(), set);
-        }
+        self.eval_set(split)?;
         let set = &self.eval_sets[split.name()];
         let cx = EvalContext {
             objective: self.objective.as_ref(),
@@ -366,6 +364,31 @@ impl Trainer {
             step: self.step,
         };
         evaluate(&self.model, set, &cx)
+    }
+
+    /// Materialises an evaluation split once; later calls find it in `eval_sets`.
+    fn eval_set(&mut self, split: Split) -> Result<()> {
+        if !self.eval_sets.contains_key(split.name()) {
+            let set = EvalSet::build(self.dataset.as_ref(), split, None)?;
+            self.eval_sets.insert(split.name(), set);
+        }
+        Ok(())
+    }
+
+    /// The modality gap on `split` and retrieval / zero-shot after shifting along it by each of
+    /// `deltas` (see [`crate::analysis::gap`]).
+    pub fn analyse_gap(&mut self, split: Split, deltas: &[f32]) -> Result<GapAnalysis> {
+        let chunk = self.cfg.train.eval_batch_size;
+        self.eval_set(split)?;
+        let set = &self.eval_sets[split.name()];
+        analyse_gap(
+            &self.model,
+            set,
+            &self.tokenizer,
+            &self.device,
+            chunk,
+            deltas,
+        )
     }
 
     /// Trains until `train.steps`, evaluating every `train.eval_every` steps and at the end, and
