@@ -63,3 +63,21 @@ fn the_gap_command_prints_and_writes_json() {
     assert_eq!(missing, std::process::ExitCode::FAILURE);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn an_untrained_model_points_no_better_than_a_random_direction() {
+    let t = Trainer::new(tiny_config()).unwrap();
+    let r = t.pointing_game(Split::Val, 64).unwrap();
+    assert_eq!(r.images, 64);
+    assert!(r.mentions >= 64, "{r:?}");
+    assert!(r.chance > 0.05 && r.chance < 0.6, "{r:?}");
+    // Objects are salient: even random directions land on them more often than chance, and
+    // an untrained model's words are no better than random directions.
+    assert!(r.baseline > r.chance, "{r:?}");
+    assert!(
+        (r.accuracy - r.baseline).abs() < 0.2,
+        "an untrained model's words should point like random directions: {r:?}"
+    );
+    let cli = viz::cli::main_with_args(["workbench", "point", "--checkpoint", "/nonexistent"]);
+    assert_eq!(cli, std::process::ExitCode::FAILURE);
+}

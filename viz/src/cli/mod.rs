@@ -37,6 +37,28 @@ pub enum Command {
     Bench(BenchArgs),
     /// Modality gap of a checkpoint: geometry of both embedding sets and the gap-shift sweep.
     Gap(GapArgs),
+    /// Pointing game: does each object's word land on the object's patches?
+    Point(PointArgs),
+}
+
+/// `workbench point`.
+#[derive(Debug, Args)]
+pub struct PointArgs {
+    /// A run directory or its `checkpoint/`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Split to play on.
+    #[arg(long, default_value = "val", value_parser = ["val", "test"])]
+    pub split: String,
+    /// Images to play (from the start of the split).
+    #[arg(long, default_value_t = 1000)]
+    pub images: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// cpu, cuda or cuda:N (default: as trained).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 /// `workbench gap`.
@@ -232,6 +254,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(a) => data(&a),
         Command::Bench(a) => bench(&a),
         Command::Gap(a) => gap(&a),
+        Command::Point(a) => point(&a),
     }
 }
 
@@ -520,4 +543,22 @@ fn gap(a: &GapArgs) -> Result<()> {
         say(&format!("wrote {}", path.display()))?;
     }
     Ok(())
+}
+
+fn point(a: &PointArgs) -> Result<()> {
+    let device = a.device.as_deref().map(parse_device).transpose()?;
+    let trainer = Trainer::resume(&a.checkpoint, device)?;
+    let split = if a.split == "test" {
+        Split::Test
+    } else {
+        Split::Val
+    };
+    let r = trainer.pointing_game(split, a.images)?;
+    if a.json {
+        return say(&serde_json::to_string_pretty(&r)?);
+    }
+    say(&format!(
+        "pointing game on {split}: {} of {} mentions in {} images land on their object: accuracy {:.3} (random direction {:.3}, random patch {:.3})",
+        r.hits, r.mentions, r.images, r.accuracy, r.baseline, r.chance
+    ))
 }

@@ -13,7 +13,7 @@
 //! # Ok::<(), workbench::Error>(())
 //! ```
 
-use crate::analysis::{GapAnalysis, analyse_gap};
+use crate::analysis::{GapAnalysis, PointingReport, analyse_gap, pointing_game};
 use crate::config::{RunConfig, parse_device};
 use crate::control::{Command, RunHandle};
 use crate::data::{Batch, Extras, Loader, PairDataset, Shapes, Split, Tokenizer};
@@ -373,6 +373,20 @@ impl Trainer {
             self.eval_sets.insert(split.name(), set);
         }
         Ok(())
+    }
+
+    /// The pointing game on the first `images` images of `split` (see
+    /// [`crate::analysis::pointing`]).
+    pub fn pointing_game(&self, split: Split, images: usize) -> Result<PointingReport> {
+        pointing_game(
+            &self.model,
+            self.dataset.as_ref(),
+            split,
+            &self.tokenizer,
+            &self.device,
+            images,
+            self.cfg.train.eval_batch_size,
+        )
     }
 
     /// The modality gap on `split` and retrieval / zero-shot after shifting along it by each of
