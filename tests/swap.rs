@@ -1,6 +1,6 @@
 //! Live control: swapping objectives mid-run, live edits, the probe batch, resume after a swap.
 
-use crate::util::{tiny_config, tmpdir};
+use crate::util::{snapshot, tiny_config, tmpdir};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::mpsc;
@@ -165,23 +165,7 @@ fn swapping_through_every_builtin_every_10_steps_trains_and_resumes_bit_identica
         joined, all,
         "resumed run differs from the uninterrupted one"
     );
-    let params = |t: &Trainer| -> Vec<(String, Vec<f32>)> {
-        t.params()
-            .all()
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n,
-                    v.as_tensor()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap(),
-                )
-            })
-            .collect()
-    };
-    assert_eq!(params(&resumed), params(&straight));
+    assert_eq!(snapshot(&resumed), snapshot(&straight));
     let _ = std::fs::remove_dir_all(dir);
 }
 

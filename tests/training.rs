@@ -1,6 +1,6 @@
 //! Training: overfitting, determinism, checkpoints, resume, non-finite values, user objectives.
 
-use crate::util::{tiny_config, tmpdir};
+use crate::util::{snapshot, tiny_config, tmpdir};
 use candle_core::{Tensor, Var};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,23 +11,6 @@ use workbench::train::{FitOutcome, Trainer};
 
 fn losses(t: &mut Trainer, n: usize) -> Vec<f32> {
     (0..n).map(|_| t.step().unwrap().loss).collect()
-}
-
-fn snapshot(t: &Trainer) -> Vec<(String, Vec<f32>)> {
-    t.params()
-        .all()
-        .into_iter()
-        .map(|(n, v)| {
-            (
-                n,
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-            )
-        })
-        .collect()
 }
 
 #[test]

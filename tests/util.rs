@@ -34,3 +34,21 @@ pub fn assert_close(a: &candle_core::Tensor, b: &candle_core::Tensor, atol: f64,
     let d = kernels::check::max_abs_diff(a, b).unwrap();
     assert!(d <= atol, "{what}: max |Δ| = {d:e} > {atol:e}");
 }
+
+/// Every parameter's name and values, sorted by name (to compare two trainers bit for bit).
+pub fn snapshot(t: &workbench::train::Trainer) -> Vec<(String, Vec<f32>)> {
+    t.params()
+        .all()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
