@@ -278,14 +278,18 @@ pub fn probe_report(
             }
         }
     }
-    let gap = (0..e)
-        .map(|d| {
-            let mi: f64 = (0..n).map(|i| f64::from(img[i * e + d])).sum::<f64>() / n as f64;
-            let mt: f64 = (0..n).map(|i| f64::from(txt[i * e + d])).sum::<f64>() / n as f64;
-            (mi - mt).powi(2)
-        })
-        .sum::<f64>()
-        .sqrt();
+    let gap = metrics::modality_gap(
+        Matrix {
+            data: &img,
+            rows: n,
+            cols: e,
+        },
+        Matrix {
+            data: &txt,
+            rows: n,
+            cols: e,
+        },
+    );
     Ok(ProbeReport {
         step,
         objective: objective.to_string(),
@@ -299,7 +303,7 @@ pub fn probe_report(
         } else {
             (neg / neg_count as f64) as f32
         },
-        modality_gap: gap as f32,
+        modality_gap: gap,
     })
 }
 

@@ -9,7 +9,9 @@
 use super::geometry::{GapReport, gap_report, shift_rows};
 use crate::Result;
 use crate::data::{Split, Tokenizer};
-use crate::eval::{EvalSet, class_embeddings, embed_images, embed_texts};
+use crate::eval::{
+    ClassEmbeddings, EvalSet, class_embeddings, classify, embed_images, embed_texts,
+};
 use crate::metrics::{self, Matrix};
 use crate::model::ClipModel;
 use candle_core::{Device, Tensor};
@@ -78,7 +80,7 @@ pub fn analyse_gap(
             let classes = class_embeddings(model, tokenizer, &zs.classes, chunk, device)?;
             let (variants, _) = host(&classes.variants)?;
             let (images, _) = host(&embed_images(model, &zs.images, chunk, device)?)?;
-            Some((zs, classes.class_of, classes.classes, variants, images))
+            Some((zs, classes, variants, images))
         }
         None => None,
     };
@@ -107,22 +109,16 @@ pub fn analyse_gap(
             .flat_map(|t| row(&unique_s, t[0]))
             .collect();
         let zs = match &zero_shot {
-            Some((zs, class_of, n_classes, variants, images)) => {
+            Some((zs, classes, variants, images)) => {
                 let v = shift_rows(variants, e, &gap, delta / 2.0);
                 let x = shift_rows(images, e, &gap, -delta / 2.0);
-                let (s, rows, cols) = matmul_t(&x, &v, e)?;
-                let mut scores = vec![f32::NEG_INFINITY; rows * n_classes];
-                for i in 0..rows {
-                    for (k, &c) in class_of.iter().enumerate() {
-                        let slot = &mut scores[i * n_classes + c];
-                        *slot = slot.max(s[i * cols + k]);
-                    }
-                }
-                let predicted = metrics::argmax_rows(Matrix {
-                    data: &scores,
-                    rows,
-                    cols: *n_classes,
-                });
+                let shifted = ClassEmbeddings {
+                    variants: Tensor::from_vec(v, (variants.len() / e, e), &Device::Cpu)?,
+                    class_of: classes.class_of.clone(),
+                    classes: classes.classes,
+                };
+                let x = Tensor::from_vec(x, (images.len() / e, e), &Device::Cpu)?;
+                let (predicted, _) = classify(&x, &shifted)?;
                 metrics::accuracy(&predicted, &zs.labels, |_| true)
             }
             None => None,
