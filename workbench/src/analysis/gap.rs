@@ -4,9 +4,11 @@
 //! measures them with [`gap_report`], then repeats retrieval and zero-shot classification after
 //! shifting the embeddings along the gap vector `Δ` of those pairs by each `δ` (Liang et al.,
 //! 2022, §4.2: images `x − (δ/2)Δ`, texts — captions and class prompts alike — `y + (δ/2)Δ`, all
-//! re-normalised). `δ = 0` reproduces the plain evaluation.
+//! re-normalised). `δ = 0` reproduces the plain evaluation. The matched pairs are also projected
+//! on their joint 2-D PCA.
 
 use super::geometry::{GapReport, gap_report, shift_rows};
+use super::projection::{JointPca, joint_pca};
 use crate::Result;
 use crate::data::{Split, Tokenizer};
 use crate::eval::{
@@ -41,6 +43,8 @@ pub struct GapAnalysis {
     pub report: GapReport,
     /// One point per requested shift.
     pub sweep: Vec<GapShiftPoint>,
+    /// Both sets of matched embeddings on the first two axes of their joint PCA.
+    pub pca: JointPca,
 }
 
 fn host(t: &Tensor) -> Result<(Vec<f32>, usize)> {
@@ -144,6 +148,7 @@ pub fn analyse_gap(
     }
     Ok(GapAnalysis {
         split: set.split,
+        pca: joint_pca(&img, &paired, e)?,
         report,
         sweep,
     })

@@ -159,7 +159,47 @@ fn spectrum(m: &[f32], n: usize, d: usize) -> Vec<f64> {
 }
 
 /// Eigenvalues of a symmetric `d × d` matrix by cyclic Jacobi rotations.
-pub fn symmetric_eigenvalues(mut a: Vec<f64>, d: usize) -> Vec<f64> {
+pub fn symmetric_eigenvalues(a: Vec<f64>, d: usize) -> Vec<f64> {
+    jacobi(a, d, false).0
+}
+
+/// Eigenvalues of a symmetric `d × d` matrix in decreasing order, with their unit eigenvectors
+/// (`vectors[i]` belongs to `values[i]`; each vector's largest-magnitude entry is positive, so
+/// the result is deterministic).
+pub fn symmetric_eigen(a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let (values, v) = jacobi(a, d, true);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&i, &j| values[j].total_cmp(&values[i]));
+    let vectors = order
+        .iter()
+        .map(|&i| {
+            let mut col: Vec<f64> = (0..d).map(|k| v[k * d + i]).collect();
+            let big = col
+                .iter()
+                .copied()
+                .fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+            if big < 0.0 {
+                col.iter_mut().for_each(|x| *x = -*x);
+            }
+            col
+        })
+        .collect();
+    (order.iter().map(|&i| values[i]).collect(), vectors)
+}
+
+/// Cyclic Jacobi: the diagonal after convergence and, if asked, the accumulated rotations
+/// (columns are eigenvectors).
+fn jacobi(mut a: Vec<f64>, d: usize, vectors: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut v = if vectors {
+        vec![0.0; d * d]
+    } else {
+        Vec::new()
+    };
+    if vectors {
+        for i in 0..d {
+            v[i * d + i] = 1.0;
+        }
+    }
     let scale: f64 = a
         .iter()
         .map(|v| v * v)
@@ -195,10 +235,17 @@ pub fn symmetric_eigenvalues(mut a: Vec<f64>, d: usize) -> Vec<f64> {
                     a[p * d + k] = c * apk - s * aqk;
                     a[q * d + k] = s * apk + c * aqk;
                 }
+                if vectors {
+                    for k in 0..d {
+                        let (vkp, vkq) = (v[k * d + p], v[k * d + q]);
+                        v[k * d + p] = c * vkp - s * vkq;
+                        v[k * d + q] = s * vkp + c * vkq;
+                    }
+                }
             }
         }
     }
-    (0..d).map(|i| a[i * d + i]).collect()
+    ((0..d).map(|i| a[i * d + i]).collect(), v)
 }
 
 /// `exp(H(p))` with `p = λ / Σλ` over the positive eigenvalues.

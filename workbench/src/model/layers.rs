@@ -7,7 +7,7 @@
 use super::Kernels;
 use crate::Result;
 use crate::params::{Init, Scope};
-use candle_core::{D, Tensor};
+use candle_core::{D, Tensor, Var};
 
 /// `y = x·Wᵀ + b`, with `W` of shape `(out, in)` like `torch.nn.Linear`.
 #[derive(Clone, Debug)]
@@ -65,6 +65,11 @@ impl LayerNorm {
         })
     }
 
+    /// Switches between the fused kernel and its reference (same parameters).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.fused = kernels == Kernels::Fused;
+    }
+
     /// `(x − mean) / sqrt(var + eps) · weight + bias`, biased variance as in PyTorch.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         if self.fused {
@@ -113,6 +118,16 @@ impl Attention {
         })
     }
 
+    /// Switches between the fused kernels and their references (same parameters).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.fused = kernels == Kernels::Fused;
+    }
+
+    /// Number of heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     /// Self-attention over `xs` `(B, L, D)` (`causal`: each position sees itself and earlier
     /// ones). Returns the output `(B, L, D)` and, if `want_weights`, the weights `(B, H, L, L)`.
     ///
@@ -141,6 +156,38 @@ impl Attention {
             (out, want_weights.then_some(w))
         };
         Ok((self.proj.forward(&out)?, weights))
+    }
+
+    /// Reference-path attention with `offset` `(B, H, L, L)` added to the weights before they
+    /// are applied. With a zero-valued [`Var`] as offset the output is unchanged and the
+    /// offset's gradient is the gradient of whatever follows with respect to the weights
+    /// (candle keeps gradients of variables only). Returns the output and the offset weights.
+    pub fn forward_probed(
+        &self,
+        xs: &Tensor,
+        causal: bool,
+        offset: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let qkv = self.qkv.forward(xs)?;
+        let w =
+            (kernels::attention::attention_weights_reference(&qkv, self.heads, causal)? + offset)?;
+        let out = kernels::attention::apply_weights(&w, &qkv, self.heads)?;
+        Ok((self.proj.forward(&out)?, w))
+    }
+
+    /// The query and key vectors `(B, H, L, dh)` of `xs` — the weights are
+    /// `softmax(q·kᵀ/√dh)` (masked when causal).
+    pub fn queries_keys(&self, xs: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, l, d) = xs.dims3()?;
+        let dh = d / self.heads;
+        let qkv = self.qkv.forward(xs)?;
+        let split = |at: usize| {
+            qkv.narrow(2, at * d, d)?
+                .reshape((b, l, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        Ok((split(0)?, split(1)?))
     }
 
     /// The value vectors `(B, H, L, dh)` of `xs` — with the weights they reproduce the output.
@@ -187,6 +234,11 @@ impl Mlp {
             proj: Linear::new(hidden, width, proj_std, true, &s.pp("proj"))?,
             fused: kernels == Kernels::Fused,
         })
+    }
+
+    /// Switches between the fused GELU and its reference.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.fused = kernels == Kernels::Fused;
     }
 
     /// `proj(gelu(fc(x)))`.
@@ -243,9 +295,68 @@ impl Block {
         Ok((xs, w))
     }
 
+    /// [`Block::forward`] with gradient probes: `input` is added to the block's input and
+    /// `attention` to its attention weights (see [`Attention::forward_probed`]). Returns the
+    /// output, the probed weights and the probed input.
+    pub fn forward_probed(
+        &self,
+        xs: &Tensor,
+        causal: bool,
+        input: &Tensor,
+        attention: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let xs = (xs + input)?;
+        let (a, w) = self
+            .attn
+            .forward_probed(&self.ln1.forward(&xs)?, causal, attention)?;
+        let out = (&xs + a)?;
+        let out = (&out + self.mlp.forward(&self.ln2.forward(&out)?)?)?;
+        Ok((out, w, xs))
+    }
+
+    /// Switches every sub-layer between fused kernels and references.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.ln1.set_kernels(kernels);
+        self.attn.set_kernels(kernels);
+        self.ln2.set_kernels(kernels);
+        self.mlp.set_kernels(kernels);
+    }
+
     /// The attention sub-layer and its input normalisation, for inspection.
     pub fn attention(&self) -> (&LayerNorm, &Attention) {
         (&self.ln1, &self.attn)
+    }
+}
+
+/// Zero-valued variables added to an encoder's intermediate tensors so that their gradients can
+/// be read from a [`GradStore`](candle_core::backprop::GradStore) (candle keeps the gradients
+/// of variables only): `inputs[l]` is added to block `l`'s input `(B, L, D)`, `attention[l]` to
+/// its attention weights `(B, H, L, L)`. Adding zeros changes no value.
+#[derive(Clone, Debug)]
+pub struct Probes {
+    /// Per layer, added to the block input.
+    pub inputs: Vec<Var>,
+    /// Per layer, added to the attention weights.
+    pub attention: Vec<Var>,
+}
+
+impl Probes {
+    /// Zeros for `layers` blocks over `(b, len, width)` inputs with `heads` heads.
+    pub fn zeros(
+        layers: usize,
+        (b, len, width): (usize, usize, usize),
+        heads: usize,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Self> {
+        let f = candle_core::DType::F32;
+        Ok(Self {
+            inputs: (0..layers)
+                .map(|_| Var::zeros((b, len, width), f, device))
+                .collect::<candle_core::Result<_>>()?,
+            attention: (0..layers)
+                .map(|_| Var::zeros((b, heads, len, len), f, device))
+                .collect::<candle_core::Result<_>>()?,
+        })
     }
 }
 
@@ -291,9 +402,53 @@ impl Encoder {
         Ok(Self { blocks })
     }
 
+    /// Switches every block between fused kernels and references.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        for b in &mut self.blocks {
+            b.set_kernels(kernels);
+        }
+    }
+
     /// The blocks, in order.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
+    }
+
+    /// Runs every block on the reference path with gradient [`Probes`]; always returns the
+    /// (probed) weights and block inputs.
+    pub fn forward_probed(
+        &self,
+        xs: &Tensor,
+        causal: bool,
+        probes: &Probes,
+    ) -> candle_core::Result<EncoderOutput> {
+        if probes.inputs.len() != self.blocks.len() || probes.attention.len() != self.blocks.len() {
+            candle_core::bail!(
+                "probes for {} / {} layers given to an encoder of {} blocks",
+                probes.inputs.len(),
+                probes.attention.len(),
+                self.blocks.len()
+            );
+        }
+        let mut xs = xs.clone();
+        let mut attentions = Vec::new();
+        let mut inputs = Vec::new();
+        for (l, block) in self.blocks.iter().enumerate() {
+            let (out, w, x) = block.forward_probed(
+                &xs,
+                causal,
+                probes.inputs[l].as_tensor(),
+                probes.attention[l].as_tensor(),
+            )?;
+            attentions.push(w);
+            inputs.push(x);
+            xs = out;
+        }
+        Ok(EncoderOutput {
+            hidden: xs,
+            attentions: Some(attentions),
+            inputs: Some(inputs),
+        })
     }
 
     /// Runs every block; collects attention weights (and block inputs) when `want_weights`.

@@ -24,7 +24,7 @@ use crate::data::Batch;
 use crate::params::Scope;
 use crate::{Error, Result};
 use candle_core::{D, Tensor};
-use layers::Linear;
+use layers::{Linear, Probes};
 use serde::{Deserialize, Serialize};
 pub use text::TextTransformer;
 pub use vision::{TowerOutput, VisionTransformer};
@@ -359,6 +359,17 @@ impl ClipModel {
         })
     }
 
+    /// The same model (sharing every parameter) running on `kernels`. With
+    /// [`Kernels::Reference`] the attention weights are part of the autograd graph, which
+    /// gradient-based relevance needs; the numbers agree with the fused kernels to rounding.
+    pub fn with_kernels(&self, kernels: Kernels) -> Self {
+        let mut m = self.clone();
+        m.vision.set_kernels(kernels);
+        m.text.set_kernels(kernels);
+        m.cfg.kernels = kernels;
+        m
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -376,7 +387,20 @@ impl ClipModel {
 
     /// Encodes normalised images `(B, 3, H, W)`.
     pub fn encode_image(&self, images: &Tensor, capture: Capture) -> candle_core::Result<Encoding> {
-        let tower = self.vision.forward(images, capture.attention)?;
+        self.encode_image_with(images, capture, None)
+    }
+
+    /// [`Self::encode_image`] with optional gradient [`Probes`] in the image encoder (the
+    /// probed path always uses the reference attention and returns weights and inputs).
+    pub fn encode_image_with(
+        &self,
+        images: &Tensor,
+        capture: Capture,
+        probes: Option<&Probes>,
+    ) -> candle_core::Result<Encoding> {
+        let tower = self
+            .vision
+            .forward_with(images, capture.attention, probes)?;
         let embedding = l2_normalize(&self.image_proj.forward(&tower.pooled)?)?;
         let tokens = if capture.tokens {
             let n = tower.tokens.dim(1)? - 1;
@@ -400,7 +424,20 @@ impl ClipModel {
         eos: &Tensor,
         capture: Capture,
     ) -> candle_core::Result<Encoding> {
-        let tower = self.text.forward(tokens, eos, capture.attention)?;
+        self.encode_text_with(tokens, eos, capture, None)
+    }
+
+    /// [`Self::encode_text`] with optional gradient [`Probes`] in the text encoder.
+    pub fn encode_text_with(
+        &self,
+        tokens: &Tensor,
+        eos: &Tensor,
+        capture: Capture,
+        probes: Option<&Probes>,
+    ) -> candle_core::Result<Encoding> {
+        let tower = self
+            .text
+            .forward_with(tokens, eos, capture.attention, probes)?;
         let embedding = l2_normalize(&self.text_proj.forward(&tower.pooled)?)?;
         let tokens = if capture.tokens {
             Some(l2_normalize(&self.text_proj.forward(&tower.tokens)?)?)

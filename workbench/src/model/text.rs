@@ -1,7 +1,7 @@
 //! The text tower: a causal Transformer pooled at the explicit EOS position (Radford et al.,
 //! 2021, arXiv:2103.00020 §2.4), never at the argmax of the token ids.
 
-use super::layers::{Encoder, LayerNorm};
+use super::layers::{Encoder, LayerNorm, Probes};
 use super::vision::TowerOutput;
 use super::{Kernels, TextConfig};
 use crate::Result;
@@ -35,6 +35,12 @@ impl TextTransformer {
         })
     }
 
+    /// Switches every LayerNorm, attention and MLP between fused kernels and references.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.encoder.set_kernels(kernels);
+        self.ln_final.set_kernels(kernels);
+    }
+
     /// The encoder (for inspection).
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
@@ -47,6 +53,17 @@ impl TextTransformer {
         eos: &Tensor,
         want_weights: bool,
     ) -> candle_core::Result<TowerOutput> {
+        self.forward_with(tokens, eos, want_weights, None)
+    }
+
+    /// [`Self::forward`], optionally with gradient [`Probes`] in the encoder.
+    pub fn forward_with(
+        &self,
+        tokens: &Tensor,
+        eos: &Tensor,
+        want_weights: bool,
+        probes: Option<&Probes>,
+    ) -> candle_core::Result<TowerOutput> {
         let (b, t) = tokens.dims2()?;
         let d = self.token_embed.dim(1)?;
         let xs = self
@@ -54,7 +71,10 @@ impl TextTransformer {
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, d))?;
         let xs = kernels::add_bias(&xs, &self.pos.narrow(0, 0, t)?)?;
-        let encoder = self.encoder.forward(&xs, true, want_weights)?;
+        let encoder = match probes {
+            Some(p) => self.encoder.forward_probed(&xs, true, p)?,
+            None => self.encoder.forward(&xs, true, want_weights)?,
+        };
         let tokens_out = self.ln_final.forward(&encoder.hidden)?;
         // Row-wise gather at EOS: flatten to (B·T, D) and pick b·T + eos[b].
         let offsets = Tensor::arange_step(0u32, (b * t) as u32, t as u32, tokens.device())?;

@@ -2,7 +2,7 @@
 //! like open_clip's `VisionTransformer`: patch embedding, class token, learned positions, `ln_pre`,
 //! pre-LN blocks, `ln_post`, pooling.
 
-use super::layers::{Encoder, EncoderOutput, LayerNorm, Linear};
+use super::layers::{Encoder, EncoderOutput, LayerNorm, Linear, Probes};
 use super::{Kernels, Pool, VisionConfig};
 use crate::Result;
 use crate::params::{Init, Scope};
@@ -58,6 +58,18 @@ impl VisionTransformer {
         })
     }
 
+    /// Switches every LayerNorm, attention and MLP between fused kernels and references.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.ln_pre.set_kernels(kernels);
+        self.encoder.set_kernels(kernels);
+        self.ln_post.set_kernels(kernels);
+    }
+
+    /// Side of a patch in pixels.
+    pub fn patch_size(&self) -> usize {
+        self.patch
+    }
+
     /// The encoder (for inspection).
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
@@ -76,13 +88,26 @@ impl VisionTransformer {
 
     /// Encodes `(B, 3, H, W)` normalised images.
     pub fn forward(&self, images: &Tensor, want_weights: bool) -> candle_core::Result<TowerOutput> {
+        self.forward_with(images, want_weights, None)
+    }
+
+    /// [`Self::forward`], optionally with gradient [`Probes`] in the encoder.
+    pub fn forward_with(
+        &self,
+        images: &Tensor,
+        want_weights: bool,
+        probes: Option<&Probes>,
+    ) -> candle_core::Result<TowerOutput> {
         let b = images.dim(0)?;
         let patches = self.patch_embed.forward(&self.patchify(images)?)?; // (B, N, D)
         let d = patches.dim(D::Minus1)?;
         let cls = self.cls.reshape((1, 1, d))?.repeat((b, 1, 1))?;
         let xs = kernels::add_bias(&Tensor::cat(&[&cls, &patches], 1)?, &self.pos)?; // (B, N+1, D)
         let xs = self.ln_pre.forward(&xs)?;
-        let encoder = self.encoder.forward(&xs, false, want_weights)?;
+        let encoder = match probes {
+            Some(p) => self.encoder.forward_probed(&xs, false, p)?,
+            None => self.encoder.forward(&xs, false, want_weights)?,
+        };
         let tokens = self.ln_post.forward(&encoder.hidden)?;
         let pooled = match self.pool {
             Pool::Cls => tokens.narrow(1, 0, 1)?.squeeze(1)?,

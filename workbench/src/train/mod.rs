@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Instant;
 
+mod inspect;
 mod live;
 mod resume;
 
