@@ -26,3 +26,5 @@ mod swap;
 mod analysis;
 // The command line: a real run, and every bad-input case.
 mod cli;
+// Figures: PNG and SVG output, cell colours, overlay blending, bad input, saving.
+mod figures;
