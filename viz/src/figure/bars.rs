@@ -9,7 +9,7 @@ use plotters::prelude::{Cartesian2d, DrawingArea, DrawingBackend, IntoLogRange};
 use plotters::style::Color;
 use plotters::style::text_anchor::{HPos, VPos};
 
-use super::chart::{self, axis_label, finite_bounds};
+use super::chart::{self, Occupied, axis_label, finite_bounds};
 use super::draw::{self, Anchor, LABEL_SIZE, TICK_SIZE};
 use super::theme::{INK, series_colour};
 use super::{Drawing, Figure, FigureError, PixelRect};
@@ -85,6 +85,11 @@ struct Bars<'a> {
 }
 
 impl BarChart {
+    /// A legend is drawn for several series, or for one with a name.
+    fn has_legend(&self) -> bool {
+        self.series.len() > 1 || self.series.first().is_some_and(|s| !s.name.is_empty())
+    }
+
     /// Checks the spec and draws it.
     pub fn render(&self) -> Result<Figure, FigureError> {
         let n = self.categories.len();
@@ -130,7 +135,9 @@ impl BarChart {
             let (lo, hi) = finite_bounds(values()).unwrap_or((0.0, 1.0));
             let (lo, hi) = (lo.min(0.0), hi.max(0.0));
             let pad = if hi > lo { (hi - lo) * 0.08 } else { 1.0 };
-            (if lo < 0.0 { lo - pad } else { 0.0 }, hi + pad)
+            // Headroom above the tallest bar for the legend.
+            let top = if self.has_legend() { pad * 3.0 } else { pad };
+            (if lo < 0.0 { lo - pad } else { 0.0 }, hi + top)
         };
 
         let labels: Vec<String> = self
@@ -207,23 +214,34 @@ impl Bars<'_> {
 
         let m = s.series.len() as f64;
         let width = 0.8 / m;
+        let mut occupied = Occupied::default();
         for (i, series) in s.series.iter().enumerate() {
             let fill = draw::colour(series_colour(i));
-            let bars = series.values.iter().enumerate().filter_map(|(c, &v)| {
-                let drawn = v.is_finite() && (!s.log_y || v > 0.0);
-                drawn.then(|| {
+            let corners: Vec<((f64, f64), (f64, f64))> = series
+                .values
+                .iter()
+                .enumerate()
+                .filter(|&(_, &v)| v.is_finite() && (!s.log_y || v > 0.0))
+                .map(|(c, &v)| {
                     let x0 = c as f64 + 0.1 + i as f64 * width;
-                    Rectangle::new([(x0, base), (x0 + width, v)], fill.filled())
+                    ((x0, base), (x0 + width, v))
                 })
-            });
+                .collect();
+            for (a, b) in &corners {
+                occupied.area(chart.backend_coord(a), chart.backend_coord(b));
+            }
+            let bars = corners
+                .into_iter()
+                .map(|(a, b)| Rectangle::new([a, b], fill.filled()));
             chart
                 .draw_series(bars)
                 .map_err(FigureError::draw)?
                 .label(series.name.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], fill.filled()));
         }
-        if s.series.len() > 1 || !s.series[0].name.is_empty() {
-            chart::legend(&mut chart)?;
+        if s.has_legend() {
+            let names: Vec<&str> = s.series.iter().map(|s| s.name.as_str()).collect();
+            chart::legend(&mut chart, &names, &occupied)?;
         }
 
         let plot = chart::plot_rect(&chart);

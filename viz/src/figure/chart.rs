@@ -1,15 +1,16 @@
 //! Line charts, and the axes, legend and range helpers every chart shares.
 
-use plotters::chart::{ChartBuilder, ChartContext, SeriesLabelPosition};
+use plotters::chart::{ChartBuilder, ChartContext};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::AsRangedCoord;
 use plotters::coord::types::RangedCoordf64;
 use plotters::element::{Circle, PathElement};
 use plotters::prelude::{Cartesian2d, CoordTranslate, DrawingArea, DrawingBackend, LineSeries};
-use plotters::style::{Color, WHITE};
+use plotters::style::Color;
 
-use super::draw::{self, LABEL_SIZE, MARGIN, SMALL_SIZE, TICK_SIZE, TITLE_BAND};
-use super::theme::{DARK_GREY, series_colour};
+use super::draw::{self, LABEL_SIZE, MARGIN, TICK_SIZE, TITLE_BAND};
+pub(crate) use super::legend::{Occupied, legend};
+use super::theme::series_colour;
 use super::{Drawing, Figure, FigureError, PixelRect};
 
 /// One line of a [`LineChart`].
@@ -187,21 +188,6 @@ pub(crate) fn plot_rect<DB: DrawingBackend, CT: CoordTranslate>(
     }
 }
 
-/// Draws the legend of the labelled series in the upper right corner.
-pub(crate) fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
-    chart: &mut ChartContext<'a, DB, CT>,
-) -> Result<(), FigureError> {
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .margin(8)
-        .label_font(draw::font(SMALL_SIZE))
-        .background_style(WHITE.mix(0.85))
-        .border_style(draw::colour(DARK_GREY))
-        .draw()
-        .map_err(FigureError::draw)
-}
-
 /// Draws a numeric mesh with round tick labels and axis captions.
 pub(crate) fn mesh<DB: DrawingBackend>(
     chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
@@ -300,9 +286,17 @@ impl Drawing for Lines<'_> {
         let (x, y) = (self.x, self.y);
         let mut chart = build(root, &s.title, areas, x.0..x.1, y.0..y.1)?;
         mesh(&mut chart, (&s.x_label, &s.y_label), (x.1 - x.0, y.1 - y.0))?;
+        let mut occupied = Occupied::default();
         for (i, series) in s.series.iter().enumerate() {
             let style = draw::colour(series_colour(i)).stroke_width(2);
             let runs = finite_runs(&series.points);
+            for run in &runs {
+                let pixels: Vec<(i32, i32)> = run.iter().map(|p| chart.backend_coord(p)).collect();
+                occupied.point(pixels[0]);
+                for pair in pixels.windows(2) {
+                    occupied.segment(pair[0], pair[1]);
+                }
+            }
             let first = runs.first().cloned().unwrap_or_default();
             chart
                 .draw_series(LineSeries::new(first, style))
@@ -321,7 +315,8 @@ impl Drawing for Lines<'_> {
                     .map_err(FigureError::draw)?;
             }
         }
-        legend(&mut chart)?;
+        let names: Vec<&str> = s.series.iter().map(|s| s.name.as_str()).collect();
+        legend(&mut chart, &names, &occupied)?;
         Ok(vec![plot_rect(&chart)])
     }
 }

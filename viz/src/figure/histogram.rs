@@ -5,7 +5,7 @@ use plotters::element::Rectangle;
 use plotters::prelude::{DrawingArea, DrawingBackend, LineSeries};
 use plotters::style::Color;
 
-use super::chart::{build, legend, mesh, plot_rect, x_area, y_area};
+use super::chart::{Occupied, build, legend, mesh, plot_rect, x_area, y_area};
 use super::draw::{self, TICK_SIZE};
 use super::theme::series_colour;
 use super::{Drawing, Figure, FigureError, PixelRect};
@@ -148,11 +148,16 @@ impl Drawing for Bins<'_> {
         let (x, y) = (self.x, self.y);
         let mut chart = build(root, &s.title, areas, x.0..x.1, y.0..y.1)?;
         mesh(&mut chart, (&s.x_label, &s.y_label), (x.1 - x.0, y.1 - y.0))?;
+        let mut occupied = Occupied::default();
         for (i, h) in s.series.iter().enumerate() {
             let rgb = draw::colour(series_colour(i));
             let heights = h.heights();
             let bin = (h.hi - h.lo) / heights.len() as f64;
             let edge = |k: usize| h.lo + k as f64 * bin;
+            for (k, &v) in heights.iter().enumerate() {
+                let a = chart.backend_coord(&(edge(k), 0.0));
+                occupied.area(a, chart.backend_coord(&(edge(k + 1), v)));
+            }
             let bars = heights.iter().enumerate().map(|(k, &v)| {
                 Rectangle::new([(edge(k), 0.0), (edge(k + 1), v)], rgb.mix(0.3).filled())
             });
@@ -172,7 +177,8 @@ impl Drawing for Bins<'_> {
                     Rectangle::new([(x, y - 5), (x + 20, y + 5)], rgb.mix(0.5).filled())
                 });
         }
-        legend(&mut chart)?;
+        let names: Vec<&str> = s.series.iter().map(|h| h.name.as_str()).collect();
+        legend(&mut chart, &names, &occupied)?;
         Ok(vec![plot_rect(&chart)])
     }
 }

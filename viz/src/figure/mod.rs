@@ -46,6 +46,7 @@ mod draw;
 mod encode;
 mod heatmap;
 mod histogram;
+mod legend;
 mod overlay;
 mod scatter;
 mod text;

@@ -2,11 +2,11 @@
 //! labelled marks (centroids, class prototypes).
 
 use plotters::coord::Shift;
-use plotters::element::{Circle, Cross, EmptyElement, PathElement, Text};
+use plotters::element::{Circle, Cross, EmptyElement, PathElement, Rectangle, Text};
 use plotters::prelude::{DrawingArea, DrawingBackend};
-use plotters::style::Color;
+use plotters::style::{Color, WHITE};
 
-use super::chart::{self, finite_bounds, padded};
+use super::chart::{self, Occupied, finite_bounds, padded};
 use super::draw::{self, LABEL_SIZE, SMALL_SIZE, TICK_SIZE};
 use super::theme::{LIGHT_GREY, Role};
 use super::{Drawing, Figure, FigureError, PixelRect};
@@ -152,6 +152,17 @@ impl Drawing for Points<'_> {
             )
             .map_err(FigureError::draw)?;
 
+        let mut occupied = Occupied::default();
+        for group in &s.groups {
+            for &p in group.points.iter().filter(|&&p| finite(p)) {
+                occupied.point(chart.backend_coord(&p));
+            }
+        }
+        for m in s.marks.iter().filter(|m| finite(m.at)) {
+            let (x, y) = chart.backend_coord(&m.at);
+            let w = draw::text_width(&m.label, SMALL_SIZE) as i32;
+            occupied.area((x - 12, y - 24), (x + 16 + w, y + 24));
+        }
         for group in &s.groups {
             let rgb = draw::colour(group.colour.rgb());
             let dot = rgb.mix(0.85).filled();
@@ -168,22 +179,31 @@ impl Drawing for Points<'_> {
                 .legend(move |(x, y)| Circle::new((x + 8, y), 4, rgb.filled()));
         }
 
-        for mark in s.marks.iter().filter(|m| finite(m.at)) {
+        // Labels alternate above and below their cross, so that nearby marks stay legible.
+        for (i, mark) in s.marks.iter().filter(|m| finite(m.at)).enumerate() {
             let rgb = draw::colour(mark.colour.rgb());
             let halo = draw::colour((255, 255, 255)).stroke_width(6);
             let label = draw::font(SMALL_SIZE).color(&draw::colour((0, 0, 0)));
+            let (w, h) = (
+                draw::text_width(&mark.label, SMALL_SIZE) as i32,
+                draw::text_height(SMALL_SIZE) as i32,
+            );
+            let top = if i % 2 == 0 { -12 - h } else { 12 };
+            let backing = WHITE.mix(0.8).filled();
             let element = EmptyElement::at(mark.at)
                 + Cross::new((0, 0), 8, halo)
                 + Cross::new((0, 0), 8, rgb.stroke_width(3))
                 + Circle::new((0, 0), 11, rgb.stroke_width(2))
-                + Text::new(mark.label.clone(), (14, -16), label);
+                + Rectangle::new([(12, top - 2), (16 + w, top + h + 3)], backing)
+                + Text::new(mark.label.clone(), (14, top), label);
             chart
                 .draw_series(std::iter::once(element))
                 .map_err(FigureError::draw)?;
         }
 
         if s.groups.iter().any(|g| !g.name.is_empty()) {
-            chart::legend(&mut chart)?;
+            let names: Vec<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
+            chart::legend(&mut chart, &names, &occupied)?;
         }
         Ok(vec![chart::plot_rect(&chart)])
     }

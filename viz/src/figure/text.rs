@@ -3,7 +3,8 @@
 //! plotters' own bitmap text drops each glyph's side bearing and rounds the pen position per
 //! glyph, which leaves uneven gaps inside words ("Covarian ce"). [`CrispText`] wraps a backend
 //! and replaces only `draw_text`: glyphs are laid out with their advances and kerning at
-//! sub-pixel positions and rasterised with their true bounds. Size and anchoring follow the
+//! sub-pixel positions and rasterised with their true bounds; symbols the text face lacks
+//! (arrows) come from a second built-in face. Size and anchoring follow the
 //! SVG backend (font size `size / 1.24` px; top, centre and bottom anchors at `0.76 em`,
 //! `0.5 ex` and `−0.5 ex` from the baseline), so both outputs place text alike. Every other
 //! drawing call goes straight to the wrapped backend.
@@ -17,11 +18,23 @@ use plotters_backend::{
     BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind,
 };
 
-/// The built-in font, parsed once.
-fn font() -> Option<&'static FontRef<'static>> {
-    static FONT: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
-    FONT.get_or_init(|| FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).ok())
+/// The built-in fonts, parsed once: the text face, and a fallback for the symbols it lacks
+/// (arrows, for one).
+fn fonts() -> Option<&'static [FontRef<'static>; 2]> {
+    static FONTS: OnceLock<Option<[FontRef<'static>; 2]>> = OnceLock::new();
+    FONTS
+        .get_or_init(|| {
+            let text = FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).ok()?;
+            let symbols = FontRef::try_from_slice(epaint_default_fonts::HACK_REGULAR).ok()?;
+            Some([text, symbols])
+        })
         .as_ref()
+}
+
+/// The scale at which `font`'s em square is `em` pixels.
+fn scale_for(font: &FontRef<'static>, em: f32) -> PxScale {
+    let units = font.units_per_em().unwrap_or(1000.0);
+    PxScale::from(em * font.height_unscaled() / units)
 }
 
 /// A backend whose text is set with correct glyph spacing.
@@ -118,7 +131,7 @@ impl<B: DrawingBackend> DrawingBackend for CrispText<B> {
         style: &S,
         pos: BackendCoord,
     ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        let Some(font) = font() else {
+        let Some(fonts) = fonts() else {
             return self.0.draw_text(text, style, pos);
         };
         let colour = style.color();
@@ -126,22 +139,25 @@ impl<B: DrawingBackend> DrawingBackend for CrispText<B> {
             return Ok(());
         }
         let em = (style.size() / 1.24) as f32;
-        let units = font.units_per_em().unwrap_or(1000.0);
-        let scale = PxScale::from(em * font.height_unscaled() / units);
-        let scaled = font.as_scaled(scale);
+        let scales = [scale_for(&fonts[0], em), scale_for(&fonts[1], em)];
 
-        // Pen positions along the baseline, with kerning.
+        // Pen positions along the baseline, with kerning; each glyph from the first font
+        // that has it.
         let mut glyphs = Vec::with_capacity(text.len());
         let mut pen = 0.0f32;
         let mut previous = None;
         for c in text.chars() {
+            let f = usize::from(fonts[0].glyph_id(c).0 == 0 && fonts[1].glyph_id(c).0 != 0);
+            let scaled = fonts[f].as_scaled(scales[f]);
             let id = scaled.glyph_id(c);
-            if let Some(p) = previous {
+            if let Some((pf, p)) = previous
+                && pf == f
+            {
                 pen += scaled.kern(p, id);
             }
-            glyphs.push(id.with_scale_and_position(scale, point(pen, 0.0)));
+            glyphs.push((f, id.with_scale_and_position(scales[f], point(pen, 0.0))));
             pen += scaled.h_advance(id);
-            previous = Some(id);
+            previous = Some((f, id));
         }
         let anchor = style.anchor();
         let dx = match anchor.h_pos {
@@ -149,7 +165,7 @@ impl<B: DrawingBackend> DrawingBackend for CrispText<B> {
             HPos::Center => -pen / 2.0,
             HPos::Right => -pen,
         };
-        let ex = x_height(font, scale).unwrap_or(em * 0.5);
+        let ex = x_height(&fonts[0], scales[0]).unwrap_or(em * 0.5);
         let dy = match anchor.v_pos {
             VPos::Top => 0.76 * em,
             VPos::Center => 0.5 * ex,
@@ -158,8 +174,8 @@ impl<B: DrawingBackend> DrawingBackend for CrispText<B> {
 
         let transform = style.transform();
         let (w, h) = self.get_size();
-        for glyph in glyphs {
-            let Some(outline) = font.outline_glyph(glyph) else {
+        for (f, glyph) in glyphs {
+            let Some(outline) = fonts[f].outline_glyph(glyph) else {
                 continue;
             };
             // Whole-pixel offsets per glyph, so that its rows and columns stay contiguous.
@@ -208,5 +224,43 @@ fn rotate(transform: &FontTransform, x: i32, y: i32) -> (i32, i32) {
         FontTransform::Rotate90 => (-y, x),
         FontTransform::Rotate180 => (-x, -y),
         FontTransform::Rotate270 => (y, -x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plotters::prelude::{BitMapBackend, IntoDrawingArea, IntoFont};
+    use plotters::style::BLACK;
+
+    use super::{CrispText, Font};
+
+    /// Dark pixels after drawing `text` at size 24 on a white 80 × 30 bitmap.
+    fn ink(text: &str) -> usize {
+        crate::figure::draw::ensure_fonts().unwrap_or_default();
+        let mut buf = vec![255u8; 80 * 30 * 3];
+        {
+            let root =
+                CrispText(BitMapBackend::with_buffer(&mut buf, (80, 30))).into_drawing_area();
+            let style = ("sans-serif", 24.0).into_font().color(&BLACK);
+            root.draw_text(text, &style, (4, 4)).unwrap_or_default();
+        }
+        buf.chunks(3).filter(|p| p[0] < 128).count()
+    }
+
+    #[test]
+    fn symbols_missing_from_the_text_face_still_draw() {
+        let Some(fonts) = super::fonts() else {
+            panic!("the built-in fonts parse");
+        };
+        assert_eq!(fonts[0].glyph_id('→').0, 0, "the text face has no arrow");
+        // A missing glyph draws the text face's empty box; the arrow must not be that box.
+        let tofu = ink("\u{E000}");
+        assert!(
+            ink("→") > 5 && ink("→") != tofu,
+            "arrow {} vs box {tofu}",
+            ink("→")
+        );
+        assert!(ink("ab") > 20);
+        assert_eq!(ink(""), 0);
     }
 }
