@@ -24,6 +24,8 @@ mod training;
 mod swap;
 // Analyses: the modality gap and the gap-shift sweep.
 mod analysis;
+// Inspection: attention, alignment, relevance, head diagnostics, probes, batch similarity.
+mod inspect;
 // The command line: a real run, and every bad-input case.
 mod cli;
 // Figures: PNG and SVG output, cell colours, overlay blending, bad input, saving.

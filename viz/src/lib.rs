@@ -5,9 +5,11 @@
 //! - [`cli`]: the `workbench` command line (`train`, `eval`, `data`, `bench`), callable in-process via
 //!   [`cli::main_with_args`].
 //! - [`bench`](mod@bench): the objectives benchmark behind `workbench bench losses`.
+//! - [`report`]: the figures of each analysis (attention, alignment, relevance, gap, batch).
 //! - [`figure`]: heat maps, attention overlays, line charts, histograms, bar charts and scatter
 //!   plots, rendered to PNG and SVG or shown inline in evcxr notebooks.
 
 pub mod bench;
 pub mod cli;
 pub mod figure;
+pub mod report;

@@ -1,4 +1,4 @@
-//! The `workbench` command line: `train`, `eval`, `data` and `bench`.
+//! The `workbench` command line: `train`, `eval`, `data`, `bench`, `gap`, `point` and `inspect`.
 //!
 //! The binary is a thin wrapper around [`run`], which tests call directly.
 
@@ -13,7 +13,10 @@ use workbench::events::EvalReport;
 use workbench::loss::LossConfig;
 use workbench::train::Trainer;
 
+mod inspect;
 mod train;
+
+pub use inspect::{InspectArgs, load_image};
 
 /// Train small CLIP-like image–text models and look inside them.
 #[derive(Debug, Parser)]
@@ -39,13 +42,15 @@ pub enum Command {
     Gap(GapArgs),
     /// Pointing game: does each object's word land on the object's patches?
     Point(PointArgs),
+    /// Look inside a model for one image and text: attention, alignment, relevance figures.
+    Inspect(InspectArgs),
 }
 
 /// `workbench point`.
 #[derive(Debug, Args)]
 pub struct PointArgs {
     /// A run directory or its `checkpoint/`.
-    #[arg(long)]
+    #[arg(long, alias = "run")]
     pub checkpoint: PathBuf,
     /// Split to play on.
     #[arg(long, default_value = "val", value_parser = ["val", "test"])]
@@ -56,6 +61,9 @@ pub struct PointArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write a figure (`pointing.png` / `.svg`) and `pointing.json` here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// cpu, cuda or cuda:N (default: as trained).
     #[arg(long)]
     pub device: Option<String>,
@@ -65,7 +73,7 @@ pub struct PointArgs {
 #[derive(Debug, Args)]
 pub struct GapArgs {
     /// A run directory or its `checkpoint/`.
-    #[arg(long)]
+    #[arg(long, alias = "run")]
     pub checkpoint: PathBuf,
     /// Split to measure.
     #[arg(long, default_value = "val", value_parser = ["val", "test"])]
@@ -78,6 +86,9 @@ pub struct GapArgs {
     /// Write the full analysis (spectra, histograms, sweep) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the figures (cosine histograms, spectra, sweep, joint PCA) and `gap.json` here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// cpu, cuda or cuda:N (default: as trained).
     #[arg(long)]
     pub device: Option<String>,
@@ -190,7 +201,7 @@ fn parse_swap(s: &str) -> std::result::Result<(usize, String), String> {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// A run directory or its `checkpoint/`.
-    #[arg(long)]
+    #[arg(long, alias = "run")]
     pub checkpoint: PathBuf,
     /// Split to evaluate.
     #[arg(long, default_value = "val", value_parser = ["val", "test"])]
@@ -201,6 +212,12 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Pairs in the batch whose similarity matrix, pair losses and false negatives are shown.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Write the batch-similarity figures and `eval.json` / `batch.json` here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Parses `args` (program name first) and runs the command; returns the process exit code.
@@ -255,6 +272,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench(&a),
         Command::Gap(a) => gap(&a),
         Command::Point(a) => point(&a),
+        Command::Inspect(a) => inspect::inspect(&a),
     }
 }
 
@@ -379,8 +397,17 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let report = trainer.evaluate(split)?;
     if a.json {
         say(&serde_json::to_string_pretty(&report)?)?;
-    } else {
-        say(&report_table(&report))?;
+        return Ok(());
+    }
+    say(&report_table(&report))?;
+    inspect::eval_extras(&trainer, a, split)?;
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(
+            dir.join("eval.json"),
+            serde_json::to_string_pretty(&report)?,
+        )
+        .with_context(|| format!("cannot write {}", dir.join("eval.json").display()))?;
     }
     Ok(())
 }
@@ -542,7 +569,7 @@ fn gap(a: &GapArgs) -> Result<()> {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         say(&format!("wrote {}", path.display()))?;
     }
-    Ok(())
+    inspect::gap_out(a, &g)
 }
 
 fn point(a: &PointArgs) -> Result<()> {
@@ -554,6 +581,9 @@ fn point(a: &PointArgs) -> Result<()> {
         Split::Val
     };
     let r = trainer.pointing_game(split, a.images)?;
+    if let Some(dir) = &a.out {
+        inspect::pointing_out(&r, dir)?;
+    }
     if a.json {
         return say(&serde_json::to_string_pretty(&r)?);
     }

@@ -104,7 +104,9 @@ pub fn rollout(layers: &[Vec<f32>], len: usize, residual: bool) -> Vec<f32> {
                 }
                 let s: f32 = row.iter().sum();
                 if s > 0.0 {
-                    row.iter_mut().for_each(|x| *x /= s);
+                    for x in row.iter_mut() {
+                        *x /= s;
+                    }
                 }
             }
         }
@@ -498,7 +500,7 @@ mod tests {
     fn rollout_mixes_the_residual_by_hand() {
         // One layer that sends everything to position 0: Â = ½A + ½I.
         let a = vec![1.0, 0.0, 1.0, 0.0];
-        let r = rollout(&[a.clone()], 2, true);
+        let r = rollout(std::slice::from_ref(&a), 2, true);
         assert_eq!(r, vec![1.0, 0.0, 0.5, 0.5]);
         // Two layers: Â·Â = [[1,0],[0.75,0.25]].
         let r = rollout(&[a.clone(), a], 2, true);
@@ -512,7 +514,7 @@ mod tests {
         let s = activation_stats(2, &[1.0, -1.0, 1.0, -1.0, 0.0, 0.0, 0.0, 4.0], 4);
         assert_eq!(s.layer, 2);
         assert_eq!(s.max_abs, 4.0);
-        assert!((s.kurtosis - (1.0 + 21.0 / 9.0) / 2.0).abs() < 1e-6);
+        assert!((s.kurtosis - f32::midpoint(1.0, 21.0 / 9.0)).abs() < 1e-6);
     }
 
     #[test]
@@ -534,7 +536,7 @@ mod tests {
             weights: vec![1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.25, 0.25, 0.5],
         };
         let m = stack_mass(&stack, Some(&[false, true]), false)[0];
-        assert!((m.sink - (0.5 + 0.25) / 2.0).abs() < 1e-6);
+        assert!((m.sink - f32::midpoint(0.5, 0.25)).abs() < 1e-6);
         assert!((m.background.unwrap() - 0.5 / 3.0).abs() < 1e-6);
         let h = |p: &[f64]| {
             -p.iter()

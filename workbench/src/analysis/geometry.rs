@@ -179,7 +179,9 @@ pub fn symmetric_eigen(a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
                 .copied()
                 .fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
             if big < 0.0 {
-                col.iter_mut().for_each(|x| *x = -*x);
+                for x in &mut col {
+                    *x = -*x;
+                }
             }
             col
         })

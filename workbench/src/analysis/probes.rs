@@ -40,12 +40,23 @@ impl Features {
         &self.values[i * self.dim..(i + 1) * self.dim]
     }
 
-    /// Splits into (train, test) rows: every `k`-th row (index ≡ k−1 mod k) is a test row.
+    /// Splits into (train, test) rows, stratified: within each class, every `k`-th row of that
+    /// class (its `k−1`-th, `2k−1`-th, … occurrence) is a test row, so every class with at least
+    /// `k` rows is in both parts whatever order the rows come in.
     pub fn split_every(&self, k: usize) -> (Features, Features) {
+        let k = k.max(2);
+        let mut seen = std::collections::HashMap::new();
+        let is_test: Vec<bool> = self
+            .labels
+            .iter()
+            .map(|&l| {
+                let c = seen.entry(l).or_insert(0usize);
+                *c += 1;
+                *c % k == 0
+            })
+            .collect();
         let pick = |test: bool| {
-            let idx: Vec<usize> = (0..self.len())
-                .filter(|i| (i % k.max(2) == k.max(2) - 1) == test)
-                .collect();
+            let idx: Vec<usize> = (0..self.len()).filter(|&i| is_test[i] == test).collect();
             Features {
                 values: idx.iter().flat_map(|&i| self.row(i).to_vec()).collect(),
                 dim: self.dim,
@@ -111,7 +122,8 @@ fn check(train: &Features, test: &Features, classes: usize) -> Result<()> {
 }
 
 /// Test accuracy of a multinomial logistic regression trained on `train` (standardised
-/// features, `steps` full-batch gradient steps of size 0.5, L2 penalty `1e-4`).
+/// features, `steps` full-batch gradient steps of size 0.5 with heavy-ball momentum 0.9, L2
+/// penalty `1e-4`).
 pub fn linear_probe_accuracy(
     train: &Features,
     test: &Features,
@@ -155,7 +167,9 @@ pub fn linear_probe_accuracy(
             })
             .collect()
     };
-    let (lr, l2) = (0.5, 1e-4);
+    let (lr, l2, momentum) = (0.5, 1e-4, 0.9);
+    let mut vw = vec![0f64; classes * d];
+    let mut vb = vec![0f64; classes];
     for _ in 0..steps {
         let mut gw = vec![0f64; classes * d];
         let mut gb = vec![0f64; classes];
@@ -172,11 +186,13 @@ pub fn linear_probe_accuracy(
                 }
             }
         }
-        for (wi, g) in w.iter_mut().zip(&gw) {
-            *wi -= lr * (g + l2 * *wi);
+        for ((wi, vi), g) in w.iter_mut().zip(&mut vw).zip(&gw) {
+            *vi = momentum * *vi + g + l2 * *wi;
+            *wi -= lr * *vi;
         }
-        for (bi, g) in b.iter_mut().zip(&gb) {
-            *bi -= lr * g;
+        for ((bi, vi), g) in b.iter_mut().zip(&mut vb).zip(&gb) {
+            *vi = momentum * *vi + g;
+            *bi -= lr * *vi;
         }
     }
     let correct = (0..test.len())
@@ -190,6 +206,9 @@ pub fn linear_probe_accuracy(
         .count();
     Ok(correct as f32 / test.len() as f32)
 }
+
+/// Gradient steps of the linear probe in [`probe_images`].
+pub const PROBE_STEPS: usize = 1000;
 
 /// Probe accuracies on one feature kind.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -236,7 +255,8 @@ pub fn image_features(
     Ok((Tensor::cat(&pre, 0)?, Tensor::cat(&post, 0)?))
 }
 
-/// Runs both probes on labelled `images`: every 4th image is a test image.
+/// Runs both probes on labelled `images`: every 4th image of each class is a test image (every
+/// 2nd or 3rd when a class has fewer than 4 images).
 pub fn probe_images(
     model: &ClipModel,
     images: &[RgbImage],
@@ -253,7 +273,14 @@ pub fn probe_images(
     }
     let (pre, post) = image_features(model, images, 256, device)?;
     let k = 10;
+    // Every 4th image of a class is held out; with fewer images per class, every 2nd or 3rd.
+    let mut counts = std::collections::HashMap::new();
+    for &l in labels {
+        *counts.entry(l).or_insert(0usize) += 1;
+    }
+    let every = counts.values().copied().min().unwrap_or(2).clamp(2, 4);
     let mut scores = Vec::new();
+    let mut test_rows = 0;
     for t in [&pre, &post] {
         let (_, dim) = t.dims2()?;
         let f = Features {
@@ -261,17 +288,17 @@ pub fn probe_images(
             dim,
             labels: labels.to_vec(),
         };
-        let (train, test) = f.split_every(4);
+        let (train, test) = f.split_every(every);
+        test_rows = test.len();
         scores.push(ProbeScores {
             dim,
             knn: knn_accuracy(&train, &test, k, classes)?,
-            linear: linear_probe_accuracy(&train, &test, classes, 300)?,
+            linear: linear_probe_accuracy(&train, &test, classes, PROBE_STEPS)?,
         });
     }
-    let test = images.len() / 4;
     Ok(ProbeReport {
-        train: images.len() - test,
-        test,
+        train: images.len() - test_rows,
+        test: test_rows,
         classes,
         k,
         pre_projection: scores[0],
@@ -308,6 +335,23 @@ mod tests {
         assert_eq!((train.len(), test.len()), (9, 3));
         assert_eq!(knn_accuracy(&train, &test, 3, 3).unwrap(), 1.0);
         assert_eq!(linear_probe_accuracy(&train, &test, 3, 200).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn the_split_is_stratified_whatever_the_row_order() {
+        // Labels cycle with period 4: an unstratified "every 4th row" split would put class 3
+        // only in the test part and classes 0–2 only in the training part.
+        let f = Features {
+            values: (0..32).map(|i| i as f32).collect(),
+            dim: 1,
+            labels: (0..32).map(|i| i % 4).collect(),
+        };
+        let (train, test) = f.split_every(4);
+        assert_eq!((train.len(), test.len()), (24, 8));
+        for c in 0..4 {
+            assert_eq!(train.labels.iter().filter(|&&l| l == c).count(), 6);
+            assert_eq!(test.labels.iter().filter(|&&l| l == c).count(), 2);
+        }
     }
 
     #[test]

@@ -65,11 +65,6 @@ impl LayerNorm {
         })
     }
 
-    /// Switches between the fused kernel and its reference (same parameters).
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.fused = kernels == Kernels::Fused;
-    }
-
     /// `(x − mean) / sqrt(var + eps) · weight + bias`, biased variance as in PyTorch.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         if self.fused {
@@ -116,11 +111,6 @@ impl Attention {
             heads,
             fused: kernels == Kernels::Fused,
         })
-    }
-
-    /// Switches between the fused kernels and their references (same parameters).
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.fused = kernels == Kernels::Fused;
     }
 
     /// Number of heads.
@@ -236,11 +226,6 @@ impl Mlp {
         })
     }
 
-    /// Switches between the fused GELU and its reference.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.fused = kernels == Kernels::Fused;
-    }
-
     /// `proj(gelu(fc(x)))`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.fc.forward(xs)?;
@@ -312,14 +297,6 @@ impl Block {
         let out = (&xs + a)?;
         let out = (&out + self.mlp.forward(&self.ln2.forward(&out)?)?)?;
         Ok((out, w, xs))
-    }
-
-    /// Switches every sub-layer between fused kernels and references.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.ln1.set_kernels(kernels);
-        self.attn.set_kernels(kernels);
-        self.ln2.set_kernels(kernels);
-        self.mlp.set_kernels(kernels);
     }
 
     /// The attention sub-layer and its input normalisation, for inspection.
@@ -400,13 +377,6 @@ impl Encoder {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { blocks })
-    }
-
-    /// Switches every block between fused kernels and references.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        for b in &mut self.blocks {
-            b.set_kernels(kernels);
-        }
     }
 
     /// The blocks, in order.

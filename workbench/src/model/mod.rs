@@ -359,17 +359,6 @@ impl ClipModel {
         })
     }
 
-    /// The same model (sharing every parameter) running on `kernels`. With
-    /// [`Kernels::Reference`] the attention weights are part of the autograd graph, which
-    /// gradient-based relevance needs; the numbers agree with the fused kernels to rounding.
-    pub fn with_kernels(&self, kernels: Kernels) -> Self {
-        let mut m = self.clone();
-        m.vision.set_kernels(kernels);
-        m.text.set_kernels(kernels);
-        m.cfg.kernels = kernels;
-        m
-    }
-
     /// The configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg

@@ -35,12 +35,6 @@ impl TextTransformer {
         })
     }
 
-    /// Switches every LayerNorm, attention and MLP between fused kernels and references.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.encoder.set_kernels(kernels);
-        self.ln_final.set_kernels(kernels);
-    }
-
     /// The encoder (for inspection).
     pub fn encoder(&self) -> &Encoder {
         &self.encoder

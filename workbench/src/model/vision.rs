@@ -58,13 +58,6 @@ impl VisionTransformer {
         })
     }
 
-    /// Switches every LayerNorm, attention and MLP between fused kernels and references.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.ln_pre.set_kernels(kernels);
-        self.encoder.set_kernels(kernels);
-        self.ln_post.set_kernels(kernels);
-    }
-
     /// Side of a patch in pixels.
     pub fn patch_size(&self) -> usize {
         self.patch

@@ -25,19 +25,19 @@ impl Trainer {
         self.dataset.sample(split, index)
     }
 
-    /// Attention of both towers for `image` and `text` (see [`crate::analysis::attention`]).
+    /// Attention of both towers for `image` and `text` (see [`crate::analysis::attention`](mod@crate::analysis::attention)).
     pub fn attention(&self, image: &RgbImage, text: &str) -> Result<AttentionView> {
         self.check_image(image)?;
         attention(&self.model, &self.tokenizer, image, text, &self.device)
     }
 
-    /// Token × patch similarities of `image` and `text` (see [`crate::analysis::alignment`]).
+    /// Token × patch similarities of `image` and `text` (see [`crate::analysis::alignment`](mod@crate::analysis::alignment)).
     pub fn align(&self, image: &RgbImage, text: &str) -> Result<Alignment> {
         self.check_image(image)?;
         align(&self.model, &self.tokenizer, image, text, &self.device)
     }
 
-    /// Grad-CAM and gradient × attention relevance (see [`crate::analysis::relevance`]).
+    /// Grad-CAM and gradient × attention relevance (see [`crate::analysis::relevance`](mod@crate::analysis::relevance)).
     pub fn relevance(&self, image: &RgbImage, text: &str) -> Result<Relevance> {
         self.check_image(image)?;
         relevance(&self.model, &self.tokenizer, image, text, &self.device)
