@@ -26,6 +26,8 @@ mod swap;
 mod analysis;
 // Inspection: attention, alignment, relevance, head diagnostics, probes, batch similarity.
 mod inspect;
+// The interactive session behind the desktop app: requests, history, fork.
+mod session;
 // The command line: a real run, and every bad-input case.
 mod cli;
 // Figures: PNG and SVG output, cell colours, overlay blending, bad input, saving.

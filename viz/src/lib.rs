@@ -5,6 +5,7 @@
 //! - [`cli`]: the `workbench` command line (`train`, `eval`, `data`, `bench`), callable in-process via
 //!   [`cli::main_with_args`].
 //! - [`bench`](mod@bench): the objectives benchmark behind `workbench bench losses`.
+//! - [`session`]: a run on a background thread for interactive front ends, with a UI-free history.
 //! - [`report`]: the figures of each analysis (attention, alignment, relevance, gap, batch).
 //! - [`figure`]: heat maps, attention overlays, line charts, histograms, bar charts and scatter
 //!   plots, rendered to PNG and SVG or shown inline in evcxr notebooks.
@@ -13,3 +14,4 @@ pub mod bench;
 pub mod cli;
 pub mod figure;
 pub mod report;
+pub mod session;

@@ -39,6 +39,15 @@ mod resume;
 use live::name_matches;
 pub use resume::{CheckpointState, resolve_checkpoint};
 
+/// What one [`Trainer::tick`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// A step was taken (and its scheduled probe / evaluation / checkpoint emitted).
+    Stepped,
+    /// The run paused without a step's update: the reason (a non-finite value, or the caller).
+    Paused(String),
+}
+
 /// Builds an objective in the `loss` scope of a run's parameter store.
 type ObjectiveFactory<'a> = Box<dyn FnOnce(&Scope) -> Result<Box<dyn Objective>> + 'a>;
 
@@ -423,22 +432,10 @@ impl Trainer {
         commands: &Receiver<Command>,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<FitOutcome> {
-        let started = Event::RunStarted {
-            config: Box::new(self.cfg.clone()),
-            step: self.step,
-            model_parameters: self.params.count("model."),
-            objective: self.objective.name().to_string(),
-            device: format!("{:?}", self.device),
-        };
-        if on_event(&started).is_break() {
+        if on_event(&self.started_event()).is_break() {
             return self.pause(&mut on_event, "stopped by the caller".into());
         }
-        let (steps, every, ck_every, probe_every) = (
-            self.cfg.train.steps,
-            self.cfg.train.eval_every,
-            self.cfg.train.checkpoint_every,
-            self.cfg.train.probe_every,
-        );
+        let (steps, probe_every) = (self.cfg.train.steps, self.cfg.train.probe_every);
         if probe_every > 0 && self.step < steps {
             let report = self.probe()?;
             if on_event(&Event::Probe(report)).is_break() {
@@ -470,33 +467,20 @@ impl Trainer {
             if stop {
                 return self.pause(&mut on_event, "stopped by a command".into());
             }
-            let stats = match self.step() {
-                Ok(s) => s,
-                Err(e @ Error::NonFinite { .. }) => {
-                    return self.pause(&mut on_event, e.to_string());
-                }
-                Err(e) => return Err(e),
-            };
-            let step = stats.step;
-            if on_event(&Event::Step(stats)).is_break() {
-                return self.pause(&mut on_event, "stopped by the caller".into());
-            }
-            if probe_every > 0 && step % probe_every == 0 {
-                let report = self.probe()?;
-                if on_event(&Event::Probe(report)).is_break() {
-                    return self.pause(&mut on_event, "stopped by the caller".into());
-                }
-            }
-            if every > 0 && step % every == 0 && step < steps {
-                let report = self.evaluate(Split::Val)?;
-                if on_event(&Event::Eval(report)).is_break() {
-                    return self.pause(&mut on_event, "stopped by the caller".into());
-                }
-            }
-            if ck_every > 0 && step % ck_every == 0 && step < steps {
-                self.checkpoint_event(&mut on_event)?;
+            match self.tick(&mut on_event)? {
+                Tick::Stepped => {}
+                Tick::Paused(reason) => return self.pause(&mut on_event, reason),
             }
         }
+        self.finish(on_event)
+    }
+
+    /// Ends a run: the final evaluation, a checkpoint (when a run directory is set) and
+    /// `run_finished`, each handed to `on_event`.
+    pub fn finish(
+        &mut self,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<FitOutcome> {
         let report = self.evaluate(Split::Val)?;
         let _ = on_event(&Event::Eval(report));
         self.checkpoint_event(&mut on_event)?;
@@ -507,6 +491,57 @@ impl Trainer {
             pairs_per_second: pairs / self.train_seconds.max(1e-9),
         });
         Ok(FitOutcome::Finished)
+    }
+
+    /// The `run_started` event describing this trainer now.
+    pub fn started_event(&self) -> Event {
+        Event::RunStarted {
+            config: Box::new(self.cfg.clone()),
+            step: self.step,
+            model_parameters: self.params.count("model."),
+            objective: self.objective.name().to_string(),
+            device: format!("{:?}", self.device),
+        }
+    }
+
+    /// One iteration of the training loop: a step, then the probe, evaluation and checkpoint
+    /// that the schedule (`train.probe_every`, `eval_every`, `checkpoint_every`) puts at that
+    /// step, each handed to `on_event`. A non-finite loss or gradient skips the update and
+    /// returns [`Tick::Paused`] with the reason; so does an `on_event` that returns `Break`.
+    /// [`Trainer::fit_with`] is a loop of ticks; an interactive front end calls it itself.
+    pub fn tick(&mut self, mut on_event: impl FnMut(&Event) -> ControlFlow<()>) -> Result<Tick> {
+        let steps = self.cfg.train.steps;
+        let (every, ck_every, probe_every) = (
+            self.cfg.train.eval_every,
+            self.cfg.train.checkpoint_every,
+            self.cfg.train.probe_every,
+        );
+        let stats = match self.step() {
+            Ok(s) => s,
+            Err(e @ Error::NonFinite { .. }) => return Ok(Tick::Paused(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        let step = stats.step;
+        let stopped = || Ok(Tick::Paused("stopped by the caller".into()));
+        if on_event(&Event::Step(stats)).is_break() {
+            return stopped();
+        }
+        if probe_every > 0 && step % probe_every == 0 {
+            let report = self.probe()?;
+            if on_event(&Event::Probe(report)).is_break() {
+                return stopped();
+            }
+        }
+        if every > 0 && step % every == 0 && step < steps {
+            let report = self.evaluate(Split::Val)?;
+            if on_event(&Event::Eval(report)).is_break() {
+                return stopped();
+            }
+        }
+        if ck_every > 0 && step % ck_every == 0 && step < steps {
+            self.checkpoint_event(&mut on_event)?;
+        }
+        Ok(Tick::Stepped)
     }
 
     /// Runs [`Trainer::fit_with`] on a background thread; the handle sends commands, streams

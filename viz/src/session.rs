@@ -1,0 +1,661 @@
+//! A training session for interactive front ends: the [`Trainer`] lives on a background thread
+//! (the device lives there too); the front end sends [`Request`]s and drains plain-data
+//! [`Reply`]s and events every frame into a UI-free [`RunHistory`]. Nothing here blocks the
+//! caller and nothing here knows about egui.
+//!
+//! The thread trains while playing, one [`Trainer::tick`] at a time, and between two ticks
+//! applies live commands and answers inspection requests (attention, alignment, gap, batch,
+//! pointing, fork). Paused, it sleeps until the next request.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use viz::session::{Request, Session};
+//! let mut session = Session::start(workbench::config::RunConfig::preset("tiny")?, "run 1")?;
+//! session.send(Request::Play);
+//! loop {
+//!     for reply in session.poll() { /* inspection answers */ }
+//!     if session.step() >= 100 { break; }
+//!     std::thread::sleep(std::time::Duration::from_millis(50));
+//! }
+//! session.send(Request::Pause);
+//! println!("loss curve: {:?}", session.history().series("loss"));
+//! # Ok(()) }
+//! ```
+
+use anyhow::{Context as _, Result};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use workbench::analysis::{
+    Alignment, AttentionView, BatchSimilarity, GapAnalysis, PointingReport, Relevance,
+};
+use workbench::config::RunConfig;
+use workbench::control::Command;
+use workbench::data::{RgbImage, Split};
+use workbench::events::{EvalReport, Event, ProbeReport, StepStats};
+use workbench::model::Pool;
+use workbench::train::{Tick, Trainer};
+
+/// What a front end asks the training thread.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Train continuously until paused or finished.
+    Play,
+    /// Stop after the current step.
+    Pause,
+    /// Exactly one optimizer step (when paused).
+    Step,
+    /// A live command: swap the objective, edit a weight, temperature or parameter, freeze,
+    /// clamp (see [`workbench::control`]).
+    Control(Command),
+    /// Attention and relevance for a sample and its first caption.
+    Attention {
+        /// Split of the sample.
+        split: Split,
+        /// Index in the split.
+        index: usize,
+    },
+    /// Token × patch alignment of a sample with a text (`None`: its first caption).
+    Align {
+        /// Split of the sample.
+        split: Split,
+        /// Index in the split.
+        index: usize,
+        /// Any text.
+        text: Option<String>,
+    },
+    /// The modality gap on the validation split, with retrieval after each shift.
+    Gap {
+        /// Shifts along the gap vector.
+        deltas: Vec<f32>,
+    },
+    /// The similarity matrix of the first `n` validation pairs.
+    Batch {
+        /// Pairs.
+        n: usize,
+    },
+    /// The pointing game on the first `images` validation images.
+    Pointing {
+        /// Images to play.
+        images: usize,
+    },
+    /// Checkpoint the run now (weights, optimizer, data position) to fork it.
+    Fork,
+}
+
+/// Attention of both towers and the relevance maps for one sample.
+#[derive(Clone, Debug)]
+pub struct AttentionReply {
+    /// Split and index of the sample.
+    pub sample: (Split, usize),
+    /// The image.
+    pub image: RgbImage,
+    /// Its first caption.
+    pub text: String,
+    /// Attention of every layer and head.
+    pub view: AttentionView,
+    /// How the image tower pools (which row is the pooled query).
+    pub pool: Pool,
+    /// Grad-CAM and gradient × attention relevance.
+    pub relevance: Relevance,
+}
+
+/// Alignment of one sample with a text.
+#[derive(Clone, Debug)]
+pub struct AlignReply {
+    /// Split and index of the sample.
+    pub sample: (Split, usize),
+    /// The image.
+    pub image: RgbImage,
+    /// The sample's captions (to offer as clickable text).
+    pub captions: Vec<String>,
+    /// Token × patch similarities.
+    pub alignment: Alignment,
+}
+
+/// An answer of the training thread to a request (events go to the history instead).
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// For [`Request::Attention`].
+    Attention(Box<AttentionReply>),
+    /// For [`Request::Align`].
+    Alignment(Box<AlignReply>),
+    /// For [`Request::Gap`].
+    Gap(Box<GapAnalysis>),
+    /// For [`Request::Batch`].
+    Batch(Box<BatchSimilarity>),
+    /// For [`Request::Pointing`].
+    Pointing(PointingReport),
+    /// For [`Request::Fork`]: a checkpoint directory to [`Session::resume`] from.
+    Forked(PathBuf),
+    /// A request that failed, with the reason.
+    Error(String),
+}
+
+/// A vertical marker on the curves: an objective swap, a live edit, a rejected command, a pause.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Marker {
+    /// Steps completed when it happened.
+    pub step: usize,
+    /// What happened.
+    pub label: String,
+}
+
+/// Everything a run has reported, as plain data (no tensors, no UI).
+#[derive(Clone, Debug, Default)]
+pub struct RunHistory {
+    /// Every step's statistics.
+    pub steps: Vec<StepStats>,
+    /// Every evaluation.
+    pub evals: Vec<EvalReport>,
+    /// Every probe (the fixed validation batch).
+    pub probes: Vec<ProbeReport>,
+    /// Swaps, edits, rejected commands and pauses.
+    pub markers: Vec<Marker>,
+    /// Notable events, one line each.
+    pub log: Vec<String>,
+    /// The active objective.
+    pub objective: String,
+    /// `train.steps`.
+    pub total_steps: usize,
+    /// Whether the run reached `train.steps`.
+    pub finished: bool,
+    /// Steps completed when the history started (non-zero for a resumed or forked run).
+    pub start_step: usize,
+}
+
+impl RunHistory {
+    /// Adds one event.
+    pub fn push(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted {
+                config,
+                objective,
+                step,
+                ..
+            } => {
+                self.objective.clone_from(objective);
+                self.total_steps = config.train.steps;
+                if self.steps.is_empty() {
+                    self.start_step = *step;
+                }
+                self.log
+                    .push(format!("started at step {step} with {objective}"));
+            }
+            Event::Step(s) => {
+                self.objective.clone_from(&s.objective);
+                self.steps.push(s.clone());
+            }
+            Event::Eval(r) => self.evals.push(r.clone()),
+            Event::Probe(p) => self.probes.push(p.clone()),
+            Event::ObjectiveSwapped { step, to, .. } => {
+                self.objective.clone_from(to);
+                self.mark(*step, format!("→ {to}"));
+            }
+            Event::Edited { step, command, .. } => self.mark(*step, describe(command)),
+            Event::CommandRejected { step, reason, .. } => {
+                self.mark(*step, format!("rejected: {reason}"));
+            }
+            Event::Paused { step, reason } => {
+                self.log.push(format!("paused at step {step}: {reason}"));
+            }
+            Event::Checkpoint { step, path } => {
+                self.log
+                    .push(format!("checkpoint at step {step}: {}", path.display()));
+            }
+            Event::RunFinished {
+                step,
+                pairs_per_second,
+                ..
+            } => {
+                self.finished = true;
+                self.log.push(format!(
+                    "finished at step {step} ({pairs_per_second:.0} pairs/s)"
+                ));
+            }
+        }
+    }
+
+    fn mark(&mut self, step: usize, label: String) {
+        self.log.push(format!("step {step}: {label}"));
+        self.markers.push(Marker { step, label });
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> usize {
+        self.steps.last().map_or(self.start_step, |s| s.step)
+    }
+
+    /// Pairs per second over the last (up to) 20 steps.
+    pub fn pairs_per_second(&self) -> Option<f64> {
+        let tail = &self.steps[self.steps.len().saturating_sub(20)..];
+        let secs: f64 = tail.iter().map(|s| s.seconds).sum();
+        let pairs: usize = tail.iter().map(|s| s.batch_size).sum();
+        (secs > 0.0).then(|| pairs as f64 / secs)
+    }
+
+    /// A curve as `[step, value]` points: `loss`, `lr`, `grad_norm`, `term:<name>`,
+    /// `scalar:<name>`, `probe:info_nce`, `probe:i2t_r1`, `probe:t2i_r1`, `probe:gap`,
+    /// `eval:i2t_r1`, `eval:t2i_r1`, `eval:zero_shot`, `eval:gap`. Unknown names are empty.
+    pub fn series(&self, name: &str) -> Vec<[f64; 2]> {
+        let steps = |f: &dyn Fn(&StepStats) -> Option<f64>| -> Vec<[f64; 2]> {
+            self.steps
+                .iter()
+                .filter_map(|s| f(s).map(|v| [s.step as f64, v]))
+                .collect()
+        };
+        let probes = |f: &dyn Fn(&ProbeReport) -> f32| -> Vec<[f64; 2]> {
+            self.probes
+                .iter()
+                .map(|p| [p.step as f64, f64::from(f(p))])
+                .collect()
+        };
+        let evals = |f: &dyn Fn(&EvalReport) -> Option<f32>| -> Vec<[f64; 2]> {
+            self.evals
+                .iter()
+                .filter_map(|r| f(r).map(|v| [r.step as f64, f64::from(v)]))
+                .collect()
+        };
+        if let Some(term) = name.strip_prefix("term:") {
+            return steps(&|s| s.terms.get(term).map(|&v| f64::from(v)));
+        }
+        if let Some(scalar) = name.strip_prefix("scalar:") {
+            return steps(&|s| s.scalars.get(scalar).map(|&v| f64::from(v)));
+        }
+        match name {
+            "loss" => steps(&|s| Some(f64::from(s.loss))),
+            "lr" => steps(&|s| Some(s.lr)),
+            "grad_norm" => steps(&|s| Some(f64::from(s.grad_norm))),
+            "probe:info_nce" => probes(&|p| p.info_nce),
+            "probe:i2t_r1" => probes(&|p| p.image_to_text_r1),
+            "probe:t2i_r1" => probes(&|p| p.text_to_image_r1),
+            "probe:gap" => probes(&|p| p.modality_gap),
+            "eval:i2t_r1" => evals(&|r| Some(r.image_to_text.r1)),
+            "eval:t2i_r1" => evals(&|r| Some(r.text_to_image.r1)),
+            "eval:zero_shot" => evals(&|r| r.zero_shot.as_ref().map(|z| z.accuracy)),
+            "eval:gap" => evals(&|r| Some(r.modality_gap)),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every curve name with at least one point so far.
+    pub fn series_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["loss", "lr", "grad_norm"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let mut terms = std::collections::BTreeSet::new();
+        let mut scalars = std::collections::BTreeSet::new();
+        for s in &self.steps {
+            terms.extend(s.terms.keys().cloned());
+            scalars.extend(s.scalars.keys().cloned());
+        }
+        names.extend(terms.into_iter().map(|t| format!("term:{t}")));
+        names.extend(scalars.into_iter().map(|t| format!("scalar:{t}")));
+        if !self.probes.is_empty() {
+            names.extend(
+                [
+                    "probe:info_nce",
+                    "probe:i2t_r1",
+                    "probe:t2i_r1",
+                    "probe:gap",
+                ]
+                .iter()
+                .map(ToString::to_string),
+            );
+        }
+        if !self.evals.is_empty() {
+            names.extend(
+                ["eval:i2t_r1", "eval:t2i_r1", "eval:gap"]
+                    .iter()
+                    .map(ToString::to_string),
+            );
+            if self.evals.iter().any(|r| r.zero_shot.is_some()) {
+                names.push("eval:zero_shot".into());
+            }
+        }
+        if self.steps.is_empty() {
+            names.clear();
+        }
+        names
+    }
+}
+
+/// A short label for a live command.
+pub fn describe(command: &Command) -> String {
+    match command {
+        Command::Swap { loss } => format!("swap to {}", loss.name()),
+        Command::SetWeight { part, weight } => format!("weight {part} = {weight}"),
+        Command::SetTemperature { objective, tau } => format!("τ {objective} = {tau}"),
+        Command::SetParam { name, value } => format!("{name} = {value}"),
+        Command::Freeze { prefix, frozen } => {
+            format!("{} {prefix}", if *frozen { "freeze" } else { "unfreeze" })
+        }
+        Command::Clamp { prefix, range } => match range {
+            Some([lo, hi]) => format!("clamp {prefix} to [{lo}, {hi}]"),
+            None => format!("unclamp {prefix}"),
+        },
+        Command::Stop => "stop".into(),
+    }
+}
+
+/// What the thread sends back.
+enum Message {
+    Event(Event),
+    Reply(Reply),
+    Playing(bool),
+}
+
+type Waker = Arc<Mutex<Option<Box<dyn Fn() + Send + Sync>>>>;
+
+/// A run on a background thread (see the module docs).
+pub struct Session {
+    name: String,
+    config: RunConfig,
+    requests: Sender<Request>,
+    messages: Receiver<Message>,
+    history: RunHistory,
+    playing: bool,
+    waker: Waker,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .field("step", &self.step())
+            .field("playing", &self.playing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Builds a trainer from `config` on a new thread; the session starts paused.
+    pub fn start(config: RunConfig, name: impl Into<String>) -> Result<Self> {
+        let trainer = Trainer::new(config).context("cannot build the run")?;
+        Ok(Self::spawn(trainer, name.into()))
+    }
+
+    /// Continues the run checkpointed in `dir` (a fork, or any run directory), paused.
+    pub fn resume(dir: &Path, name: impl Into<String>) -> Result<Self> {
+        let trainer = Trainer::resume(dir, None)
+            .with_context(|| format!("cannot resume from {}", dir.display()))?;
+        Ok(Self::spawn(trainer, name.into()))
+    }
+
+    fn spawn(trainer: Trainer, name: String) -> Self {
+        let (requests, request_rx) = mpsc::channel();
+        let (message_tx, messages) = mpsc::channel();
+        let waker: Waker = Arc::new(Mutex::new(None));
+        let config = trainer.config().clone();
+        let mut history = RunHistory::default();
+        history.push(&trainer.started_event());
+        let thread_waker = Arc::clone(&waker);
+        let thread = std::thread::Builder::new()
+            .name(format!("training: {name}"))
+            .spawn(move || worker(trainer, &request_rx, &message_tx, &thread_waker))
+            .ok();
+        Self {
+            name,
+            config,
+            requests,
+            messages,
+            history,
+            playing: false,
+            waker,
+            thread,
+        }
+    }
+
+    /// Sends a request; it is handled between two steps. A finished thread ignores it.
+    pub fn send(&self, request: Request) {
+        let _ = self.requests.send(request);
+    }
+
+    /// Drains what the thread sent: events go to [`Session::history`], answers are returned.
+    pub fn poll(&mut self) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        loop {
+            match self.messages.try_recv() {
+                Ok(Message::Event(e)) => self.history.push(&e),
+                Ok(Message::Reply(r)) => replies.push(r),
+                Ok(Message::Playing(p)) => self.playing = p,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.playing = false;
+                    break;
+                }
+            }
+        }
+        replies
+    }
+
+    /// Everything reported so far.
+    pub fn history(&self) -> &RunHistory {
+        &self.history
+    }
+
+    /// The session's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the thread last reported it was training.
+    pub fn playing(&self) -> bool {
+        self.playing
+    }
+
+    /// Steps completed (as far as polled).
+    pub fn step(&self) -> usize {
+        self.history.step()
+    }
+
+    /// The configuration the run started with.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// Called by the thread after it sends anything (e.g. to request a repaint).
+    pub fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
+        if let Ok(mut w) = self.waker.lock() {
+            *w = Some(waker);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread after its current step.
+        let (dead, _) = mpsc::channel();
+        self.requests = dead;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The training thread: trains while playing, handles requests between steps.
+fn worker(
+    mut trainer: Trainer,
+    requests: &Receiver<Request>,
+    out: &Sender<Message>,
+    waker: &Waker,
+) {
+    let send = |m: Message| {
+        let _ = out.send(m);
+        if let Ok(w) = waker.lock()
+            && let Some(w) = w.as_ref()
+        {
+            w();
+        }
+    };
+    let mut playing = false;
+    loop {
+        let request = if playing {
+            match requests.try_recv() {
+                Ok(r) => Some(r),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match requests.recv() {
+                Ok(r) => Some(r),
+                Err(_) => return,
+            }
+        };
+        if let Some(request) = request {
+            match request {
+                Request::Play => {
+                    playing = trainer.completed_steps() < trainer.config().train.steps;
+                    send(Message::Playing(playing));
+                }
+                Request::Pause => {
+                    playing = false;
+                    send(Message::Playing(false));
+                }
+                Request::Step => {
+                    if !playing && !tick(&mut trainer, &send) {
+                        send(Message::Playing(false));
+                    }
+                }
+                other => handle(&mut trainer, other, &send),
+            }
+            continue;
+        }
+        if !tick(&mut trainer, &send) {
+            playing = false;
+            send(Message::Playing(false));
+        }
+    }
+}
+
+/// One step with its scheduled events; `false` when the run cannot go on (finished, paused by
+/// a non-finite value, or failed).
+fn tick(trainer: &mut Trainer, send: &impl Fn(Message)) -> bool {
+    if trainer.completed_steps() >= trainer.config().train.steps {
+        return false;
+    }
+    let on_event = |e: &Event| {
+        send(Message::Event(e.clone()));
+        ControlFlow::Continue(())
+    };
+    match trainer.tick(on_event) {
+        Ok(Tick::Stepped) => {
+            if trainer.completed_steps() >= trainer.config().train.steps {
+                if let Err(e) = trainer.finish(on_event) {
+                    send(Message::Reply(Reply::Error(format!("{e:#}"))));
+                }
+                return false;
+            }
+            true
+        }
+        Ok(Tick::Paused(reason)) => {
+            send(Message::Event(Event::Paused {
+                step: trainer.completed_steps(),
+                reason,
+            }));
+            false
+        }
+        Err(e) => {
+            send(Message::Reply(Reply::Error(format!(
+                "training stopped: {e}"
+            ))));
+            false
+        }
+    }
+}
+
+/// Live commands and inspection requests.
+fn handle(trainer: &mut Trainer, request: Request, send: &impl Fn(Message)) {
+    let reply = match answer(trainer, request, send) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => Reply::Error(format!("{e:#}")),
+    };
+    send(Message::Reply(reply));
+}
+
+fn answer(
+    trainer: &mut Trainer,
+    request: Request,
+    send: &impl Fn(Message),
+) -> Result<Option<Reply>> {
+    Ok(Some(match request {
+        Request::Control(command) => {
+            let event = trainer
+                .apply(&command)
+                .unwrap_or_else(|e| Event::CommandRejected {
+                    step: trainer.completed_steps(),
+                    command: command.clone(),
+                    reason: e.to_string(),
+                });
+            let swapped = matches!(event, Event::ObjectiveSwapped { .. });
+            send(Message::Event(event));
+            if swapped {
+                send(Message::Event(Event::Probe(trainer.probe()?)));
+            }
+            return Ok(None);
+        }
+        Request::Attention { split, index } => {
+            let s = trainer.sample(split, index)?;
+            let text = s
+                .captions
+                .first()
+                .map(|c| c.text.clone())
+                .with_context(|| format!("{split} sample {index} has no caption"))?;
+            let view = trainer.attention(&s.image, &text)?;
+            let relevance = trainer.relevance(&s.image, &text)?;
+            Reply::Attention(Box::new(AttentionReply {
+                sample: (split, index),
+                pool: trainer.model().config().vision.pool,
+                image: s.image,
+                text,
+                view,
+                relevance,
+            }))
+        }
+        Request::Align { split, index, text } => {
+            let s = trainer.sample(split, index)?;
+            let captions: Vec<String> = s.captions.iter().map(|c| c.text.clone()).collect();
+            let text = match text {
+                Some(t) => t,
+                None => captions
+                    .first()
+                    .cloned()
+                    .with_context(|| format!("{split} sample {index} has no caption"))?,
+            };
+            let alignment = trainer.align(&s.image, &text)?;
+            Reply::Alignment(Box::new(AlignReply {
+                sample: (split, index),
+                image: s.image,
+                captions,
+                alignment,
+            }))
+        }
+        Request::Gap { deltas } => Reply::Gap(Box::new(trainer.analyse_gap(Split::Val, &deltas)?)),
+        Request::Batch { n } => Reply::Batch(Box::new(trainer.batch_similarity(Split::Val, n)?)),
+        Request::Pointing { images } => Reply::Pointing(trainer.pointing_game(Split::Val, images)?),
+        Request::Fork => {
+            let dir = fork_dir(trainer.completed_steps())?;
+            trainer.save_checkpoint(&dir)?;
+            Reply::Forked(dir)
+        }
+        Request::Play | Request::Pause | Request::Step => return Ok(None),
+    }))
+}
+
+/// A fresh directory for a fork's checkpoint under the system temporary directory.
+fn fork_dir(step: usize) -> Result<PathBuf> {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "workbench-fork-{}-{n}-step{step}",
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    Ok(dir)
+}
