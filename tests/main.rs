@@ -32,3 +32,5 @@ mod session;
 mod cli;
 // Figures: PNG and SVG output, cell colours, overlay blending, bad input, saving.
 mod figures;
+// The desktop app, driven by widget labels: play, pause, step, swap, word maps, fork.
+mod gui;

@@ -2,6 +2,8 @@
 //!
 //! # Brief overview
 //!
+//! - `app` (feature `gui`, on by default): the desktop workbench that `workbench` opens when
+//!   started without arguments.
 //! - [`cli`]: the `workbench` command line (`train`, `eval`, `data`, `bench`), callable in-process via
 //!   [`cli::main_with_args`].
 //! - [`bench`](mod@bench): the objectives benchmark behind `workbench bench losses`.
@@ -10,6 +12,8 @@
 //! - [`figure`]: heat maps, attention overlays, line charts, histograms, bar charts and scatter
 //!   plots, rendered to PNG and SVG or shown inline in evcxr notebooks.
 
+#[cfg(feature = "gui")]
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod figure;

@@ -1,0 +1,164 @@
+//! The desktop app, driven headless by widget labels (egui_kittest, no renderer): play, pause,
+//! step, an objective swap from the picker, a caption word's map, a fork. Training runs on the
+//! session's thread, so each check polls frames until its condition holds or 30 s pass.
+
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use viz::app::{Tab, WorkbenchApp};
+
+use crate::util::tiny_config;
+
+fn app() -> Harness<'static, WorkbenchApp> {
+    let mut cfg = tiny_config();
+    cfg.train.steps = 200;
+    cfg.train.probe_every = 0;
+    cfg.train.probe_size = 32;
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .build_eframe(move |cc| {
+            cc.egui_ctx.set_fonts(viz::app::fonts());
+            WorkbenchApp::with_config(cfg).unwrap()
+        })
+}
+
+/// Runs frames until `done` holds; fails after 30 s naming `what` and the app's messages.
+fn wait(h: &mut Harness<'_, WorkbenchApp>, what: &str, done: impl Fn(&WorkbenchApp) -> bool) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(h.state()) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}; messages: {:?}",
+            h.state().messages()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn step(app: &WorkbenchApp) -> usize {
+    app.session().map_or(0, viz::session::Session::step)
+}
+
+fn playing(app: &WorkbenchApp) -> bool {
+    app.session().is_some_and(viz::session::Session::playing)
+}
+
+fn click(h: &mut Harness<'_, WorkbenchApp>, label: &str) {
+    h.get_by_label(label).click();
+    h.step();
+    h.step();
+}
+
+#[test]
+fn play_pause_and_step() {
+    let mut h = app();
+    h.run_steps(3);
+    assert_eq!(step(h.state()), 0, "a session starts paused");
+
+    click(&mut h, "Step");
+    wait(&mut h, "one step", |a| step(a) == 1);
+
+    click(&mut h, "Play");
+    wait(&mut h, "steps to advance after Play", |a| step(a) >= 6);
+
+    click(&mut h, "Pause");
+    wait(&mut h, "the run to report it paused", |a| !playing(a));
+    let paused_at = step(h.state());
+    std::thread::sleep(Duration::from_millis(400));
+    h.run_steps(5);
+    assert_eq!(
+        step(h.state()),
+        paused_at,
+        "the step count advanced while paused"
+    );
+    assert!(paused_at < 200, "the run finished before it was paused");
+}
+
+#[test]
+fn choosing_siglip_swaps_the_objective_and_marks_the_curves() {
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Play");
+    wait(&mut h, "a few steps", |a| step(a) >= 3);
+
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Objective")
+        .click();
+    h.step();
+    h.step();
+    click(&mut h, "siglip");
+
+    let swapped = |a: &WorkbenchApp| {
+        a.session().is_some_and(|s| {
+            s.history().objective == "siglip"
+                && s.history()
+                    .markers
+                    .iter()
+                    .any(|m| m.label.contains("siglip"))
+        })
+    };
+    wait(&mut h, "a swap marker", swapped);
+    assert_eq!(h.state().state().tab, Tab::Curves);
+    wait(&mut h, "the curves panel to draw the swap marker", |a| {
+        a.drawn_markers().iter().any(|m| m.contains("siglip"))
+    });
+    wait(&mut h, "steps under siglip", |a| {
+        a.session()
+            .and_then(|s| s.history().steps.last())
+            .is_some_and(|s| s.objective == "siglip")
+    });
+    click(&mut h, "Pause");
+}
+
+#[test]
+fn clicking_a_caption_word_shows_its_map() {
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Alignment");
+    assert_eq!(h.state().state().tab, Tab::Alignment);
+    wait(&mut h, "the alignment answer", |a| {
+        !a.alignment_words().is_empty()
+    });
+
+    let (label, before) = h.state().alignment_map().unwrap();
+    assert_eq!(label, "whole caption");
+    let words = h.state().alignment_words();
+    // A word that occurs once and is not also the label of another widget.
+    let word = words
+        .iter()
+        .find(|w| w.len() > 2 && words.iter().filter(|v| v == w).count() == 1)
+        .unwrap_or_else(|| panic!("no distinctive word in {words:?}"))
+        .clone();
+
+    click(&mut h, &word);
+    let (label, after) = h.state().alignment_map().unwrap();
+    assert_eq!(label, word);
+    assert_eq!(h.state().state().word.as_deref(), Some(word.as_str()));
+    assert_eq!(after.len(), before.len());
+    assert_ne!(after, before, "the word's map equals the caption's");
+
+    click(&mut h, "whole caption");
+    assert_eq!(h.state().alignment_map().unwrap().0, "whole caption");
+}
+
+#[test]
+fn fork_adds_a_second_run() {
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Play");
+    wait(&mut h, "a few steps", |a| step(a) >= 3);
+
+    click(&mut h, "Fork");
+    wait(&mut h, "the fork", |a| a.sessions().len() == 2);
+    click(&mut h, "Pause");
+
+    click(&mut h, "Runs");
+    let fork = h.state().sessions()[1].name().to_owned();
+    assert!(fork.starts_with("fork of run 1"), "{fork}");
+    h.get_by_role_and_label(egui::accesskit::Role::Button, &fork);
+    h.get_by_role_and_label(egui::accesskit::Role::Button, "run 1");
+}

@@ -1,0 +1,228 @@
+//! Live curves: loss and its terms, learning rate, gradient norm, temperature, the probe
+//! batch's metrics and the evaluations, with a labelled vertical line at every marker (swap,
+//! live edit, rejected command) and the other runs' loss overlaid.
+
+use egui::{Align2, Color32, Id, RichText};
+use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoint, Points, Text, VLine};
+
+use super::paint::series;
+use super::{UiState, run::Run};
+use crate::session::RunHistory;
+
+/// One plot: a title and its curves as (legend name, points).
+struct Chart {
+    title: &'static str,
+    curves: Vec<(String, Vec<[f64; 2]>)>,
+    /// Draw points (sparse curves: probes, evaluations) as well as lines.
+    points: bool,
+}
+
+/// The curves of a history, grouped into plots.
+fn charts(h: &RunHistory) -> Vec<Chart> {
+    let names = h.series_names();
+    let with = |prefix: &str| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let named = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<[f64; 2]>)> {
+        pairs
+            .iter()
+            .map(|(key, label)| ((*label).to_owned(), h.series(key)))
+            .filter(|(_, p)| !p.is_empty())
+            .collect()
+    };
+    let mut loss = vec![("loss".to_owned(), h.series("loss"))];
+    for t in with("term:") {
+        let points = h.series(&t);
+        loss.push((t.trim_start_matches("term:").to_owned(), points));
+    }
+    let mut temperature = Vec::new();
+    let mut other = Vec::new();
+    for s in with("scalar:") {
+        let name = s.trim_start_matches("scalar:").to_owned();
+        let points = h.series(&s);
+        if name.ends_with("logit_scale") {
+            let tau = points
+                .iter()
+                .filter(|p| p[1] > 0.0)
+                .map(|p| [p[0], 1.0 / p[1]])
+                .collect();
+            temperature.push((format!("τ = 1/{name}"), tau));
+        } else {
+            other.push((name, points));
+        }
+    }
+    let mut charts = vec![
+        Chart {
+            title: "Loss and its terms",
+            curves: loss,
+            points: false,
+        },
+        Chart {
+            title: "Temperature",
+            curves: temperature,
+            points: false,
+        },
+        Chart {
+            title: "Probe batch (fixed validation pairs)",
+            curves: named(&[
+                ("probe:i2t_r1", "image→text R@1"),
+                ("probe:t2i_r1", "text→image R@1"),
+                ("probe:gap", "modality gap"),
+                ("probe:info_nce", "InfoNCE at τ = 0.07"),
+            ]),
+            points: true,
+        },
+        Chart {
+            title: "Evaluation (validation split)",
+            curves: named(&[
+                ("eval:i2t_r1", "image→text R@1"),
+                ("eval:t2i_r1", "text→image R@1"),
+                ("eval:zero_shot", "zero-shot accuracy"),
+                ("eval:gap", "modality gap"),
+            ]),
+            points: true,
+        },
+        Chart {
+            title: "Learning rate",
+            curves: named(&[("lr", "learning rate")]),
+            points: false,
+        },
+        Chart {
+            title: "Gradient norm (before clipping)",
+            curves: named(&[("grad_norm", "gradient norm")]),
+            points: false,
+        },
+    ];
+    if !other.is_empty() {
+        charts.push(Chart {
+            title: "Other objective parameters",
+            curves: other,
+            points: false,
+        });
+    }
+    charts
+}
+
+/// `log10` of the positive values (the others have no logarithm and are left out).
+fn log10(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
+    points
+        .into_iter()
+        .filter(|p| p[1] > 0.0)
+        .map(|p| [p[0], p[1].log10()])
+        .collect()
+}
+
+/// Draws the curves panel; `drawn` receives the labels of the markers drawn.
+pub fn show(
+    runs: &[Run],
+    active: usize,
+    state: &mut UiState,
+    drawn: &mut Vec<String>,
+    ui: &mut egui::Ui,
+) {
+    drawn.clear();
+    let Some(run) = runs.get(active) else {
+        return;
+    };
+    let h = run.session.history();
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut state.log_scale, "Log scale (log10 y)");
+        ui.add_enabled(
+            runs.len() > 1,
+            egui::Checkbox::new(&mut state.overlay_runs, "Overlay the other runs' loss"),
+        );
+    });
+    if h.steps.is_empty() {
+        ui.label("No step yet: press Play or Step.");
+    }
+    let mut charts = charts(h);
+    if state.overlay_runs {
+        for (i, other) in runs.iter().enumerate() {
+            if i != active && other.overlay {
+                let o = other.session.history();
+                charts[0]
+                    .curves
+                    .push((format!("loss ({})", other.session.name()), o.series("loss")));
+            }
+        }
+    }
+    let log = state.log_scale;
+    let width = ui.available_width();
+    let columns = if width > 900.0 { 2 } else { 1 };
+    let plot_w = (width / columns as f32 - 12.0).max(200.0);
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        for (r, row) in charts.chunks(columns).enumerate() {
+            ui.horizontal(|ui| {
+                for (c, chart) in row.iter().enumerate() {
+                    ui.vertical(|ui| {
+                        ui.set_width(plot_w);
+                        let shown = chart_ui(ui, chart, h, log, plot_w);
+                        if shown && r == 0 && c == 0 {
+                            drawn.extend(h.markers.iter().map(|m| m.label.clone()));
+                        }
+                    });
+                }
+            });
+        }
+    });
+}
+
+fn chart_ui(ui: &mut egui::Ui, chart: &Chart, h: &RunHistory, log: bool, width: f32) -> bool {
+    ui.label(RichText::new(chart.title).strong());
+    if chart.curves.iter().all(|(_, p)| p.is_empty()) {
+        ui.label(RichText::new("no data yet").weak());
+        return false;
+    }
+    let curves: Vec<(String, Vec<[f64; 2]>)> = chart
+        .curves
+        .iter()
+        .map(|(n, p)| (n.clone(), if log { log10(p.clone()) } else { p.clone() }))
+        .collect();
+    let top = curves
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q[1]))
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let markers = &h.markers;
+    let sparse = chart.points;
+    Plot::new(chart.title)
+        .width(width)
+        .height(200.0)
+        .legend(Legend::default())
+        .link_axis(Id::unique("curves_x"), [true, false])
+        .y_axis_label(if log { "log10(value)" } else { "value" })
+        .x_axis_label("step")
+        .show(ui, |p| {
+            for (i, (name, points)) in curves.into_iter().enumerate() {
+                let colour = series(i);
+                if sparse {
+                    p.points(
+                        Points::new(name.clone(), points.clone())
+                            .color(colour)
+                            .radius(2.5),
+                    );
+                }
+                p.line(Line::new(name, points).color(colour));
+            }
+            for m in markers {
+                let x = m.step as f64;
+                p.vline(
+                    VLine::new("markers", x)
+                        .color(Color32::from_gray(110))
+                        .style(LineStyle::dashed_dense()),
+                );
+                if top.is_finite() {
+                    p.text(
+                        Text::new("markers", PlotPoint::new(x, top), m.label.clone())
+                            .anchor(Align2::LEFT_TOP)
+                            .color(Color32::from_gray(80)),
+                    );
+                }
+            }
+        });
+    true
+}
