@@ -3,8 +3,11 @@
 //! percentile of the UI pass (`WorkbenchApp::show` inside `egui::Context::run_ui`, which is
 //! what must stay under 16 ms for 60 frames per second) and of tessellation, per panel.
 //!
+//! Training first runs to `WARMUP_STEPS` (so the curves hold a realistic history); each panel
+//! is then shown until its first answer arrived, and measured over `FRAMES_PER_PANEL` frames.
+//!
 //! ```text
-//! cargo run --release -p viz --example frame_time [-- FRAMES_PER_PANEL]
+//! cargo run --release -p viz --example frame_time [-- FRAMES_PER_PANEL [WARMUP_STEPS]]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -21,11 +24,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let frames: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(150);
+    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
+        Ok(std::env::args()
+            .nth(i)
+            .map(|a| a.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let (frames, warmup) = (arg(1, 150)?, arg(2, 500)?);
     let cfg = RunConfig::preset("tiny")?;
     let mut app = WorkbenchApp::with_config(cfg)?;
     let ctx = egui::Context::default();
@@ -49,7 +55,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(s) = app.session() {
         s.send(viz::session::Request::Play);
     }
-    println!("{frames} frames per panel at ~60 frames/s, tiny preset training in the background");
+    let start = Instant::now();
+    while app.session().map_or(0, viz::session::Session::step) < warmup {
+        frame(&mut app);
+        std::thread::sleep(Duration::from_millis(50));
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_mins(30),
+            "training did not reach step {warmup} in 30 minutes"
+        );
+    }
+    println!(
+        "trained to step {warmup} in {:.0} s; now {frames} frames per panel at ~60 frames/s, \
+         tiny preset training in the background",
+        start.elapsed().as_secs_f64()
+    );
     println!(
         "{:<14} {:>10} {:>10} {:>12} {:>12}",
         "panel", "ui median", "ui p95", "tess median", "tess p95"
@@ -57,6 +76,12 @@ fn main() -> anyhow::Result<()> {
     let mut all = Vec::new();
     for tab in Tab::ALL {
         app.state_mut().tab = tab;
+        let shown = Instant::now();
+        frame(&mut app);
+        while app.awaiting() && shown.elapsed() < Duration::from_mins(1) {
+            std::thread::sleep(Duration::from_millis(16));
+            frame(&mut app);
+        }
         let (mut ui_ms, mut tess_ms) = (Vec::new(), Vec::new());
         for _ in 0..frames {
             let start = Instant::now();

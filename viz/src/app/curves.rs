@@ -39,6 +39,11 @@ fn charts(h: &RunHistory) -> Vec<Chart> {
         let points = h.series(&t);
         loss.push((t.trim_start_matches("term:").to_owned(), points));
     }
+    // The probe batch's InfoNCE at a fixed temperature: comparable across objectives.
+    let probe_loss = h.series("probe:info_nce");
+    if !probe_loss.is_empty() {
+        loss.push(("probe InfoNCE (τ = 0.07)".to_owned(), probe_loss));
+    }
     let mut temperature = Vec::new();
     let mut other = Vec::new();
     for s in with("scalar:") {
@@ -72,7 +77,6 @@ fn charts(h: &RunHistory) -> Vec<Chart> {
                 ("probe:i2t_r1", "image→text R@1"),
                 ("probe:t2i_r1", "text→image R@1"),
                 ("probe:gap", "modality gap"),
-                ("probe:info_nce", "InfoNCE at τ = 0.07"),
             ]),
             points: true,
         },

@@ -253,6 +253,18 @@ impl WorkbenchApp {
         self.active
     }
 
+    /// Whether the active run owes an answer to an inspection request.
+    pub fn awaiting(&self) -> bool {
+        self.runs.get(self.active).is_some_and(|r| {
+            r.batch.pending()
+                || r.attention.pending()
+                || r.alignment.pending()
+                || r.pointing.pending()
+                || r.gap.pending()
+                || r.fork_pending
+        })
+    }
+
     /// Marker labels the curves panel drew in its last frame.
     pub fn drawn_markers(&self) -> &[String] {
         &self.drawn_markers
