@@ -177,7 +177,7 @@ fn relevance_explains_the_fused_models_score() {
 
 #[test]
 fn head_diagnostics_probes_and_batch_similarity() {
-    let t = trained(10);
+    let mut t = trained(10);
     let d = t.head_diagnostics(Split::Val, 8).unwrap();
     assert_eq!(d.pairs, 8);
     assert_eq!(d.vision.len(), 2 * 4);

@@ -211,7 +211,7 @@ pub fn gap_figures(g: &GapAnalysis, dir: &Path) -> Result<()> {
 }
 
 /// Probes, batch similarity (and its figures under `--out`) for `workbench eval`.
-pub fn eval_extras(trainer: &Trainer, a: &EvalArgs, split: Split) -> Result<()> {
+pub fn eval_extras(trainer: &mut Trainer, a: &EvalArgs, split: Split) -> Result<()> {
     if !(2..=4096).contains(&a.batch) {
         bail!("--batch must be in 2..=4096, got {}", a.batch);
     }

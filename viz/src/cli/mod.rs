@@ -400,7 +400,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
         return Ok(());
     }
     say(&report_table(&report))?;
-    inspect::eval_extras(&trainer, a, split)?;
+    inspect::eval_extras(&mut trainer, a, split)?;
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::write(

@@ -2,15 +2,16 @@
 //! trainer's model, tokenizer, dataset and device.
 
 use super::Trainer;
+use crate::Error;
 use crate::Result;
 use crate::analysis::{
-    Alignment, AttentionView, BatchSimilarity, HeadDiagnostics, ProbeReport, Relevance, align,
-    attention, batch_similarity, head_diagnostics, probe_images, relevance,
+    Alignment, AttentionView, BatchSimilarity, GapAnalysis, HeadDiagnostics, PointingReport,
+    ProbeReport, Relevance, align, analyse_gap, attention, batch_similarity, head_diagnostics,
+    pointing_game, probe_images, relevance,
 };
 use crate::data::{RgbImage, Sample, Split};
 use crate::eval::{embed_images, embed_texts};
 use crate::events::PROBE_TEMPERATURE;
-use crate::{Error, data::PairDataset};
 
 impl Trainer {
     /// Sample `index` of `split`, with an error naming the split's size when out of range.
@@ -23,6 +24,36 @@ impl Trainer {
             )));
         }
         self.dataset.sample(split, index)
+    }
+
+    /// The pointing game on the first `images` images of `split` (see
+    /// [`crate::analysis::pointing`]).
+    pub fn pointing_game(&self, split: Split, images: usize) -> Result<PointingReport> {
+        pointing_game(
+            &self.model,
+            self.dataset.as_ref(),
+            split,
+            &self.tokenizer,
+            &self.device,
+            images,
+            self.cfg.train.eval_batch_size,
+        )
+    }
+
+    /// The modality gap on `split` and retrieval / zero-shot after shifting along it by each of
+    /// `deltas` (see [`crate::analysis::gap`]).
+    pub fn analyse_gap(&mut self, split: Split, deltas: &[f32]) -> Result<GapAnalysis> {
+        let chunk = self.cfg.train.eval_batch_size;
+        self.eval_set(split)?;
+        let set = &self.eval_sets[split.name()];
+        analyse_gap(
+            &self.model,
+            set,
+            &self.tokenizer,
+            &self.device,
+            chunk,
+            deltas,
+        )
     }
 
     /// Attention of both towers for `image` and `text` (see [`crate::analysis::attention`](mod@crate::analysis::attention)).
@@ -62,32 +93,21 @@ impl Trainer {
     }
 
     /// kNN and linear probes on the labelled zero-shot images, before and after the projection
-    /// head; `None` when the dataset has no labelled images.
-    pub fn probes(&self) -> Result<Option<ProbeReport>> {
-        let ds: &dyn PairDataset = self.dataset.as_ref();
-        let Some(classes) = ds.classes() else {
+    /// head; `None` when the dataset has no labelled images. Uses the cached validation set's
+    /// zero-shot images (materialised once, as for evaluation).
+    pub fn probes(&mut self) -> Result<Option<ProbeReport>> {
+        self.eval_set(Split::Val)?;
+        let Some(zs) = &self.eval_sets[Split::Val.name()].zero_shot else {
             return Ok(None);
         };
-        if ds.zero_shot_len() < 8 {
+        if zs.images.len() < 8 {
             return Ok(None);
         }
-        let samples = (0..ds.zero_shot_len())
-            .map(|i| ds.zero_shot_sample(i))
-            .collect::<Result<Vec<_>>>()?;
-        let labels = samples
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.label
-                    .ok_or_else(|| Error::Data(format!("zero-shot image {i} has no label")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let images: Vec<RgbImage> = samples.into_iter().map(|s| s.image).collect();
         probe_images(
             &self.model,
-            &images,
-            &labels,
-            classes.names.len(),
+            &zs.images,
+            &zs.labels,
+            zs.classes.names.len(),
             &self.device,
         )
         .map(Some)

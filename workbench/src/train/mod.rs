@@ -13,7 +13,6 @@
 //! # Ok::<(), workbench::Error>(())
 //! ```
 
-use crate::analysis::{GapAnalysis, PointingReport, analyse_gap, pointing_game};
 use crate::config::{RunConfig, parse_device};
 use crate::control::{Command, RunHandle};
 use crate::data::{Batch, Extras, Loader, PairDataset, Shapes, Split, Tokenizer};
@@ -383,36 +382,6 @@ impl Trainer {
             self.eval_sets.insert(split.name(), set);
         }
         Ok(())
-    }
-
-    /// The pointing game on the first `images` images of `split` (see
-    /// [`crate::analysis::pointing`]).
-    pub fn pointing_game(&self, split: Split, images: usize) -> Result<PointingReport> {
-        pointing_game(
-            &self.model,
-            self.dataset.as_ref(),
-            split,
-            &self.tokenizer,
-            &self.device,
-            images,
-            self.cfg.train.eval_batch_size,
-        )
-    }
-
-    /// The modality gap on `split` and retrieval / zero-shot after shifting along it by each of
-    /// `deltas` (see [`crate::analysis::gap`]).
-    pub fn analyse_gap(&mut self, split: Split, deltas: &[f32]) -> Result<GapAnalysis> {
-        let chunk = self.cfg.train.eval_batch_size;
-        self.eval_set(split)?;
-        let set = &self.eval_sets[split.name()];
-        analyse_gap(
-            &self.model,
-            set,
-            &self.tokenizer,
-            &self.device,
-            chunk,
-            deltas,
-        )
     }
 
     /// Trains until `train.steps`, evaluating every `train.eval_every` steps and at the end, and
