@@ -162,3 +162,149 @@ fn fork_adds_a_second_run() {
     h.get_by_role_and_label(egui::accesskit::Role::Button, &fork);
     h.get_by_role_and_label(egui::accesskit::Role::Button, "run 1");
 }
+
+#[test]
+fn batch_panel_retrieves_in_both_directions() {
+    use workbench::analysis::Direction;
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Batch");
+    wait(&mut h, "the batch answer", |a| a.batch().is_some());
+    h.run_steps(2);
+    let b = h.state().batch().unwrap().similarity.clone();
+    assert_eq!(h.state().batch().unwrap().images.len(), b.n);
+
+    // Image 0's best caption is listed with its text.
+    let top = &b.top_k(0, Direction::ImageToText, 5)[0];
+    let row = format!("caption {}: {}", top.index, b.captions[top.index]);
+    assert!(
+        !h.query_all_by_label(&row).collect::<Vec<_>>().is_empty(),
+        "no row {row:?} in the retrieval list"
+    );
+
+    click(&mut h, "text → image");
+    assert_eq!(h.state().state().batch_direction, Direction::TextToImage);
+    let top = &b.top_k(0, Direction::TextToImage, 5)[0];
+    h.get_by_label(&format!("1. image {}", top.index));
+}
+
+#[test]
+fn attention_grid_click_selects_a_layer_and_head() {
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Attention");
+    wait(&mut h, "the attention answer", |a| {
+        a.attention_map().is_some()
+    });
+    h.run_steps(2);
+    let rollout = h.state().attention_map().unwrap();
+    assert_eq!(
+        h.state().state().layer,
+        None,
+        "the panel opens on the rollout"
+    );
+
+    click(&mut h, "layer 0, head 1");
+    assert_eq!(
+        (h.state().state().layer, h.state().state().head),
+        (Some(0), Some(1))
+    );
+    let cell = h.state().attention_map().unwrap();
+    assert_eq!(cell.len(), rollout.len());
+    assert_ne!(cell, rollout, "layer 0, head 1 shows the rollout's map");
+
+    click(&mut h, "Text tower");
+    assert!(h.state().state().text_tower);
+    assert_ne!(h.state().attention_map().unwrap(), cell);
+}
+
+#[test]
+fn closing_the_gap_shrinks_the_centroid_distance() {
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Modality gap");
+    wait(&mut h, "the gap answer", |a| a.gap().is_some());
+    let before = h.state().gap().unwrap().report.centroid_distance;
+    assert!(before > 0.0);
+
+    click(&mut h, "δ = 1 (close the gap)");
+    wait(&mut h, "the answer at δ = 1", |a| {
+        a.gap()
+            .is_some_and(|g| g.sweep.first().is_some_and(|p| p.delta == 1.0))
+    });
+    let after = h.state().gap().unwrap().sweep[0].centroid_distance;
+    assert!(
+        after < 0.5 * before,
+        "centroid distance {before} → {after} after closing the gap"
+    );
+}
+
+#[test]
+fn terms_and_temperature_controls_send_live_edits() {
+    let mut h = app();
+    h.run_steps(2);
+    click(&mut h, "Step");
+    wait(&mut h, "one step", |a| step(a) == 1);
+    h.run_steps(2);
+
+    // Add FILIP as a term: the objective becomes the sum clip + 0.5 filip.
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Add term")
+        .click();
+    h.step();
+    h.step();
+    click(&mut h, "filip");
+    click(&mut h, "Add");
+    let parts = |a: &WorkbenchApp| -> Vec<(String, f64)> {
+        match a.session().and_then(|s| s.history().loss.clone()) {
+            Some(workbench::loss::LossConfig::Sum(s)) => s
+                .parts
+                .iter()
+                .map(|p| (p.loss.name().to_owned(), p.weight))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    wait(&mut h, "the swap to a sum", |a| {
+        parts(a) == [("clip".to_owned(), 1.0), ("filip".to_owned(), 0.5)]
+    });
+
+    // Edit a weight and apply it.
+    click(&mut h, "Step");
+    wait(&mut h, "a step under the sum", |a| step(a) == 2);
+    h.run_steps(2);
+    h.state_mut()
+        .state_mut()
+        .weights
+        .insert("filip".into(), 2.0);
+    h.run_steps(2);
+    click(&mut h, "Apply weights");
+    wait(&mut h, "the new weight", |a| {
+        parts(a).contains(&("filip".to_owned(), 2.0))
+    });
+
+    // Clamp the temperature (the sum has two; the controls act on the first).
+    click(&mut h, "Clamp τ");
+    wait(&mut h, "a clamp marker", |a| {
+        a.session().is_some_and(|s| {
+            s.history()
+                .markers
+                .iter()
+                .any(|m| m.label.starts_with("clamp loss.clip.logit_scale"))
+        })
+    });
+}
+
+#[test]
+fn a_run_on_a_missing_device_reports_why() {
+    let mut h = app();
+    h.run_steps(2);
+    if candle_core::utils::cuda_is_available() {
+        return;
+    }
+    h.state_mut().state_mut().device = "cuda:0".into();
+    click(&mut h, "Reset");
+    wait(&mut h, "the error", |a| {
+        a.messages().iter().any(|m| m.contains("without CUDA"))
+    });
+    assert_eq!(h.state().sessions().len(), 1, "the old run was dropped");
+}

@@ -84,7 +84,7 @@ fn play_pause_step_swap_inspect_and_fork() {
     assert!(
         replies
             .iter()
-            .any(|r| matches!(r, Reply::Batch(b) if b.n == 8))
+            .any(|r| matches!(r, Reply::Batch(b) if b.similarity.n == 8 && b.images.len() == 8))
     );
 
     // Pause: the step count stops.

@@ -36,7 +36,7 @@ pub fn sample_picker(ui: &mut egui::Ui, state: &mut UiState, run: &Run) -> bool 
 }
 
 /// The map over the patches for (layer, head); `None` layer = rollout, `None` head = mean.
-fn image_map(
+pub(super) fn image_map(
     view: &AttentionView,
     pool: workbench::model::Pool,
     layer: Option<usize>,
@@ -62,7 +62,11 @@ fn image_map(
 }
 
 /// The text matrix for (layer, head), as above.
-fn text_map(view: &AttentionView, layer: Option<usize>, head: Option<usize>) -> Vec<f32> {
+pub(super) fn text_map(
+    view: &AttentionView,
+    layer: Option<usize>,
+    head: Option<usize>,
+) -> Vec<f32> {
     let st = &view.text_attention;
     match (layer, head) {
         (None, _) => view.text_rollout.clone(),
@@ -204,9 +208,10 @@ fn image_grid(
                     let map = reply.view.cls_to_patches(l, h, reply.pool);
                     paint::overlay(&reply.image, &map, reply.view.grid, Colormap::Viridis, None)
                 });
-                let r = paint::show_texture(ui, tex, 72.0)
-                    .interact(egui::Sense::click())
-                    .on_hover_text(format!("layer {l}, head {h}"));
+                let name = format!("layer {l}, head {h}");
+                let r = paint::show_texture(ui, tex, 72.0).interact(egui::Sense::click());
+                r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &name));
+                let r = r.on_hover_text(&name);
                 if r.clicked() {
                     state.layer = Some(l);
                     state.head = Some(h);

@@ -3,7 +3,9 @@
 
 use egui::{DragValue, RichText};
 use workbench::control::Command;
+use workbench::data::shapes::render::{COLOUR_NAMES, SHAPE_NAMES};
 use workbench::loss::LossConfig;
+use workbench::loss::composite::{SumConfig, SumPart};
 
 use super::WorkbenchApp;
 use crate::session::Request;
@@ -55,7 +57,10 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 
     if has_run {
         objective(app, ui);
+        terms(app, ui);
+        ui.separator();
         temperature(app, ui);
+        bias(app, ui);
     }
 
     ui.separator();
@@ -106,35 +111,155 @@ fn objective(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     }
 }
 
-/// The objective's temperature(s), a field to set one and a freeze toggle.
-fn temperature(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
-    let run = &mut app.runs[app.active];
-    let h = run.session.history();
-    let Some(last) = h.steps.last() else {
+/// The objective's terms: each part of a sum with its weight (applied live), and a picker
+/// that adds a term to the current objective (a swap to the sum of both).
+fn terms(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
+    let run = &app.runs[app.active];
+    let Some(loss) = run.session.history().loss.clone() else {
+        ui.label("a user-defined objective: its terms cannot be edited here");
         return;
     };
-    // Scalars are `logit_scale` (= 1/τ) for a single objective, `<part>/logit_scale` in a sum.
-    let temps: Vec<(String, f32)> = last
-        .scalars
+    let parts: Vec<SumPart> = match &loss {
+        LossConfig::Sum(s) => s.parts.clone(),
+        other => vec![SumPart {
+            weight: 1.0,
+            loss: other.clone(),
+        }],
+    };
+    let state = &mut app.state;
+    if let LossConfig::Sum(_) = loss {
+        ui.label(RichText::new("Term weights").strong());
+        let mut edits = Vec::new();
+        egui::Grid::new("term_weights")
+            .num_columns(2)
+            .show(ui, |ui| {
+                for p in &parts {
+                    let name = p.loss.name();
+                    let w = state.weights.entry(name.to_owned()).or_insert(p.weight);
+                    let l = ui.label(format!("{name} (now {:.3})", p.weight));
+                    ui.add(DragValue::new(w).range(0.0..=100.0).speed(0.01))
+                        .labelled_by(l.id);
+                    ui.end_row();
+                    if (*w - p.weight).abs() > 1e-12 {
+                        edits.push((name.to_owned(), *w));
+                    }
+                }
+            });
+        if ui
+            .add_enabled(!edits.is_empty(), egui::Button::new("Apply weights"))
+            .clicked()
+        {
+            for (part, weight) in edits {
+                run.send(Request::Control(Command::SetWeight { part, weight }));
+            }
+        }
+    } else {
+        state.weights.clear();
+    }
+    let present: Vec<&str> = parts.iter().map(|p| p.loss.name()).collect();
+    let candidates: Vec<LossConfig> = LossConfig::builtins()
+        .into_iter()
+        .filter(|l| !present.contains(&l.name()))
+        .collect();
+    if !candidates.iter().any(|c| c.name() == state.term) {
+        state.term = candidates
+            .first()
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default();
+    }
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("Add term")
+            .selected_text(&state.term)
+            .show_ui(ui, |ui| {
+                for c in &candidates {
+                    ui.selectable_value(&mut state.term, c.name().to_owned(), c.name());
+                }
+            });
+    });
+    ui.horizontal(|ui| {
+        let l = ui.label("weight");
+        ui.add(
+            DragValue::new(&mut state.term_weight)
+                .range(0.0..=100.0)
+                .speed(0.01),
+        )
+        .labelled_by(l.id);
+        let add = ui
+            .add_enabled(!state.term.is_empty(), egui::Button::new("Add"))
+            .on_hover_text("Swap to the sum of the current objective and this term");
+        if add.clicked()
+            && let Some(extra) = candidates.into_iter().find(|c| c.name() == state.term)
+        {
+            let mut parts = parts;
+            parts.push(SumPart {
+                weight: state.term_weight,
+                loss: extra,
+            });
+            state.weights.clear();
+            let loss = LossConfig::Sum(SumConfig { parts });
+            run.send(Request::Control(Command::Swap { loss }));
+        }
+    });
+}
+
+/// The latest value of every scalar called `key` (`"logit_scale"`, `"logit_bias"`) with the
+/// objective it belongs to: `key` for a single objective, `<part>/key` in a sum.
+fn scalars_named(app: &WorkbenchApp, key: &str) -> Vec<(String, f32)> {
+    let h = app.runs[app.active].session.history();
+    let Some(last) = h.steps.last() else {
+        return Vec::new();
+    };
+    last.scalars
         .iter()
         .filter_map(|(k, &v)| {
             let objective = match k.split_once('/') {
-                Some((part, "logit_scale")) => part.to_owned(),
-                None if k == "logit_scale" => h.objective.clone(),
+                Some((part, name)) if name == key => part.to_owned(),
+                None if k == key => h.objective.clone(),
                 _ => return None,
             };
-            Some((objective, 1.0 / v))
+            Some((objective, v))
         })
+        .collect()
+}
+
+/// With several objectives carrying `what`, a picker of the one the controls below act on.
+fn target(ui: &mut egui::Ui, id: &str, options: &[String], chosen: &mut String) -> String {
+    if !options.contains(chosen) {
+        chosen.clone_from(&options[0]);
+    }
+    if options.len() > 1 {
+        egui::ComboBox::from_id_salt(id)
+            .selected_text(format!("acts on {chosen}"))
+            .show_ui(ui, |ui| {
+                for o in options {
+                    ui.selectable_value(chosen, o.clone(), o);
+                }
+            });
+    }
+    chosen.clone()
+}
+
+/// The objective's temperature(s): shown, set, frozen and clamped to a range.
+fn temperature(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
+    let temps: Vec<(String, f32)> = scalars_named(app, "logit_scale")
+        .into_iter()
+        .map(|(o, scale)| (o, 1.0 / scale))
         .collect();
     if temps.is_empty() {
-        ui.label("this objective has no temperature");
+        if !app.runs[app.active].session.history().steps.is_empty() {
+            ui.label("this objective has no temperature");
+        }
         return;
     }
+    ui.label(RichText::new("Temperature").strong());
     for (objective, tau) in &temps {
         ui.label(format!("τ ({objective}) = {tau:.4}"));
     }
-    let objective = temps[0].0.clone();
+    let names: Vec<String> = temps.iter().map(|t| t.0.clone()).collect();
     let state = &mut app.state;
+    let objective = target(ui, "tau_target", &names, &mut state.param_target);
+    let run = &mut app.runs[app.active];
+    let param = format!("loss.{objective}.logit_scale");
     ui.horizontal(|ui| {
         let l = ui.label("τ");
         ui.add(
@@ -155,10 +280,114 @@ fn temperature(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     if ui.checkbox(&mut frozen, "Freeze τ").changed() {
         run.tau_frozen = frozen;
         run.send(Request::Control(Command::Freeze {
-            prefix: format!("loss.{objective}.logit_scale"),
+            prefix: param.clone(),
             frozen,
         }));
     }
+    // The parameter is ln(1/τ): τ ∈ [lo, hi] ⇔ parameter ∈ [ln(1/hi), ln(1/lo)].
+    ui.horizontal(|ui| {
+        let l = ui.label("τ range");
+        let [lo, hi] = &mut state.tau_range;
+        ui.add(
+            DragValue::new(lo)
+                .range(1e-3..=10.0)
+                .speed(0.001)
+                .max_decimals(4),
+        )
+        .labelled_by(l.id);
+        ui.add(
+            DragValue::new(hi)
+                .range(1e-3..=10.0)
+                .speed(0.001)
+                .max_decimals(4),
+        );
+    });
+    ui.horizontal(|ui| {
+        let [lo, hi] = state.tau_range;
+        let valid = lo > 0.0 && hi > lo;
+        if ui
+            .add_enabled(valid, egui::Button::new("Clamp τ"))
+            .on_hover_text("Keep τ within the range after every step")
+            .clicked()
+        {
+            run.send(Request::Control(Command::Clamp {
+                prefix: param.clone(),
+                range: Some([(1.0 / hi).ln(), (1.0 / lo).ln()]),
+            }));
+        }
+        if ui.button("Unclamp τ").clicked() {
+            run.send(Request::Control(Command::Clamp {
+                prefix: param.clone(),
+                range: None,
+            }));
+        }
+    });
+}
+
+/// The objective's logit bias (SigLIP): shown, set, frozen and clamped to a range.
+fn bias(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
+    let biases = scalars_named(app, "logit_bias");
+    if biases.is_empty() {
+        return;
+    }
+    ui.label(RichText::new("Bias").strong());
+    for (objective, b) in &biases {
+        ui.label(format!("b ({objective}) = {b:.4}"));
+    }
+    let names: Vec<String> = biases.iter().map(|t| t.0.clone()).collect();
+    let state = &mut app.state;
+    let objective = target(ui, "bias_target", &names, &mut state.param_target);
+    let run = &mut app.runs[app.active];
+    let param = format!("loss.{objective}.logit_bias");
+    ui.horizontal(|ui| {
+        let l = ui.label("b");
+        ui.add(
+            DragValue::new(&mut state.bias)
+                .range(-100.0..=100.0)
+                .speed(0.05)
+                .max_decimals(3),
+        )
+        .labelled_by(l.id);
+        if ui.button("Set b").clicked() {
+            run.send(Request::Control(Command::SetParam {
+                name: param.clone(),
+                value: state.bias,
+            }));
+        }
+    });
+    let mut frozen = run.bias_frozen;
+    if ui.checkbox(&mut frozen, "Freeze b").changed() {
+        run.bias_frozen = frozen;
+        run.send(Request::Control(Command::Freeze {
+            prefix: param.clone(),
+            frozen,
+        }));
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("b range");
+        let [lo, hi] = &mut state.bias_range;
+        ui.add(DragValue::new(lo).range(-100.0..=100.0).speed(0.05))
+            .labelled_by(l.id);
+        ui.add(DragValue::new(hi).range(-100.0..=100.0).speed(0.05));
+    });
+    ui.horizontal(|ui| {
+        let [lo, hi] = state.bias_range;
+        if ui
+            .add_enabled(hi > lo, egui::Button::new("Clamp b"))
+            .clicked()
+        {
+            run.send(Request::Control(Command::Clamp {
+                prefix: param.clone(),
+                range: Some([lo, hi]),
+            }));
+        }
+        if ui.button("Unclamp b").clicked() {
+            run.send(Request::Control(Command::Clamp {
+                prefix: param.clone(),
+                range: None,
+            }));
+        }
+    });
 }
 
 /// Settings of a new run, Reset and Fork.
@@ -197,7 +426,26 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.add(DragValue::new(&mut s.steps).range(1..=1_000_000).speed(10))
             .labelled_by(l.id);
         ui.end_row();
+        let l = ui.label("device");
+        egui::ComboBox::from_id_salt("device")
+            .selected_text(&s.device)
+            .show_ui(ui, |ui| {
+                for d in devices() {
+                    ui.selectable_value(&mut s.device, d.clone(), d);
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text(if candle_core::utils::cuda_is_available() {
+                "CUDA is available"
+            } else {
+                "this binary has no CUDA: build with `--features cuda` to train on a GPU"
+            });
+        ui.end_row();
     });
+    egui::CollapsingHeader::new("Dataset (synthetic shapes)")
+        .id_salt("dataset")
+        .show(ui, |ui| dataset(&mut s.data, &mut s.holdout_text, ui));
     ui.horizontal(|ui| {
         if ui
             .button("Reset")
@@ -219,5 +467,99 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             run.fork_pending = true;
             run.send(Request::Fork);
         }
+    });
+}
+
+/// Devices a run can train on: the CPU, and the GPUs when this binary has CUDA.
+fn devices() -> Vec<String> {
+    let mut d = vec!["cpu".to_owned()];
+    if candle_core::utils::cuda_is_available() {
+        d.extend((0..8).map(|i| format!("cuda:{i}")));
+    }
+    d
+}
+
+/// The synthetic set's knobs (checked when the run starts: a bad value is reported there).
+fn dataset(d: &mut workbench::data::ShapesConfig, holdout: &mut String, ui: &mut egui::Ui) {
+    egui::Grid::new("dataset").num_columns(2).show(ui, |ui| {
+        let l = ui.label("image side (px)");
+        ui.add(DragValue::new(&mut d.image_size).range(16..=128).speed(1))
+            .labelled_by(l.id);
+        ui.end_row();
+        let mut colours = d.colours.len();
+        let l = ui.label("colours");
+        if ui
+            .add(DragValue::new(&mut colours).range(1..=COLOUR_NAMES.len()))
+            .labelled_by(l.id)
+            .on_hover_text(COLOUR_NAMES.join(", "))
+            .changed()
+        {
+            d.colours = COLOUR_NAMES[..colours]
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
+        ui.end_row();
+        let mut shapes = d.shapes.len();
+        let l = ui.label("shapes");
+        if ui
+            .add(DragValue::new(&mut shapes).range(1..=SHAPE_NAMES.len()))
+            .labelled_by(l.id)
+            .on_hover_text(SHAPE_NAMES.join(", "))
+            .changed()
+        {
+            d.shapes = SHAPE_NAMES[..shapes]
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
+        ui.end_row();
+        let l = ui.label("objects per image");
+        ui.horizontal(|ui| {
+            ui.add(DragValue::new(&mut d.min_objects).range(1..=3))
+                .labelled_by(l.id);
+            ui.label("to");
+            ui.add(DragValue::new(&mut d.max_objects).range(1..=3));
+        });
+        ui.end_row();
+        let l = ui.label("noise");
+        ui.add(
+            DragValue::new(&mut d.noise)
+                .range(0.0..=0.5)
+                .speed(0.005)
+                .max_decimals(3),
+        )
+        .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("captions per image");
+        ui.add(DragValue::new(&mut d.captions_per_image).range(1..=5))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("training images");
+        ui.add(
+            DragValue::new(&mut d.train_size)
+                .range(64..=1_000_000)
+                .speed(100),
+        )
+        .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("data seed");
+        ui.add(DragValue::new(&mut d.seed)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("held-out pairs");
+        if ui
+            .text_edit_singleline(holdout)
+            .labelled_by(l.id)
+            .on_hover_text("colour–shape pairs never shown in training, e.g. red circle, blue star")
+            .changed()
+        {
+            d.holdout = holdout
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(ToOwned::to_owned)
+                .collect();
+        }
+        ui.end_row();
     });
 }

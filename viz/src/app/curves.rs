@@ -9,7 +9,12 @@ use super::paint::series;
 use super::{UiState, run::Run};
 use crate::session::RunHistory;
 
+/// Points drawn per curve at most: longer curves keep each bucket's minimum and maximum, in
+/// step order, so spikes survive.
+pub const MAX_POINTS: usize = 4_000;
+
 /// One plot: a title and its curves as (legend name, points).
+#[derive(Clone, Debug, PartialEq)]
 struct Chart {
     title: &'static str,
     curves: Vec<(String, Vec<[f64; 2]>)>,
@@ -45,6 +50,7 @@ fn charts(h: &RunHistory) -> Vec<Chart> {
         loss.push(("probe InfoNCE (τ = 0.07)".to_owned(), probe_loss));
     }
     let mut temperature = Vec::new();
+    let mut bias = Vec::new();
     let mut other = Vec::new();
     for s in with("scalar:") {
         let name = s.trim_start_matches("scalar:").to_owned();
@@ -56,6 +62,8 @@ fn charts(h: &RunHistory) -> Vec<Chart> {
                 .map(|p| [p[0], 1.0 / p[1]])
                 .collect();
             temperature.push((format!("τ = 1/{name}"), tau));
+        } else if name.ends_with("logit_bias") {
+            bias.push((name, points));
         } else {
             other.push((name, points));
         }
@@ -101,6 +109,16 @@ fn charts(h: &RunHistory) -> Vec<Chart> {
             points: false,
         },
     ];
+    if !bias.is_empty() {
+        charts.insert(
+            2,
+            Chart {
+                title: "Logit bias",
+                curves: bias,
+                points: false,
+            },
+        );
+    }
     if !other.is_empty() {
         charts.push(Chart {
             title: "Other objective parameters",
@@ -120,11 +138,104 @@ fn log10(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
         .collect()
 }
 
+/// What the cached charts were built from: the active run, every run's event counts and
+/// overlay flag, the log scale and the overlay switch.
+type Key = (usize, Vec<[usize; 5]>, bool, bool);
+
+/// The charts of the last frame, rebuilt only when the histories grow or a choice changes
+/// (building them walks every step of every run).
+#[derive(Default)]
+pub struct Cache {
+    key: Option<Key>,
+    charts: Vec<Chart>,
+}
+
+impl Cache {
+    fn charts(&mut self, runs: &[Run], active: usize, state: &UiState) -> &[Chart] {
+        let key: Key = (
+            active,
+            runs.iter()
+                .map(|r| {
+                    let h = r.session.history();
+                    [
+                        h.steps.len(),
+                        h.evals.len(),
+                        h.probes.len(),
+                        h.markers.len(),
+                        usize::from(r.overlay),
+                    ]
+                })
+                .collect(),
+            state.log_scale,
+            state.overlay_runs,
+        );
+        if self.key.as_ref() != Some(&key) {
+            self.charts = build(runs, active, state);
+            self.key = Some(key);
+        }
+        &self.charts
+    }
+}
+
+/// Every chart of the active run, transformed and thinned for drawing.
+fn build(runs: &[Run], active: usize, state: &UiState) -> Vec<Chart> {
+    let Some(run) = runs.get(active) else {
+        return Vec::new();
+    };
+    let mut charts = charts(run.session.history());
+    if state.overlay_runs {
+        for (i, other) in runs.iter().enumerate() {
+            if i != active && other.overlay {
+                let o = other.session.history();
+                charts[0]
+                    .curves
+                    .push((format!("loss ({})", other.session.name()), o.series("loss")));
+            }
+        }
+    }
+    for chart in &mut charts {
+        for (_, points) in &mut chart.curves {
+            let p = std::mem::take(points);
+            let p = if state.log_scale { log10(p) } else { p };
+            *points = thin(p, MAX_POINTS);
+        }
+    }
+    charts
+}
+
+/// At most about `max` points: each of `max / 2` buckets of consecutive points keeps its
+/// lowest and highest, in their order.
+fn thin(points: Vec<[f64; 2]>, max: usize) -> Vec<[f64; 2]> {
+    if points.len() <= max || max < 2 {
+        return points;
+    }
+    let buckets = max / 2;
+    let size = points.len().div_ceil(buckets);
+    let mut out = Vec::with_capacity(2 * buckets);
+    for chunk in points.chunks(size) {
+        let (mut lo, mut hi) = (0, 0);
+        for (i, p) in chunk.iter().enumerate() {
+            if p[1] < chunk[lo][1] {
+                lo = i;
+            }
+            if p[1] > chunk[hi][1] {
+                hi = i;
+            }
+        }
+        out.push(chunk[lo.min(hi)]);
+        if lo != hi {
+            out.push(chunk[lo.max(hi)]);
+        }
+    }
+    out
+}
+
 /// Draws the curves panel; `drawn` receives the labels of the markers drawn.
 pub fn show(
     runs: &[Run],
     active: usize,
     state: &mut UiState,
+    cache: &mut Cache,
     drawn: &mut Vec<String>,
     ui: &mut egui::Ui,
 ) {
@@ -143,17 +254,7 @@ pub fn show(
     if h.steps.is_empty() {
         ui.label("No step yet: press Play or Step.");
     }
-    let mut charts = charts(h);
-    if state.overlay_runs {
-        for (i, other) in runs.iter().enumerate() {
-            if i != active && other.overlay {
-                let o = other.session.history();
-                charts[0]
-                    .curves
-                    .push((format!("loss ({})", other.session.name()), o.series("loss")));
-            }
-        }
-    }
+    let charts = cache.charts(runs, active, state);
     let log = state.log_scale;
     let width = ui.available_width();
     let columns = if width > 900.0 { 2 } else { 1 };
@@ -181,11 +282,7 @@ fn chart_ui(ui: &mut egui::Ui, chart: &Chart, h: &RunHistory, log: bool, width: 
         ui.label(RichText::new("no data yet").weak());
         return false;
     }
-    let curves: Vec<(String, Vec<[f64; 2]>)> = chart
-        .curves
-        .iter()
-        .map(|(n, p)| (n.clone(), if log { log10(p.clone()) } else { p.clone() }))
-        .collect();
+    let curves = &chart.curves;
     let top = curves
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q[1]))
@@ -201,7 +298,7 @@ fn chart_ui(ui: &mut egui::Ui, chart: &Chart, h: &RunHistory, log: bool, width: 
         .y_axis_label(if log { "log10(value)" } else { "value" })
         .x_axis_label("step")
         .show(ui, |p| {
-            for (i, (name, points)) in curves.into_iter().enumerate() {
+            for (i, (name, points)) in curves.iter().enumerate() {
                 let colour = series(i);
                 if sparse {
                     p.points(
@@ -210,7 +307,7 @@ fn chart_ui(ui: &mut egui::Ui, chart: &Chart, h: &RunHistory, log: bool, width: 
                             .radius(2.5),
                     );
                 }
-                p.line(Line::new(name, points).color(colour));
+                p.line(Line::new(name.clone(), points.clone()).color(colour));
             }
             for m in markers {
                 let x = m.step as f64;
@@ -229,4 +326,28 @@ fn chart_ui(ui: &mut egui::Ui, chart: &Chart, h: &RunHistory, log: bool, width: 
             }
         });
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thin;
+
+    #[test]
+    fn thinning_keeps_extremes_in_order() {
+        let points: Vec<[f64; 2]> = (0..10_000)
+            .map(|i| {
+                [
+                    f64::from(i),
+                    if i == 5_003 { 100.0 } else { f64::from(i % 7) },
+                ]
+            })
+            .collect();
+        let t = thin(points.clone(), 1_000);
+        assert!(t.len() <= 1_000, "{} points", t.len());
+        assert!(t.iter().any(|p| p[1] == 100.0), "the spike was dropped");
+        assert!(t.windows(2).all(|w| w[0][0] < w[1][0]), "out of step order");
+        assert_eq!(t.iter().map(|p| p[1]).fold(f64::INFINITY, f64::min), 0.0);
+        let short = points[..500].to_vec();
+        assert_eq!(thin(short.clone(), 1_000), short);
+    }
 }

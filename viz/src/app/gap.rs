@@ -23,6 +23,11 @@ pub fn show(run: &mut Run, state: &mut UiState, ui: &mut egui::Ui) {
             .add(egui::Slider::new(&mut state.delta, -0.5..=1.0).step_by(0.05))
             .labelled_by(l.id);
         released = !r.dragged();
+        for (d, label) in [(0.0, "δ = 0"), (1.0, "δ = 1 (close the gap)")] {
+            if ui.button(label).clicked() {
+                state.delta = d;
+            }
+        }
         if ui.button("Refresh").clicked() {
             run.gap.invalidate();
         }

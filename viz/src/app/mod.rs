@@ -28,7 +28,9 @@ mod runs;
 use std::ffi::OsString;
 
 use serde::{Deserialize, Serialize};
+use workbench::analysis::Direction;
 use workbench::config::RunConfig;
+use workbench::data::ShapesConfig;
 
 use crate::session::{Request, Session};
 use run::Run;
@@ -116,8 +118,32 @@ pub struct UiState {
     pub seed: u64,
     /// New run: optimizer steps.
     pub steps: usize,
+    /// New run: the device (`cpu`, `cuda:N`).
+    pub device: String,
+    /// New run: the synthetic dataset.
+    pub data: ShapesConfig,
+    /// New run: the held-out pairs as typed (parsed into `data.holdout`).
+    pub holdout_text: String,
     /// Temperature to set.
     pub tau: f64,
+    /// Temperature clamp range `[min, max]`.
+    pub tau_range: [f64; 2],
+    /// Logit bias to set.
+    pub bias: f64,
+    /// Logit bias clamp range `[min, max]`.
+    pub bias_range: [f64; 2],
+    /// The objective the temperature and bias controls act on (in a sum).
+    pub param_target: String,
+    /// Term weights being edited, by part (a sum objective).
+    pub weights: std::collections::BTreeMap<String, f64>,
+    /// The objective to add as a term.
+    pub term: String,
+    /// Its weight.
+    pub term_weight: f64,
+    /// Batch panel: the retrieval query (an image row or a caption column).
+    pub batch_query: usize,
+    /// Batch panel: which way to retrieve.
+    pub batch_direction: Direction,
 }
 
 impl Default for UiState {
@@ -147,7 +173,19 @@ impl UiState {
             lr: cfg.train.lr,
             seed: cfg.train.seed,
             steps: cfg.train.steps,
+            device: cfg.train.device.clone(),
+            data: cfg.data.clone(),
+            holdout_text: cfg.data.holdout.join(", "),
             tau: 0.07,
+            tau_range: [0.01, 1.0],
+            bias: -10.0,
+            bias_range: [-20.0, 5.0],
+            param_target: String::new(),
+            weights: std::collections::BTreeMap::new(),
+            term: String::new(),
+            term_weight: 0.5,
+            batch_query: 0,
+            batch_direction: Direction::ImageToText,
         }
     }
 }
@@ -166,6 +204,8 @@ pub struct WorkbenchApp {
     fonts_set: bool,
     /// Marker labels the curves panel drew in the last frame.
     drawn_markers: Vec<String>,
+    /// The curves panel's charts, rebuilt when a history grows.
+    curves: curves::Cache,
     /// Sessions being built on helper threads (building one takes a moment).
     starting: Vec<Starting>,
     /// Run counter, for names.
@@ -218,6 +258,7 @@ impl WorkbenchApp {
             ctx: None,
             fonts_set: false,
             drawn_markers: Vec::new(),
+            curves: curves::Cache::default(),
             starting: Vec::new(),
             started: 0,
         }
@@ -286,6 +327,28 @@ impl WorkbenchApp {
         Some(alignment::selected_map(a, self.state.word.as_deref()))
     }
 
+    /// The attention panel's current map: over the patches (image tower) or token × token
+    /// (text tower), for the chosen layer and head; `None` before the first answer.
+    pub fn attention_map(&self) -> Option<Vec<f32>> {
+        let r = self.runs.get(self.active)?.attention.value()?;
+        let (layer, head) = (self.state.layer, self.state.head);
+        Some(if self.state.text_tower {
+            attention::text_map(&r.view, layer, head)
+        } else {
+            attention::image_map(&r.view, r.pool, layer, head)
+        })
+    }
+
+    /// The batch panel's latest answer.
+    pub fn batch(&self) -> Option<&crate::session::BatchReply> {
+        self.runs.get(self.active)?.batch.value()
+    }
+
+    /// The modality-gap panel's latest answer.
+    pub fn gap(&self) -> Option<&workbench::analysis::GapAnalysis> {
+        self.runs.get(self.active)?.gap.value()
+    }
+
     /// The words of the alignment panel's caption, as its buttons are labelled.
     pub fn alignment_words(&self) -> Vec<String> {
         self.runs
@@ -307,6 +370,8 @@ impl WorkbenchApp {
         cfg.train.lr = s.lr;
         cfg.train.seed = s.seed;
         cfg.train.steps = s.steps;
+        cfg.train.device.clone_from(&s.device);
+        cfg.data = s.data.clone();
         Ok(cfg)
     }
 
@@ -394,6 +459,7 @@ impl WorkbenchApp {
                             &self.runs,
                             self.active,
                             &mut self.state,
+                            &mut self.curves,
                             &mut self.drawn_markers,
                             ui,
                         );

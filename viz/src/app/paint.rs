@@ -131,10 +131,26 @@ pub struct HeatMap<'a> {
 impl HeatMap<'_> {
     /// Draws the matrix; returns the cell under the pointer.
     pub fn show(&self, ui: &mut egui::Ui) -> Option<(usize, usize)> {
+        self.draw(ui, Sense::hover()).0
+    }
+
+    /// Draws the matrix; returns the cell under the pointer and the cell clicked this frame.
+    pub fn show_clickable(
+        &self,
+        ui: &mut egui::Ui,
+    ) -> (Option<(usize, usize)>, Option<(usize, usize)>) {
+        self.draw(ui, Sense::click())
+    }
+
+    fn draw(
+        &self,
+        ui: &mut egui::Ui,
+        sense: Sense,
+    ) -> (Option<(usize, usize)>, Option<(usize, usize)>) {
         let (rows, cols) = (self.rows, self.cols);
         if rows == 0 || cols == 0 || self.values.len() != rows * cols {
             ui.label("(empty matrix)");
-            return None;
+            return (None, None);
         }
         let font = egui::FontId::proportional(11.0);
         let label_w = if self.row_labels.is_empty() {
@@ -163,7 +179,7 @@ impl HeatMap<'_> {
             label_w + cols as f32 * self.cell,
             label_h + rows as f32 * self.cell,
         );
-        let (rect, response) = ui.allocate_exact_size(size, Sense::hover());
+        let (rect, response) = ui.allocate_exact_size(size, sense);
         let painter = ui.painter_at(rect);
         let origin = rect.min + vec2(label_w, label_h);
         let range = self.colormap.range(self.values, self.range);
@@ -211,14 +227,20 @@ impl HeatMap<'_> {
             .with_angle(-std::f32::consts::FRAC_PI_2);
             painter.add(shape);
         }
-        let hovered = response.hover_pos().and_then(|p| {
+        let cell_at = |p: egui::Pos2| {
             let d = p - origin;
             if d.x < 0.0 || d.y < 0.0 {
                 return None;
             }
             let (r, c) = ((d.y / self.cell) as usize, (d.x / self.cell) as usize);
             (r < rows && c < cols).then_some((r, c))
-        });
+        };
+        let hovered = response.hover_pos().and_then(cell_at);
+        let clicked = if response.clicked() {
+            response.interact_pointer_pos().and_then(cell_at)
+        } else {
+            None
+        };
         if let Some((r, c)) = hovered {
             let name = |labels: &[String], i: usize| {
                 labels.get(i).cloned().unwrap_or_else(|| i.to_string())
@@ -230,6 +252,6 @@ impl HeatMap<'_> {
                 self.values[r * cols + c]
             ));
         }
-        hovered
+        (hovered, clicked)
     }
 }

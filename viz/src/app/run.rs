@@ -1,10 +1,10 @@
 //! One run in the app: its session (the training thread) and the answers to the inspection
 //! requests sent to it, with what each answer was asked for.
 
-use workbench::analysis::{BatchSimilarity, GapAnalysis, PointingReport};
+use workbench::analysis::{GapAnalysis, PointingReport};
 
 use super::paint::Cached;
-use crate::session::{AlignReply, AttentionReply, Reply, Request, Session};
+use crate::session::{AlignReply, AttentionReply, BatchReply, Reply, Request, Session};
 
 /// An answer that is requested asynchronously: what was asked last, whether the answer is
 /// still out, and the latest answer.
@@ -99,6 +99,8 @@ pub struct Textures {
     pub attention_grid: Vec<Cached<u64>>,
     /// The alignment panel's image with the selected word's map.
     pub alignment: Cached<(u64, Option<String>)>,
+    /// The batch panel's image thumbnails (one per pair), keyed by the answer's generation.
+    pub thumbnails: Vec<Cached<u64>>,
 }
 
 /// A run: a training session plus what the panels asked it.
@@ -113,10 +115,12 @@ pub struct Run {
     pub waker_set: bool,
     /// Whether the temperature is frozen (as last requested).
     pub tau_frozen: bool,
+    /// Whether the logit bias is frozen (as last requested).
+    pub bias_frozen: bool,
     /// Whether its loss curve is overlaid on the active run's.
     pub overlay: bool,
     /// Batch similarity: key = pairs.
-    pub batch: Inspection<usize, BatchSimilarity>,
+    pub batch: Inspection<usize, BatchReply>,
     /// Attention: key = sample index.
     pub attention: Inspection<usize, AttentionReply>,
     /// Alignment: key = (sample index, typed text).
@@ -146,6 +150,7 @@ impl Run {
             session,
             waker_set: false,
             tau_frozen: false,
+            bias_frozen: false,
             overlay: true,
             batch: Inspection::default(),
             attention: Inspection::default(),

@@ -2,6 +2,7 @@
 
 use workbench::control::Command;
 use workbench::events::{EvalReport, Event, ProbeReport, StepStats};
+use workbench::loss::LossConfig;
 
 /// A vertical marker on the curves: an objective swap, a live edit, a rejected command, a pause.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +28,9 @@ pub struct RunHistory {
     pub log: Vec<String>,
     /// The active objective.
     pub objective: String,
+    /// The active objective's settings, with live weight edits applied (`None` for a
+    /// user-defined objective).
+    pub loss: Option<LossConfig>,
     /// `train.steps`.
     pub total_steps: usize,
     /// Whether the run reached `train.steps`.
@@ -46,6 +50,7 @@ impl RunHistory {
                 ..
             } => {
                 self.objective.clone_from(objective);
+                self.loss = Some(config.loss.clone());
                 self.total_steps = config.train.steps;
                 if self.steps.is_empty() {
                     self.start_step = *step;
@@ -59,11 +64,22 @@ impl RunHistory {
             }
             Event::Eval(r) => self.evals.push(r.clone()),
             Event::Probe(p) => self.probes.push(p.clone()),
-            Event::ObjectiveSwapped { step, to, .. } => {
+            Event::ObjectiveSwapped {
+                step, to, config, ..
+            } => {
                 self.objective.clone_from(to);
+                self.loss.clone_from(config);
                 self.mark(*step, format!("→ {to}"));
             }
-            Event::Edited { step, command, .. } => self.mark(*step, describe(command)),
+            Event::Edited { step, command, .. } => {
+                if let (Command::SetWeight { part, weight }, Some(LossConfig::Sum(sum))) =
+                    (command, self.loss.as_mut())
+                    && let Some(p) = sum.parts.iter_mut().find(|p| p.loss.name() == part)
+                {
+                    p.weight = *weight;
+                }
+                self.mark(*step, describe(command));
+            }
             Event::CommandRejected { step, reason, .. } => {
                 self.mark(*step, format!("rejected: {reason}"));
             }

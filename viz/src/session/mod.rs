@@ -124,7 +124,7 @@ pub enum Reply {
     /// For [`Request::Gap`].
     Gap(Box<GapAnalysis>),
     /// For [`Request::Batch`].
-    Batch(Box<BatchSimilarity>),
+    Batch(Box<BatchReply>),
     /// For [`Request::Pointing`].
     Pointing(PointingReport),
     /// For [`Request::Fork`]: a checkpoint directory to [`Session::resume`] from.
@@ -136,6 +136,15 @@ pub enum Reply {
 pub use history::{Marker, RunHistory, describe};
 
 mod history;
+
+/// The similarity matrix of a batch of validation pairs, with the batch's images.
+#[derive(Clone, Debug)]
+pub struct BatchReply {
+    /// Similarities, per-pair losses, false-negative candidates; captions are the pairs'.
+    pub similarity: BatchSimilarity,
+    /// The pairs' images, in row order.
+    pub images: Vec<RgbImage>,
+}
 
 /// What the thread sends back.
 enum Message {
@@ -432,7 +441,13 @@ fn answer(
             }))
         }
         Request::Gap { deltas } => Reply::Gap(Box::new(trainer.analyse_gap(Split::Val, &deltas)?)),
-        Request::Batch { n } => Reply::Batch(Box::new(trainer.batch_similarity(Split::Val, n)?)),
+        Request::Batch { n } => {
+            let similarity = trainer.batch_similarity(Split::Val, n)?;
+            let images = (0..similarity.n)
+                .map(|i| trainer.sample(Split::Val, i).map(|s| s.image))
+                .collect::<workbench::Result<Vec<_>>>()?;
+            Reply::Batch(Box::new(BatchReply { similarity, images }))
+        }
         Request::Pointing { images } => Reply::Pointing(trainer.pointing_game(Split::Val, images)?),
         Request::Fork => {
             let dir = fork_dir(trainer.completed_steps())?;

@@ -104,9 +104,124 @@ pub fn batch_similarity(
     })
 }
 
+/// Which way a batch is searched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// An image is the query; the captions are ranked.
+    ImageToText,
+    /// A caption is the query; the images are ranked.
+    TextToImage,
+}
+
+/// One retrieved item of [`BatchSimilarity::top_k`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Rank, from 1.
+    pub rank: usize,
+    /// Index of the retrieved caption (image → text) or image (text → image).
+    pub index: usize,
+    /// Its cosine similarity with the query.
+    pub similarity: f32,
+    /// It is the query's own pair, or a caption with the same text as the query's pair's.
+    pub correct: bool,
+}
+
+impl BatchSimilarity {
+    /// `s[image, caption]`.
+    pub fn at(&self, image: usize, caption: usize) -> f32 {
+        self.similarity[image * self.n + caption]
+    }
+
+    /// Whether retrieving `retrieved` for `query` is right: the pair itself, or (image → text)
+    /// a caption whose text equals the query image's own caption, or (text → image) an image
+    /// whose caption equals the query's text.
+    fn correct(&self, query: usize, retrieved: usize) -> bool {
+        retrieved == query || self.captions[retrieved] == self.captions[query]
+    }
+
+    /// The `k` best matches of `query` in the batch, best first (ties by index). `query` is
+    /// an image row (image → text) or a caption column (text → image); out of range → empty.
+    pub fn top_k(&self, query: usize, direction: Direction, k: usize) -> Vec<Hit> {
+        if query >= self.n {
+            return Vec::new();
+        }
+        let score = |j: usize| match direction {
+            Direction::ImageToText => self.at(query, j),
+            Direction::TextToImage => self.at(j, query),
+        };
+        let mut order: Vec<usize> = (0..self.n).collect();
+        order.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+        order
+            .into_iter()
+            .take(k)
+            .enumerate()
+            .map(|(r, j)| Hit {
+                rank: r + 1,
+                index: j,
+                similarity: score(j),
+                correct: self.correct(query, j),
+            })
+            .collect()
+    }
+
+    /// Share of queries whose first correct match ranks within `k` (recall@k inside the
+    /// batch; a caption with the same text as the pair's counts as correct).
+    pub fn recall_at(&self, direction: Direction, k: usize) -> f32 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let hits = (0..self.n)
+            .filter(|&q| self.top_k(q, direction, k).iter().any(|h| h.correct))
+            .count();
+        hits as f32 / self.n as f32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_and_recall_by_hand() {
+        // s = [[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.4, 0.6, 0.7]]; captions 1 and 2 are the
+        // same text.
+        let b = BatchSimilarity {
+            n: 3,
+            captions: vec!["a".into(), "b".into(), "b".into()],
+            similarity: vec![0.9, 0.1, 0.5, 0.2, 0.3, 0.8, 0.4, 0.6, 0.7],
+            temperature: 1.0,
+            loss: vec![0.0; 3],
+            false_negatives: Vec::new(),
+        };
+        let hits = b.top_k(1, Direction::ImageToText, 2);
+        assert_eq!(
+            hits.iter().map(|h| (h.rank, h.index)).collect::<Vec<_>>(),
+            vec![(1, 2), (2, 1)]
+        );
+        // Caption 2 has image 1's text: correct although it is not the pair.
+        assert!(hits[0].correct && hits[1].correct);
+        assert_eq!(hits[0].similarity, 0.8);
+        // Column 0 = [0.9, 0.2, 0.4]: images 0, 2, 1.
+        let col: Vec<usize> = b
+            .top_k(0, Direction::TextToImage, 3)
+            .iter()
+            .map(|h| h.index)
+            .collect();
+        assert_eq!(col, vec![0, 2, 1]);
+        // Image → text R@1: image 0 → caption 0 ✓, image 1 → caption 2 (same text) ✓,
+        // image 2 → caption 2 ✓.
+        assert_eq!(b.recall_at(Direction::ImageToText, 1), 1.0);
+        // Text → image R@1: caption 0 → image 0 ✓; caption 1 → column [0.1, 0.3, 0.6] → image
+        // 2, whose caption is also "b" ✓; caption 2 → [0.5, 0.8, 0.7] → image 1 ✓ (same text).
+        assert_eq!(b.recall_at(Direction::TextToImage, 1), 1.0);
+        let mut distinct = b.clone();
+        distinct.captions = vec!["a".into(), "b".into(), "c".into()];
+        // Now image 1 → caption 2 is wrong, caption 1 → image 2 and caption 2 → image 1 too.
+        assert!((distinct.recall_at(Direction::ImageToText, 1) - 2.0 / 3.0).abs() < 1e-6);
+        assert!((distinct.recall_at(Direction::TextToImage, 1) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(distinct.recall_at(Direction::TextToImage, 3), 1.0);
+        assert!(b.top_k(3, Direction::ImageToText, 2).is_empty());
+    }
 
     #[test]
     fn losses_and_candidates_by_hand() {

@@ -17,7 +17,7 @@ pub use alignment::{Alignment, align};
 pub use attention::{
     AttentionStack, AttentionView, HeadDiagnostics, HeadMass, attention, head_diagnostics, rollout,
 };
-pub use batch::{BatchSimilarity, FalseNegative, batch_similarity};
+pub use batch::{BatchSimilarity, Direction, FalseNegative, Hit, batch_similarity};
 pub use gap::{GapAnalysis, GapShiftPoint, analyse_gap};
 pub use geometry::{GapReport, Histogram, gap_report, shift_along_gap, shift_rows};
 pub use pointing::{PointingReport, point, pointing_game};
