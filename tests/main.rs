@@ -32,5 +32,7 @@ mod session;
 mod cli;
 // Figures: PNG and SVG output, cell colours, overlay blending, bad input, saving.
 mod figures;
+// Notebook helpers: evcxr output blocks, finished runs, a live session driven from cells.
+mod notebook;
 // The desktop app, driven by widget labels: play, pause, step, swap, word maps, fork.
 mod gui;
