@@ -4,6 +4,8 @@
 #
 #   viz/screenshot.sh [OUTPUT.png] [SECONDS]      (defaults: screenshot.png, 15)
 #
+# SCREENSHOT_TAB=Batch (or Curves, Attention, Alignment, Gap, Runs) opens that panel.
+#
 # Needs Xvfb, ImageMagick's `import` (or `xwd` + `convert`), Mesa's software OpenGL and the X11
 # client libraries winit loads. It installs nothing; on Debian/Ubuntu:
 #   apt-get install xvfb imagemagick libgl1-mesa-dri libegl1 libegl-mesa0 \
@@ -54,7 +56,16 @@ trap cleanup EXIT
 sleep 1
 
 runtime="$(mktemp -d)"
-# A fresh settings directory, so that the screenshot shows the default panel.
+# A fresh settings directory, so that the screenshot shows the default panel, or the one asked
+# for (eframe keeps the app's settings as RON under "app" in <data dir>/<app id>/app.ron).
+if [[ -n "${SCREENSHOT_TAB:-}" ]]; then
+    case "$SCREENSHOT_TAB" in
+        Curves | Batch | Attention | Alignment | Gap | Runs) ;;
+        *) echo "screenshot.sh: SCREENSHOT_TAB must be Curves, Batch, Attention, Alignment, Gap or Runs" >&2; exit 1 ;;
+    esac
+    mkdir -p "$runtime/contrastiveworkbench"
+    printf '{"app":"(tab:%s)"}\n' "$SCREENSHOT_TAB" > "$runtime/contrastiveworkbench/app.ron"
+fi
 DISPLAY="$display" XDG_RUNTIME_DIR="$runtime" XDG_DATA_HOME="$runtime" \
     WAYLAND_DISPLAY="" LIBGL_ALWAYS_SOFTWARE=1 "$bin" &
 app=$!

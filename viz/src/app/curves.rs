@@ -93,6 +93,10 @@ fn charts(h: &RunHistory) -> Vec<Chart> {
             curves: named(&[
                 ("eval:i2t_r1", "image→text R@1"),
                 ("eval:t2i_r1", "text→image R@1"),
+                ("eval:i2t_r5", "image→text R@5"),
+                ("eval:t2i_r5", "text→image R@5"),
+                ("eval:i2t_r10", "image→text R@10"),
+                ("eval:t2i_r10", "text→image R@10"),
                 ("eval:zero_shot", "zero-shot accuracy"),
                 ("eval:gap", "modality gap"),
             ]),

@@ -123,7 +123,8 @@ impl RunHistory {
 
     /// A curve as `[step, value]` points: `loss`, `lr`, `grad_norm`, `term:<name>`,
     /// `scalar:<name>`, `probe:info_nce`, `probe:i2t_r1`, `probe:t2i_r1`, `probe:gap`,
-    /// `eval:i2t_r1`, `eval:t2i_r1`, `eval:zero_shot`, `eval:gap`. Unknown names are empty.
+    /// `eval:i2t_r1`, `eval:t2i_r1` (and `_r5`, `_r10`), `eval:zero_shot`, `eval:gap`. Unknown
+    /// names are empty.
     pub fn series(&self, name: &str) -> Vec<[f64; 2]> {
         let steps = |f: &dyn Fn(&StepStats) -> Option<f64>| -> Vec<[f64; 2]> {
             self.steps
@@ -159,6 +160,10 @@ impl RunHistory {
             "probe:gap" => probes(&|p| p.modality_gap),
             "eval:i2t_r1" => evals(&|r| Some(r.image_to_text.r1)),
             "eval:t2i_r1" => evals(&|r| Some(r.text_to_image.r1)),
+            "eval:i2t_r5" => evals(&|r| Some(r.image_to_text.r5)),
+            "eval:t2i_r5" => evals(&|r| Some(r.text_to_image.r5)),
+            "eval:i2t_r10" => evals(&|r| Some(r.image_to_text.r10)),
+            "eval:t2i_r10" => evals(&|r| Some(r.text_to_image.r10)),
             "eval:zero_shot" => evals(&|r| r.zero_shot.as_ref().map(|z| z.accuracy)),
             "eval:gap" => evals(&|r| Some(r.modality_gap)),
             _ => Vec::new(),
@@ -193,9 +198,17 @@ impl RunHistory {
         }
         if !self.evals.is_empty() {
             names.extend(
-                ["eval:i2t_r1", "eval:t2i_r1", "eval:gap"]
-                    .iter()
-                    .map(ToString::to_string),
+                [
+                    "eval:i2t_r1",
+                    "eval:t2i_r1",
+                    "eval:i2t_r5",
+                    "eval:t2i_r5",
+                    "eval:i2t_r10",
+                    "eval:t2i_r10",
+                    "eval:gap",
+                ]
+                .iter()
+                .map(ToString::to_string),
             );
             if self.evals.iter().any(|r| r.zero_shot.is_some()) {
                 names.push("eval:zero_shot".into());
