@@ -215,7 +215,16 @@ fn attention_grid_click_selects_a_layer_and_head() {
 
     click(&mut h, "Text tower");
     assert!(h.state().state().text_tower);
-    assert_ne!(h.state().attention_map().unwrap(), cell);
+    let text = h.state().attention_map().unwrap();
+    assert_ne!(text, cell);
+
+    // The text tower's grid selects as well.
+    click(&mut h, "layer 1, head 0");
+    assert_eq!(
+        (h.state().state().layer, h.state().state().head),
+        (Some(1), Some(0))
+    );
+    assert_ne!(h.state().attention_map().unwrap(), text);
 }
 
 #[test]

@@ -201,18 +201,35 @@ fn image_grid(
 ) {
     let (layers, heads) = (reply.view.vision.layers, reply.view.vision.heads);
     cache.resize_with(layers * heads, Cached::default);
-    egui::Grid::new("attention_grid").show(ui, |ui| {
+    pick_grid(ui, "attention_grid", layers, heads, state, |ui, l, h| {
+        let tex = cache[l * heads + h].get(ctx, "attention cell", generation, || {
+            let map = reply.view.cls_to_patches(l, h, reply.pool);
+            paint::overlay(&reply.image, &map, reply.view.grid, Colormap::Viridis, None)
+        });
+        paint::show_texture(ui, tex, 72.0)
+    });
+}
+
+/// A layers × heads grid of cells drawn by `cell`, each a button labelled "layer l, head h";
+/// a click selects that layer and head.
+fn pick_grid(
+    ui: &mut egui::Ui,
+    id: &str,
+    layers: usize,
+    heads: usize,
+    state: &mut UiState,
+    mut cell: impl FnMut(&mut egui::Ui, usize, usize) -> egui::Response,
+) {
+    egui::Grid::new(id).show(ui, |ui| {
         for l in 0..layers {
             for h in 0..heads {
-                let tex = cache[l * heads + h].get(ctx, "attention cell", generation, || {
-                    let map = reply.view.cls_to_patches(l, h, reply.pool);
-                    paint::overlay(&reply.image, &map, reply.view.grid, Colormap::Viridis, None)
-                });
                 let name = format!("layer {l}, head {h}");
-                let r = paint::show_texture(ui, tex, 72.0).interact(egui::Sense::click());
+                let r = ui
+                    .push_id((l, h), |ui| cell(ui, l, h))
+                    .inner
+                    .interact(egui::Sense::click());
                 r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &name));
-                let r = r.on_hover_text(&name);
-                if r.clicked() {
+                if r.on_hover_text(&name).clicked() {
                     state.layer = Some(l);
                     state.head = Some(h);
                 }
@@ -243,33 +260,28 @@ fn text_ui(ui: &mut egui::Ui, reply: &AttentionReply, state: &mut UiState) {
     ui.label(
         RichText::new("Every layer (rows) and head (columns); click one to select it").strong(),
     );
-    egui::Grid::new("text_attention_grid").show(ui, |ui| {
-        for l in 0..st.layers {
-            for h in 0..st.heads {
-                let r = ui
-                    .push_id((l, h), |ui| {
-                        HeatMap {
-                            values: st.map(l, h),
-                            rows: st.len,
-                            cols: st.len,
-                            colormap: Colormap::Viridis,
-                            range: Some((0.0, 1.0)),
-                            cell: 5.0,
-                            row_labels: &[],
-                            col_labels: &[],
-                            outline: &[],
-                        }
-                        .show(ui);
-                    })
-                    .response
-                    .interact(egui::Sense::click())
-                    .on_hover_text(format!("layer {l}, head {h}"));
-                if r.clicked() {
-                    state.layer = Some(l);
-                    state.head = Some(h);
+    pick_grid(
+        ui,
+        "text_attention_grid",
+        st.layers,
+        st.heads,
+        state,
+        |ui, l, h| {
+            ui.scope(|ui| {
+                HeatMap {
+                    values: st.map(l, h),
+                    rows: st.len,
+                    cols: st.len,
+                    colormap: Colormap::Viridis,
+                    range: Some((0.0, 1.0)),
+                    cell: 5.0,
+                    row_labels: &[],
+                    col_labels: &[],
+                    outline: &[],
                 }
-            }
-            ui.end_row();
-        }
-    });
+                .show(ui);
+            })
+            .response
+        },
+    );
 }
