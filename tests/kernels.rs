@@ -176,6 +176,41 @@ fn references_have_correct_gradients() {
             Box::new(|x: &Tensor| kernels::attention_reference(x, 2, true)?.sqr()?.sum_all()),
         ),
     ];
+    // The two contrastive losses, with respect to the image embeddings and to the scale.
+    let text = move || f64t(&[3, 4], 6);
+    let nce = |x: &Tensor, t: &Tensor, s: &Tensor| -> candle_core::Result<Tensor> {
+        let w = Tensor::new(&[0.7f64, -1.3], x.device())?;
+        (kernels::infonce_reference(x, t, s)? * w)?.sum_all()
+    };
+    let sig = |x: &Tensor, t: &Tensor, s: &Tensor| -> candle_core::Result<Tensor> {
+        let w = Tensor::new(&[0.7f64, -1.3], x.device())?;
+        let bias = Tensor::new(-1.5f64, x.device())?;
+        (kernels::sigmoid_pairwise_reference(x, t, s, &bias)? * w)?.sum_all()
+    };
+    let s0 = || Tensor::new(3.0f64, &Device::Cpu).unwrap();
+    let mut cases = cases;
+    cases.extend([
+        (
+            "infonce (image)",
+            f64t(&[3, 4], 5),
+            Box::new(move |x: &Tensor| nce(x, &text(), &s0())) as Box<ScalarFn>,
+        ),
+        (
+            "infonce (scale)",
+            s0(),
+            Box::new(move |s: &Tensor| nce(&f64t(&[3, 4], 5), &text(), s)),
+        ),
+        (
+            "sigmoid_pairwise (text)",
+            text(),
+            Box::new(move |t: &Tensor| sig(&f64t(&[3, 4], 5), t, &s0())),
+        ),
+        (
+            "sigmoid_pairwise (scale)",
+            s0(),
+            Box::new(move |s: &Tensor| sig(&f64t(&[3, 4], 5), &text(), s)),
+        ),
+    ]);
     for (name, x, f) in cases {
         let v = Var::from_tensor(&x).unwrap();
         let analytic = f(v.as_tensor())
@@ -196,4 +231,207 @@ fn non_cpu_or_non_f32_inputs_fall_back_to_the_reference() {
     let a = kernels::gelu(&x).unwrap();
     assert_eq!(a.dtype(), DType::F64);
     assert_close(&a, &kernels::gelu_reference(&x).unwrap(), 0.0, "gelu f64");
+    let (i, t) = (
+        unit_rows(4, 3, 1).to_dtype(DType::F64).unwrap(),
+        unit_rows(4, 3, 2).to_dtype(DType::F64).unwrap(),
+    );
+    let s = Tensor::new(5.0f64, &Device::Cpu).unwrap();
+    let nce = kernels::infonce(&i, &t, &s).unwrap();
+    assert_eq!(nce.dtype(), DType::F64);
+    let nce_ref = kernels::infonce_reference(&i, &t, &s).unwrap();
+    assert_close(&nce, &nce_ref, 0.0, "infonce f64");
+    let sig = kernels::sigmoid_pairwise(&i, &t, &s, &s).unwrap();
+    let sig_ref = kernels::sigmoid_pairwise_reference(&i, &t, &s, &s).unwrap();
+    assert_close(&sig, &sig_ref, 0.0, "sigmoid_pairwise f64");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contrastive losses with memory linear in the batch
+// ---------------------------------------------------------------------------------------------
+
+/// `(B, D)` rows of unit length, as the losses receive them.
+fn unit_rows(b: usize, d: usize, seed: u64) -> Tensor {
+    let x = randn(&[b, d], seed, 1.0);
+    x.broadcast_div(&x.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn infonce_matches_reference_across_batches_and_scales() {
+    // 1 and 7 fit one strip; 300 is two full strips of 128 plus a partial one, and large
+    // enough for the parallel path. Scale 100 is the clamp's largest: logits up to ±100.
+    for b in [1, 7, 300] {
+        for (scale, atol) in [(1.0 / 0.07, 2e-5), (100.0, 1e-4)] {
+            let image = unit_rows(b, 33, 20 + b as u64);
+            let text = unit_rows(b, 33, 21 + b as u64);
+            // A 0-d scale, and a one-element one: both get a gradient of their own shape.
+            for s in [
+                Tensor::new(scale as f32, &Device::Cpu).unwrap(),
+                Tensor::new(&[scale as f32], &Device::Cpu).unwrap(),
+            ] {
+                check_op(
+                    &format!(
+                        "infonce (B {b}, scale {scale:.1}, scale dims {:?})",
+                        s.dims()
+                    ),
+                    &[image.clone(), text.clone(), s],
+                    |t| kernels::infonce(&t[0], &t[1], &t[2]),
+                    |t| kernels::infonce_reference(&t[0], &t[1], &t[2]),
+                    atol,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sigmoid_pairwise_matches_reference_across_batches_and_scales() {
+    for b in [1, 7, 300] {
+        for (scale, bias, atol) in [
+            (10.0, -10.0, 2e-5),
+            (100.0, -10.0, 1e-4),
+            (100.0, 3.0, 1e-4),
+        ] {
+            let image = unit_rows(b, 33, 30 + b as u64);
+            let text = unit_rows(b, 33, 31 + b as u64);
+            let s = Tensor::new(scale as f32, &Device::Cpu).unwrap();
+            let beta = Tensor::new(&[bias as f32], &Device::Cpu).unwrap();
+            // Scale 100 with bias 3 makes most of the B² − B negatives cost ≈ 20 each: the
+            // loss runs into the thousands, and f32 sums of that size carry ~1e-7 relative error.
+            let size = kernels::sigmoid_pairwise_reference(&image, &text, &s, &beta)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            check_op(
+                &format!("sigmoid_pairwise (B {b}, scale {scale}, bias {bias})"),
+                &[image, text, s, beta],
+                |t| kernels::sigmoid_pairwise(&t[0], &t[1], &t[2], &t[3]),
+                |t| kernels::sigmoid_pairwise_reference(&t[0], &t[1], &t[2], &t[3]),
+                atol * f64::from(size).max(1.0),
+            );
+        }
+    }
+}
+
+/// The fused backward against central differences of the fused forward itself (f32, so a
+/// coarse step and tolerance), for every input — not only against the reference's autograd.
+#[test]
+fn contrastive_fused_gradients_equal_finite_differences() {
+    type Loss = fn(&[Tensor]) -> candle_core::Result<Tensor>;
+    let (b, d) = (5, 4);
+    let inputs = [
+        unit_rows(b, d, 40),
+        unit_rows(b, d, 41),
+        Tensor::new(3.0f32, &Device::Cpu).unwrap(),
+        Tensor::new(-2.0f32, &Device::Cpu).unwrap(),
+    ];
+    let w = Tensor::new(&[0.7f32, -1.3], &Device::Cpu).unwrap();
+    let losses: [(&str, Loss); 2] = [
+        ("infonce", |t| kernels::infonce(&t[0], &t[1], &t[2])),
+        ("sigmoid_pairwise", |t| {
+            kernels::sigmoid_pairwise(&t[0], &t[1], &t[2], &t[3])
+        }),
+    ];
+    for (name, loss) in losses {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let grads = (loss(&ts).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let used = if name == "infonce" { 3 } else { 4 };
+        for k in 0..used {
+            let f = |x: &Tensor| {
+                let mut t = inputs.to_vec();
+                t[k] = x.clone();
+                (loss(&t)? * &w)?.sum_all()
+            };
+            let numeric = finite_difference_grad(&f, &inputs[k], 1e-2).unwrap();
+            let analytic = grads.get(&vars[k]).unwrap();
+            assert_close(
+                analytic,
+                &numeric,
+                2e-3,
+                &format!("{name} gradient, input {k}"),
+            );
+        }
+    }
+}
+
+/// B = 2, D = 2, scale 2: image rows e₁, e₂; text rows (1, 0), (0.6, 0.8), so the cosines are
+/// `[[1, 0.6], [0, 0.8]]` and the logits `[[2, 1.2], [0, 1.6]]`. By hand (Python `math`):
+///
+/// ```python
+/// lse = lambda *v: max(v) + math.log(sum(math.exp(x - max(v)) for x in v))
+/// i2t = ((lse(2, 1.2) - 2) + (lse(0, 1.6) - 1.6)) / 2     # 0.2775007034180582
+/// t2i = ((lse(2, 0) - 2) + (lse(1.2, 1.6) - 1.6)) / 2     # 0.3199716317214625
+/// # d((i2t + t2i)/2)/ds = mean over rows and columns of E_softmax[cos] − cos_ii
+/// #                                                          # -0.11446522236036064
+/// lsig = lambda u: -math.log1p(math.exp(-u))               # SigLIP, bias −1: logits
+/// positive = -(lsig(1) + lsig(0.6)) / 2                    # 0.37537481900205427
+/// negative = -(lsig(-0.2) + lsig(1)) / 2                   # 0.5557002784499073
+/// # d(positive + negative)/ds = Σ G·cos = -0.11125798900093603, d/db = Σ G = 0.09774515176913665
+/// ```
+#[test]
+fn contrastive_losses_equal_hand_computed_values() {
+    let dev = Device::Cpu;
+    let image = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+    let text = Tensor::new(&[[1.0f32, 0.0], [0.6, 0.8]], &dev).unwrap();
+    let scale = Var::new(2.0f32, &dev).unwrap();
+    let bias = Var::new(-1.0f32, &dev).unwrap();
+    let expect = |t: &Tensor, want: &[f64], what: &str| {
+        let got = t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{what}: {got:?} vs {want:?}");
+        }
+    };
+    let grad_of = |v: &Var, loss: &Tensor| {
+        let g = loss.backward().unwrap().get(v).unwrap().clone();
+        g.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    };
+    for fused in [true, false] {
+        let nce = if fused {
+            kernels::infonce(&image, &text, scale.as_tensor())
+        } else {
+            kernels::infonce_reference(&image, &text, scale.as_tensor())
+        }
+        .unwrap();
+        expect(&nce, &[0.277_500_703_418, 0.319_971_631_721], "infonce");
+        let ds = grad_of(&scale, &nce.mean_all().unwrap());
+        assert!((ds + 0.114_465_222_360).abs() < 1e-6, "infonce d/ds {ds}");
+
+        let sig = if fused {
+            kernels::sigmoid_pairwise(&image, &text, scale.as_tensor(), bias.as_tensor())
+        } else {
+            kernels::sigmoid_pairwise_reference(&image, &text, scale.as_tensor(), bias.as_tensor())
+        }
+        .unwrap();
+        expect(
+            &sig,
+            &[0.375_374_819_002, 0.555_700_278_450],
+            "sigmoid_pairwise",
+        );
+        let total = sig.sum_all().unwrap();
+        assert!((grad_of(&scale, &total) + 0.111_257_989_001).abs() < 1e-6);
+        assert!((grad_of(&bias, &total) - 0.097_745_151_769).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn contrastive_losses_reject_bad_shapes() {
+    let (x, s) = (unit_rows(3, 4, 1), Tensor::new(1f32, &Device::Cpu).unwrap());
+    assert!(kernels::infonce(&x, &unit_rows(2, 4, 2), &s).is_err());
+    assert!(kernels::infonce(&x, &x, &Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap()).is_err());
+    assert!(kernels::sigmoid_pairwise(&x, &unit_rows(3, 5, 2), &s, &s).is_err());
+    let two = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+    assert!(kernels::sigmoid_pairwise(&x, &x, &s, &two).is_err());
 }

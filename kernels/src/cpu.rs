@@ -1,6 +1,7 @@
 //! Helpers shared by the CPU implementations.
 
-use candle_core::{CpuStorage, Layout, Result, bail};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result, Shape, bail};
 use rayon::prelude::*;
 
 /// Below this many elements, loops run on the calling thread (dispatch costs more than it saves).
@@ -48,5 +49,162 @@ pub fn tune_allocator() {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             }
         });
+    }
+}
+
+/// The two `(B, D)` operands of pairwise scores `x·yᵀ` (image and text embeddings), as f32 CPU
+/// storage, walked in strips of rows so that the `B × B` matrix never exists at once.
+///
+/// Products go through candle's CPU matmul (the `gemm` crate: blocked, vectorised for the
+/// running CPU, multi-threaded), reading operands in place through strided layouts: a strip of
+/// rows is an offset, a transpose is a pair of strides.
+pub struct Pairs<'a> {
+    x: &'a CpuStorage,
+    xo: usize,
+    y: &'a CpuStorage,
+    yo: usize,
+    /// Rows of each operand (the batch).
+    pub b: usize,
+    /// Columns of each operand (the embedding size).
+    pub d: usize,
+}
+
+/// What [`Pairs::backward`] returns: `dx = G·y`, `dy = Gᵀ·x` (each `B × D`, row-major), and
+/// `Σ G ⊙ (x·yᵀ)` and `Σ G` in f64, for a `B × B` matrix `G` that existed one strip at a time.
+pub struct PairGrads {
+    /// `G·y`.
+    pub dx: Vec<f32>,
+    /// `Gᵀ·x`.
+    pub dy: Vec<f32>,
+    /// `Σ_ij G_ij·(x_i·y_j)` — the gradient of a scale that multiplies the scores.
+    pub g_dot_scores: f64,
+    /// `Σ_ij G_ij` — the gradient of a bias added to the scores.
+    pub g_sum: f64,
+}
+
+impl<'a> Pairs<'a> {
+    /// Checks that both operands are contiguous f32 matrices of one shape `(B, D)`, `B ≥ 1`.
+    pub fn new(
+        op: &str,
+        x: &'a CpuStorage,
+        xl: &Layout,
+        y: &'a CpuStorage,
+        yl: &Layout,
+    ) -> Result<Self> {
+        slice_f32(x, xl, op)?;
+        slice_f32(y, yl, op)?;
+        let (&[b, d], &[b2, d2]) = (xl.dims(), yl.dims()) else {
+            bail!(
+                "{op}: expected two (B, D) matrices, got {:?} and {:?}",
+                xl.dims(),
+                yl.dims()
+            );
+        };
+        if (b, d) != (b2, d2) || b == 0 {
+            bail!(
+                "{op}: operands {:?} and {:?} differ or are empty",
+                xl.dims(),
+                yl.dims()
+            );
+        }
+        Ok(Self {
+            x,
+            xo: xl.start_offset(),
+            y,
+            yo: yl.start_offset(),
+            b,
+            d,
+        })
+    }
+
+    /// Rows `r0 .. r0 + r` of `x·yᵀ`: an `r × B` row-major strip.
+    pub fn strip(&self, r0: usize, r: usize) -> Result<Vec<f32>> {
+        let (b, d) = (self.b, self.d);
+        let rows = Layout::contiguous_with_offset((r, d), self.xo + r0 * d);
+        let yt = Layout::new(Shape::from((d, b)), vec![1, d], self.yo);
+        into_f32(self.x.matmul(self.y, (1, r, b, d), &rows, &yt)?)
+    }
+
+    /// Calls `f(r0, strip)` for consecutive strips of at most `tile` rows of `x·yᵀ`, in order.
+    pub fn for_strips(
+        &self,
+        tile: usize,
+        mut f: impl FnMut(usize, Vec<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let tile = tile.max(1);
+        for r0 in (0..self.b).step_by(tile) {
+            f(r0, self.strip(r0, tile.min(self.b - r0))?)?;
+        }
+        Ok(())
+    }
+
+    /// The backward pass of a loss on the scores `x·yᵀ`: strip by strip, recomputes the scores,
+    /// lets `g(i, row)` overwrite row `i` of them with the loss gradient `G_i·` with respect to
+    /// the scores and return `(Σ_j G_ij·score_ij, Σ_j G_ij)`, then accumulates `G·y` and `Gᵀ·x`.
+    /// Rows run in parallel; every reduction is summed in a fixed order, so results do not
+    /// depend on thread scheduling.
+    pub fn backward(
+        &self,
+        tile: usize,
+        g: impl Fn(usize, &mut [f32]) -> (f64, f64) + Sync + Send,
+    ) -> Result<PairGrads> {
+        let (b, d) = (self.b, self.d);
+        let mut out = PairGrads {
+            dx: vec![0f32; b * d],
+            dy: vec![0f32; b * d],
+            g_dot_scores: 0.0,
+            g_sum: 0.0,
+        };
+        let mut sums = Vec::new();
+        self.for_strips(tile, |r0, mut strip| {
+            let r = strip.len() / b;
+            sums.clear();
+            sums.resize(r, (0.0, 0.0));
+            if strip.len() >= PARALLEL_MIN {
+                strip
+                    .par_chunks_mut(b)
+                    .zip(sums.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(i, (row, s))| *s = g(r0 + i, row));
+            } else {
+                for (i, (row, s)) in strip.chunks_mut(b).zip(sums.iter_mut()).enumerate() {
+                    *s = g(r0 + i, row);
+                }
+            }
+            for &(gs, g1) in &sums {
+                out.g_dot_scores += gs;
+                out.g_sum += g1;
+            }
+            let gs = CpuStorage::F32(strip);
+            // dx[r0 .. r0 + r] = G_strip · y
+            let dx = into_f32(gs.matmul(
+                self.y,
+                (1, r, d, b),
+                &Layout::contiguous((r, b)),
+                &Layout::contiguous_with_offset((b, d), self.yo),
+            )?)?;
+            out.dx[r0 * d..(r0 + r) * d].copy_from_slice(&dx);
+            // dy += G_stripᵀ · x[r0 .. r0 + r]
+            let dy = into_f32(gs.matmul(
+                self.x,
+                (1, b, d, r),
+                &Layout::new(Shape::from((b, r)), vec![1, b], 0),
+                &Layout::contiguous_with_offset((r, d), self.xo + r0 * d),
+            )?)?;
+            for_rows(&mut out.dy, d, |j, row| {
+                for (o, v) in row.iter_mut().zip(&dy[j * d..(j + 1) * d]) {
+                    *o += v;
+                }
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+fn into_f32(s: CpuStorage) -> Result<Vec<f32>> {
+    match s {
+        CpuStorage::F32(v) => Ok(v),
+        other => bail!("expected f32 storage, got {:?}", other.dtype()),
     }
 }

@@ -27,6 +27,8 @@
 //! | softmax over the last dim | [`softmax_last`] | [`softmax_last_reference`] |
 //! | bias over leading dims | [`add_bias`] | [`add_bias_reference`] |
 //! | multi-head self-attention on packed qkv | [`attention()`] (+ [`attention_weights`]) | [`attention_reference`] |
+//! | symmetric InfoNCE (CLIP), memory O(B) | [`infonce()`] | [`infonce_reference`] |
+//! | pairwise sigmoid (SigLIP), memory O(B) | [`sigmoid_pairwise()`] | [`sigmoid_pairwise_reference`] |
 //!
 //! [`check`] holds numerical comparison and finite-difference gradient checking, shared by the
 //! kernel tests and the loss tests.
@@ -39,11 +41,15 @@ pub mod bias;
 pub mod check;
 pub mod cpu;
 pub mod gelu;
+pub mod infonce;
 pub mod layer_norm;
+pub mod sigmoid_pairwise;
 pub mod softmax;
 
 pub use attention::{attention, attention_reference, attention_weights};
 pub use bias::{add_bias, add_bias_reference};
 pub use gelu::{gelu, gelu_reference};
+pub use infonce::{infonce, infonce_reference};
 pub use layer_norm::{layer_norm, layer_norm_reference};
+pub use sigmoid_pairwise::{sigmoid_pairwise, sigmoid_pairwise_reference};
 pub use softmax::{softmax_last, softmax_last_reference};
