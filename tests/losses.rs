@@ -562,6 +562,53 @@ fn siglip_on_activate_sets_a_fresh_bias_to_the_minimiser() {
     );
 }
 
+/// CLIP and SigLIP compute with the fused kernels by default (memory linear in the batch) and
+/// with the `B × B` composition under `model.kernels = "reference"`: same loss, terms and
+/// gradients, for inputs and parameters, at a batch spanning several row strips of the kernel.
+#[test]
+fn clip_and_siglip_fused_equal_their_references() {
+    use workbench::model::Kernels;
+    let (b, e) = (150, 24);
+    let rows = |seed| {
+        let x = Tensor::from_vec(
+            workbench::rng::Rng::new(seed).normal_vec(b * e, 1.0),
+            (b, e),
+            &Device::Cpu,
+        )
+        .unwrap();
+        x.broadcast_div(&x.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap())
+            .unwrap()
+    };
+    let (image, text) = (
+        Var::from_tensor(&rows(1)).unwrap(),
+        Var::from_tensor(&rows(2)).unwrap(),
+    );
+    for cfg in [clip_config(), siglip_config(0.05, -4.0)] {
+        let mut runs = Vec::new();
+        for kernels in [Kernels::Fused, Kernels::Reference] {
+            let obj = cfg
+                .build_with(&Params::new(0, &Device::Cpu).scope("loss"), kernels)
+                .unwrap();
+            let out = obj
+                .forward(&LossInputs::new(image.as_tensor(), text.as_tensor()))
+                .unwrap();
+            let grads = out.loss.backward().unwrap();
+            let mut values = vec![out.loss.clone()];
+            values.extend(out.terms.iter().map(|(_, t)| t.clone()));
+            values.push(grads.get(&image).unwrap().clone());
+            values.push(grads.get(&text).unwrap().clone());
+            for (_, p) in obj.parameters() {
+                values.push(grads.get(&p).unwrap().clone());
+            }
+            runs.push(values);
+        }
+        assert_eq!(runs[0].len(), runs[1].len());
+        for (k, (f, r)) in runs[0].iter().zip(&runs[1]).enumerate() {
+            assert_close(f, r, 2e-5, &format!("{} value {k}", cfg.name()));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CLOOB — Fürst et al. 2022, Algorithm 1; ml-jku/cloob `infoLOOB_loss`, `hopfield_retrieval`
 // ---------------------------------------------------------------------------------------------

@@ -12,10 +12,14 @@
 //!
 //! `t` is learned, initialised to `ln(1/0.07)`, and clamped to `[0, ln 100]` after every
 //! optimizer step — open_clip's `clamp_logit_scale`, so the scale never exceeds 100.
+//!
+//! With [`Kernels::Fused`] (the default) the loss is [`kernels::infonce`], whose memory is linear
+//! in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
 use super::common::{Temperature, TemperatureConfig, check_batch, similarity};
 use super::{LossInputs, LossOutput, Objective, info_nce};
 use crate::Result;
+use crate::model::Kernels;
 use crate::params::Scope;
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
@@ -31,13 +35,20 @@ pub struct ClipLossConfig {
 /// CLIP's symmetric InfoNCE. Terms: `image_to_text`, `text_to_image`.
 pub struct ClipLoss {
     temperature: Temperature,
+    fused: bool,
 }
 
 impl ClipLoss {
-    /// Creates (or restores) `logit_scale` under `s`.
+    /// Creates (or restores) `logit_scale` under `s`; computes with the fused kernel.
     pub fn new(cfg: &ClipLossConfig, s: &Scope) -> Result<Self> {
+        Self::with_kernels(cfg, s, Kernels::Fused)
+    }
+
+    /// As [`ClipLoss::new`], computing with the fused kernel or its reference.
+    pub fn with_kernels(cfg: &ClipLossConfig, s: &Scope, kernels: Kernels) -> Result<Self> {
         Ok(Self {
             temperature: Temperature::new(&cfg.temperature, s)?,
+            fused: kernels == Kernels::Fused,
         })
     }
 }
@@ -49,8 +60,16 @@ impl Objective for ClipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "clip")?;
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
-        info_nce(&logits)
+        if !self.fused {
+            let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
+            return info_nce(&logits);
+        }
+        let terms = kernels::infonce(x.image, x.text, &self.temperature.scale()?)?;
+        let (i2t, t2i) = (terms.get(0)?, terms.get(1)?);
+        Ok(LossOutput {
+            loss: ((&i2t + &t2i)? * 0.5)?,
+            terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+        })
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

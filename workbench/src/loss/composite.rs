@@ -18,6 +18,7 @@
 //! ```
 
 use super::{LossConfig, LossInputs, LossOutput, Needs, Objective};
+use crate::model::Kernels;
 use crate::params::Scope;
 use crate::{Error, Result};
 use candle_core::Var;
@@ -47,8 +48,13 @@ pub struct SumLoss {
 }
 
 impl SumLoss {
-    /// Builds every part under `loss_scope.<part name>`.
+    /// Builds every part under `loss_scope.<part name>`, with the fused kernels.
     pub fn new(cfg: &SumConfig, loss_scope: &Scope) -> Result<Self> {
+        Self::with_kernels(cfg, loss_scope, Kernels::Fused)
+    }
+
+    /// As [`SumLoss::new`], every part computing with the fused kernels or their references.
+    pub fn with_kernels(cfg: &SumConfig, loss_scope: &Scope, kernels: Kernels) -> Result<Self> {
         if cfg.parts.is_empty() {
             return Err(Error::config("loss.parts", "a sum needs at least one part"));
         }
@@ -73,7 +79,11 @@ impl SumLoss {
                     format!("must be >= 0, got {}", p.weight),
                 ));
             }
-            parts.push((p.weight, name.to_string(), p.loss.build(loss_scope)?));
+            parts.push((
+                p.weight,
+                name.to_string(),
+                p.loss.build_with(loss_scope, kernels)?,
+            ));
         }
         Ok(Self { parts })
     }

@@ -50,6 +50,7 @@ pub use clip::{ClipLoss, ClipLossConfig};
 pub use common::TemperatureConfig;
 
 use crate::Result;
+use crate::model::Kernels;
 use crate::params::Scope;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -275,11 +276,18 @@ impl LossConfig {
     }
 
     /// Builds the objective; its parameters are created (or restored) under `loss.<name>`.
+    /// Objectives with a fused kernel (CLIP, SigLIP) use it.
     pub fn build(&self, loss_scope: &Scope) -> Result<Box<dyn Objective>> {
+        self.build_with(loss_scope, Kernels::Fused)
+    }
+
+    /// As [`LossConfig::build`], with the fused kernels or their references (the run's
+    /// `model.kernels`).
+    pub fn build_with(&self, loss_scope: &Scope, kernels: Kernels) -> Result<Box<dyn Objective>> {
         let s = loss_scope.pp(self.name());
         Ok(match self {
-            Self::Clip(c) => Box::new(ClipLoss::new(c, &s)?),
-            Self::Siglip(c) => Box::new(siglip::SiglipLoss::new(c, &s)?),
+            Self::Clip(c) => Box::new(ClipLoss::with_kernels(c, &s, kernels)?),
+            Self::Siglip(c) => Box::new(siglip::SiglipLoss::with_kernels(c, &s, kernels)?),
             Self::Cloob(c) => Box::new(cloob::CloobLoss::new(c, &s)?),
             Self::Filip(c) => Box::new(filip::FilipLoss::new(c, &s)?),
             Self::Focal(c) => Box::new(focal::FocalLoss::new(c, &s)?),
@@ -291,7 +299,7 @@ impl LossConfig {
             Self::Dcl(c) => Box::new(decoupled::DclLoss::new(c, &s)?),
             Self::AlignUniform(c) => Box::new(decoupled::AlignUniformLoss::new(c, &s)?),
             Self::Tcl(c) => Box::new(intra_modal::TclLoss::new(c, &s)?),
-            Self::Sum(c) => Box::new(composite::SumLoss::new(c, loss_scope)?),
+            Self::Sum(c) => Box::new(composite::SumLoss::with_kernels(c, loss_scope, kernels)?),
         })
     }
 }

@@ -18,10 +18,14 @@
 //! similarities and scale (a convex one-dimensional problem, solved by Newton's method), so the
 //! swap does not start from the huge loss that `b = −10` gives a trained model. A bias restored
 //! from an earlier time on this objective is kept.
+//!
+//! With [`Kernels::Fused`] (the default) the loss is [`kernels::sigmoid_pairwise`], whose memory
+//! is linear in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
 use super::common::{Temperature, TemperatureConfig, check_batch, eye, log_sigmoid, similarity};
 use super::{LossInputs, LossOutput, Objective};
 use crate::Result;
+use crate::model::Kernels;
 use crate::params::{Init, Scope};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -62,11 +66,18 @@ pub struct SiglipLoss {
     learn_bias: bool,
     bias_is_new: bool,
     bias_from_logits: bool,
+    fused: bool,
 }
 
 impl SiglipLoss {
-    /// Creates (or restores) `logit_scale` and `logit_bias` under `s`.
+    /// Creates (or restores) `logit_scale` and `logit_bias` under `s`; computes with the fused
+    /// kernel.
     pub fn new(cfg: &SiglipConfig, s: &Scope) -> Result<Self> {
+        Self::with_kernels(cfg, s, Kernels::Fused)
+    }
+
+    /// As [`SiglipLoss::new`], computing with the fused kernel or its reference.
+    pub fn with_kernels(cfg: &SiglipConfig, s: &Scope, kernels: Kernels) -> Result<Self> {
         let bias_name = s.path("logit_bias");
         let bias_is_new = s.params().get(&bias_name).is_none();
         Ok(Self {
@@ -76,6 +87,7 @@ impl SiglipLoss {
             learn_bias: cfg.learn_bias,
             bias_is_new,
             bias_from_logits: cfg.bias_from_logits,
+            fused: kernels == Kernels::Fused,
         })
     }
 
@@ -115,12 +127,23 @@ impl Objective for SiglipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         let b = check_batch(x.image, x.text, "siglip")?;
-        let logits = self.logits(x)?;
-        let pos_mask = eye(b, logits.device())?;
-        let z = ((&pos_mask * 2.0)? - 1.0)?;
-        let ll = log_sigmoid(&(logits * &z)?)?; // log σ(z·l), (B, B)
-        let positive = ((&ll * &pos_mask)?.sum_all()? / -(b as f64))?;
-        let negative = ((&ll * (1.0 - &pos_mask)?)?.sum_all()? / -(b as f64))?;
+        let (positive, negative) = if self.fused {
+            let terms = kernels::sigmoid_pairwise(
+                x.image,
+                x.text,
+                &self.temperature.scale()?,
+                self.bias.as_tensor(),
+            )?;
+            (terms.get(0)?, terms.get(1)?)
+        } else {
+            let logits = self.logits(x)?;
+            let pos_mask = eye(b, logits.device())?;
+            let z = ((&pos_mask * 2.0)? - 1.0)?;
+            let ll = log_sigmoid(&(logits * &z)?)?; // log σ(z·l), (B, B)
+            let positive = ((&ll * &pos_mask)?.sum_all()? / -(b as f64))?;
+            let negative = ((&ll * (1.0 - &pos_mask)?)?.sum_all()? / -(b as f64))?;
+            (positive, negative)
+        };
         Ok(LossOutput {
             loss: (&positive + &negative)?,
             terms: vec![("positive".into(), positive), ("negative".into(), negative)],

@@ -49,7 +49,8 @@ pub enum ProjectionKind {
     Mlp,
 }
 
-/// Which implementation of LayerNorm, softmax and GELU the towers use.
+/// Which implementation of LayerNorm, softmax, GELU and attention the towers use, and of the
+/// CLIP and SigLIP losses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kernels {

@@ -23,7 +23,7 @@ impl Trainer {
     /// Switches to a built-in objective between two steps (what [`Command::Swap`] does).
     pub fn swap_objective(&mut self, loss: LossConfig) -> Result<Event> {
         let before: BTreeSet<String> = self.params.all().into_iter().map(|p| p.0).collect();
-        let objective = loss.build(&self.params.scope("loss"))?;
+        let objective = loss.build_with(&self.params.scope("loss"), self.cfg.model.kernels)?;
         self.activate(objective, Some(loss), &before)
     }
 
@@ -98,7 +98,8 @@ impl Trainer {
                 };
                 p.weight = *weight;
                 let loss = LossConfig::Sum(sum);
-                self.objective = loss.build(&self.params.scope("loss"))?;
+                self.objective =
+                    loss.build_with(&self.params.scope("loss"), self.cfg.model.kernels)?;
                 self.cfg.loss = loss;
                 Ok(edited(BTreeMap::from([(
                     format!("{part}/weight"),

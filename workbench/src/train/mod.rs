@@ -124,7 +124,9 @@ impl Trainer {
         )?;
         let objective = match make_objective {
             Some(make) => make(&params.scope("loss"))?,
-            None => cfg.loss.build(&params.scope("loss"))?,
+            None => cfg
+                .loss
+                .build_with(&params.scope("loss"), cfg.model.kernels)?,
         };
         let t = &cfg.train;
         let opt = AdamW::new(AdamWParams {
