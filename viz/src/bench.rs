@@ -1,4 +1,6 @@
-//! `workbench bench losses`: forward + backward time and peak memory of every objective.
+//! `workbench bench losses`: forward + backward time and peak memory of every objective;
+//! `workbench bench infonce`: the fused pairwise losses (InfoNCE, sigmoid) beside their `B × B`
+//! references.
 //!
 //! Inputs are random L2-normalised embeddings shaped like the `tiny` preset's (embedding size
 //! 64, 16 patches, 12 text tokens, 3 hard negatives per image, groups of about 4 rows). Each
@@ -197,4 +199,152 @@ pub fn line(r: &Row, clip_total: Option<f64>) -> String {
         total,
         r.peak_bytes as f64 / f64::from(1u32 << 20)
     )
+}
+
+/// Time and peak memory of one forward + backward.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Median forward + backward time, ms.
+    pub total_ms: f64,
+    /// Peak bytes allocated on top of the inputs.
+    pub peak_bytes: usize,
+}
+
+/// One line of `workbench bench infonce`: a pairwise loss, fused beside its `B × B` reference.
+#[derive(Clone, Debug)]
+pub struct KernelRow {
+    /// `infonce` or `sigmoid_pairwise`.
+    pub loss: &'static str,
+    /// Pairs per batch.
+    pub batch: usize,
+    /// Embedding size.
+    pub dim: usize,
+    /// The fused kernel.
+    pub fused: Timing,
+    /// The reference, or why it was skipped.
+    pub reference: std::result::Result<Timing, String>,
+}
+
+type PairLoss = fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+
+/// The two pairwise losses, fused and reference, all taking `(image, text, scale, bias)`.
+const PAIR_LOSSES: [(&str, PairLoss, PairLoss); 2] = [
+    (
+        "infonce",
+        |i, t, s, _| kernels::infonce(i, t, s),
+        |i, t, s, _| kernels::infonce_reference(i, t, s),
+    ),
+    (
+        "sigmoid_pairwise",
+        kernels::sigmoid_pairwise,
+        kernels::sigmoid_pairwise_reference,
+    ),
+];
+
+/// Median forward + backward time and peak memory of `f` (gradients for all four inputs).
+fn time_pair_loss(f: PairLoss, inputs: &[Var; 4], repeats: usize) -> Result<Timing> {
+    let (mut times, mut peak) = (Vec::new(), 0);
+    let t = |k: usize| inputs[k].as_tensor();
+    for r in 0..=repeats {
+        let base = kernels::alloc::reset_peak();
+        let t0 = Instant::now();
+        let loss = f(t(0), t(1), t(2), t(3))?.sum_all()?;
+        let grads = loss.backward()?;
+        let _ = loss.to_scalar::<f32>()?;
+        let elapsed = t0.elapsed();
+        peak = peak.max(kernels::alloc::peak().saturating_sub(base));
+        drop(grads);
+        if r > 0 {
+            times.push(elapsed.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(Timing {
+        total_ms: median(&mut times),
+        peak_bytes: peak,
+    })
+}
+
+/// Measures both pairwise losses, fused and reference, at every batch size and embedding size
+/// (scale 100, bias −10; random unit rows). The reference is skipped where its peak memory,
+/// extrapolated as `B²` from its measurement at the largest smaller batch (before any, from a
+/// first guess of 48 bytes per logit), would exceed `max_bytes`.
+pub fn run_pairwise(
+    batches: &[usize],
+    dims: &[usize],
+    repeats: usize,
+    max_bytes: usize,
+    mut each: impl FnMut(&KernelRow),
+) -> Result<Vec<KernelRow>> {
+    // A first guess of the reference's bytes per logit (a dozen f32 `B × B` tensors).
+    const REF_BYTES_PER_CELL: f64 = 48.0;
+    let dev = Device::Cpu;
+    let mut sorted = batches.to_vec();
+    sorted.sort_unstable();
+    let mut rows = Vec::new();
+    for (name, fused, reference) in PAIR_LOSSES {
+        for &dim in dims {
+            let mut per_cell = REF_BYTES_PER_CELL;
+            for &b in &sorted {
+                let mut rng = Rng::new((b * 31 + dim) as u64);
+                let inputs = [
+                    unit_rows(&mut rng, &[b, dim], &dev)?,
+                    unit_rows(&mut rng, &[b, dim], &dev)?,
+                    Var::new(100f32, &dev)?,
+                    Var::new(-10f32, &dev)?,
+                ];
+                let fused = time_pair_loss(fused, &inputs, repeats)?;
+                let cells = (b * b) as f64;
+                let estimate = per_cell * cells;
+                let reference = if estimate > max_bytes as f64 {
+                    Err(format!(
+                        "needs about {:.1} GiB (> --max-memory-gb)",
+                        estimate / f64::from(1u32 << 30)
+                    ))
+                } else {
+                    let t = time_pair_loss(reference, &inputs, repeats)?;
+                    per_cell = t.peak_bytes as f64 / cells;
+                    Ok(t)
+                };
+                let row = KernelRow {
+                    loss: name,
+                    batch: b,
+                    dim,
+                    fused,
+                    reference,
+                };
+                each(&row);
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The header of the `bench infonce` table.
+pub const PAIRWISE_HEADER: &str =
+    "loss               batch   dim   fused ms    ref ms  ×time   fused MiB     ref MiB  ×memory";
+
+/// One line of the `bench infonce` table; the ratios are reference / fused.
+pub fn pairwise_line(r: &KernelRow) -> String {
+    let mib = |b: usize| b as f64 / f64::from(1u32 << 20);
+    let head = format!(
+        "{:<16} {:>7} {:>5} {:>10.1}",
+        r.loss, r.batch, r.dim, r.fused.total_ms
+    );
+    match &r.reference {
+        Ok(t) => format!(
+            "{head} {:>9.1} {:>6.2} {:>11.1} {:>11.1} {:>8.1}",
+            t.total_ms,
+            t.total_ms / r.fused.total_ms,
+            mib(r.fused.peak_bytes),
+            mib(t.peak_bytes),
+            t.peak_bytes as f64 / r.fused.peak_bytes.max(1) as f64
+        ),
+        Err(why) => format!(
+            "{head} {:>9} {:>6} {:>11.1}   reference skipped: {why}",
+            "—",
+            "—",
+            mib(r.fused.peak_bytes)
+        ),
+    }
 }

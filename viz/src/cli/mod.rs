@@ -36,7 +36,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Look at a dataset: print samples' captions and objects, write a contact sheet PNG.
     Data(DataArgs),
-    /// Benchmarks: `bench losses` times every objective's forward + backward pass.
+    /// Benchmarks: `bench losses` times every objective's forward + backward pass; `bench
+    /// infonce` the fused InfoNCE and sigmoid losses against their references.
     Bench(BenchArgs),
     /// Modality gap of a checkpoint: geometry of both embedding sets and the gap-shift sweep.
     Gap(GapArgs),
@@ -97,12 +98,15 @@ pub struct GapArgs {
 /// `workbench bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure.
-    #[arg(value_parser = ["losses"])]
+    /// What to measure: every objective, or the fused pairwise losses against their references.
+    #[arg(value_parser = ["losses", "infonce"])]
     pub what: String,
-    /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [256usize, 1024, 4096])]
+    /// Batch sizes, comma-separated [default: 256,1024,4096 for losses, 1024,16384 for infonce].
+    #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
+    /// Embedding sizes for `infonce`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 512])]
+    pub dim: Vec<usize>,
     /// Timed repetitions per measurement (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -503,16 +507,40 @@ fn contact_sheet(images: &[workbench::data::RgbImage], scale: usize) -> Result<i
 
 fn bench(a: &BenchArgs) -> Result<()> {
     let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if a.what == "infonce" {
+        let batch = if a.batch.is_empty() {
+            vec![1024, 16384]
+        } else {
+            a.batch.clone()
+        };
+        say(&format!(
+            "forward + backward (all inputs, scale and bias included) of the fused pairwise losses and their B×B references; random unit rows, scale 100; median of {} runs, CPU, {threads} threads; ratios are reference / fused",
+            a.repeats
+        ))?;
+        say(crate::bench::PAIRWISE_HEADER)?;
+        let mut failed = None;
+        crate::bench::run_pairwise(&batch, &a.dim, a.repeats.max(1), max_bytes, |row| {
+            if let Err(e) = say(&crate::bench::pairwise_line(row)) {
+                failed.get_or_insert(e);
+            }
+        })?;
+        return failed.map_or(Ok(()), Err);
+    }
+    let batch = if a.batch.is_empty() {
+        vec![256, 1024, 4096]
+    } else {
+        a.batch.clone()
+    };
     say(&format!(
-        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {} threads",
-        a.repeats,
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {threads} threads",
+        a.repeats
     ))?;
     say(crate::bench::HEADER)?;
     let mut clip = std::collections::HashMap::new();
     let mut failed = None;
     crate::bench::run(
-        &a.batch,
+        &batch,
         a.repeats.max(1),
         max_bytes,
         crate::bench::Shapes::default(),
