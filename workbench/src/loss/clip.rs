@@ -35,7 +35,7 @@ pub struct ClipLossConfig {
 /// CLIP's symmetric InfoNCE. Terms: `image_to_text`, `text_to_image`.
 pub struct ClipLoss {
     temperature: Temperature,
-    fused: bool,
+    kernels: Kernels,
 }
 
 impl ClipLoss {
@@ -48,7 +48,7 @@ impl ClipLoss {
     pub fn with_kernels(cfg: &ClipLossConfig, s: &Scope, kernels: Kernels) -> Result<Self> {
         Ok(Self {
             temperature: Temperature::new(&cfg.temperature, s)?,
-            fused: kernels == Kernels::Fused,
+            kernels,
         })
     }
 }
@@ -60,7 +60,7 @@ impl Objective for ClipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "clip")?;
-        if !self.fused {
+        if self.kernels == Kernels::Reference {
             let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
             return info_nce(&logits);
         }

@@ -66,7 +66,7 @@ pub struct SiglipLoss {
     learn_bias: bool,
     bias_is_new: bool,
     bias_from_logits: bool,
-    fused: bool,
+    kernels: Kernels,
 }
 
 impl SiglipLoss {
@@ -87,7 +87,7 @@ impl SiglipLoss {
             learn_bias: cfg.learn_bias,
             bias_is_new,
             bias_from_logits: cfg.bias_from_logits,
-            fused: kernels == Kernels::Fused,
+            kernels,
         })
     }
 
@@ -127,7 +127,7 @@ impl Objective for SiglipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         let b = check_batch(x.image, x.text, "siglip")?;
-        let (positive, negative) = if self.fused {
+        let (positive, negative) = if self.kernels == Kernels::Fused {
             let terms = kernels::sigmoid_pairwise(
                 x.image,
                 x.text,
