@@ -94,7 +94,7 @@ impl Panel<'_> {
             .map(|f| (f.image, f.caption))
             .collect();
         ui.horizontal_top(|ui| {
-            let (hovered, clicked) = HeatMap {
+            let pointer = HeatMap {
                 values: &b.similarity,
                 rows: b.n,
                 cols: b.n,
@@ -106,7 +106,8 @@ impl Panel<'_> {
                 outline: &outline,
             }
             .show_clickable(ui);
-            if let Some((r, c)) = clicked {
+            let hovered = pointer.hovered;
+            if let Some((r, c)) = pointer.clicked {
                 state.batch_query = match state.batch_direction {
                     Direction::ImageToText => r,
                     Direction::TextToImage => c,

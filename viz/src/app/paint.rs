@@ -105,6 +105,18 @@ pub fn show_texture(ui: &mut egui::Ui, texture: &TextureHandle, side: f32) -> eg
     )))
 }
 
+/// A `(row, column)` of a [`HeatMap`].
+pub type Cell = (usize, usize);
+
+/// Where the pointer is on a [`HeatMap`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pointer {
+    /// The cell under the pointer.
+    pub hovered: Option<Cell>,
+    /// The cell clicked this frame.
+    pub clicked: Option<Cell>,
+}
+
 /// A matrix drawn as coloured cells, with optional row and column labels, the value under
 /// the pointer in a tooltip; returns the hovered cell, if any.
 pub struct HeatMap<'a> {
@@ -125,56 +137,35 @@ pub struct HeatMap<'a> {
     /// Labels above the columns (may be empty).
     pub col_labels: &'a [String],
     /// Cells to outline, as `(row, col)`.
-    pub outline: &'a [(usize, usize)],
+    pub outline: &'a [Cell],
 }
 
 impl HeatMap<'_> {
     /// Draws the matrix; returns the cell under the pointer.
-    pub fn show(&self, ui: &mut egui::Ui) -> Option<(usize, usize)> {
-        self.draw(ui, Sense::hover()).0
+    pub fn show(&self, ui: &mut egui::Ui) -> Option<Cell> {
+        self.draw(ui, Sense::hover()).hovered
     }
 
     /// Draws the matrix; returns the cell under the pointer and the cell clicked this frame.
-    pub fn show_clickable(
-        &self,
-        ui: &mut egui::Ui,
-    ) -> (Option<(usize, usize)>, Option<(usize, usize)>) {
+    pub fn show_clickable(&self, ui: &mut egui::Ui) -> Pointer {
         self.draw(ui, Sense::click())
     }
 
-    fn draw(
-        &self,
-        ui: &mut egui::Ui,
-        sense: Sense,
-    ) -> (Option<(usize, usize)>, Option<(usize, usize)>) {
+    fn draw(&self, ui: &mut egui::Ui, sense: Sense) -> Pointer {
         let (rows, cols) = (self.rows, self.cols);
         if rows == 0 || cols == 0 || self.values.len() != rows * cols {
             ui.label("(empty matrix)");
-            return (None, None);
+            return Pointer::default();
         }
-        let font = egui::FontId::proportional(11.0);
-        let label_w = if self.row_labels.is_empty() {
-            0.0
-        } else {
-            8.0 + 6.5
-                * self
-                    .row_labels
-                    .iter()
-                    .map(|l| l.chars().count())
-                    .max()
-                    .unwrap_or(0) as f32
+        // Room for the labels: about 6.5 points per character, plus a margin.
+        let extent = |labels: &[String]| {
+            labels
+                .iter()
+                .map(|l| l.chars().count())
+                .max()
+                .map_or(0.0, |n| 8.0 + 6.5 * n as f32)
         };
-        let label_h = if self.col_labels.is_empty() {
-            0.0
-        } else {
-            8.0 + 6.5
-                * self
-                    .col_labels
-                    .iter()
-                    .map(|l| l.chars().count())
-                    .max()
-                    .unwrap_or(0) as f32
-        };
+        let (label_w, label_h) = (extent(self.row_labels), extent(self.col_labels));
         let size = vec2(
             label_w + cols as f32 * self.cell,
             label_h + rows as f32 * self.cell,
@@ -205,28 +196,7 @@ impl HeatMap<'_> {
                 );
             }
         }
-        let text = ui.visuals().text_color();
-        for (r, l) in self.row_labels.iter().enumerate().take(rows) {
-            painter.text(
-                pos2(origin.x - 4.0, origin.y + (r as f32 + 0.5) * self.cell),
-                egui::Align2::RIGHT_CENTER,
-                l,
-                font.clone(),
-                text,
-            );
-        }
-        for (c, l) in self.col_labels.iter().enumerate().take(cols) {
-            // Column labels are written upwards, centred on their column.
-            let x = origin.x + (c as f32 + 0.5) * self.cell;
-            let galley = painter.layout_no_wrap(l.clone(), font.clone(), text);
-            let shape = egui::epaint::TextShape::new(
-                pos2(x - galley.size().y / 2.0, origin.y - 4.0),
-                galley,
-                text,
-            )
-            .with_angle(-std::f32::consts::FRAC_PI_2);
-            painter.add(shape);
-        }
+        self.labels(ui, &painter, origin);
         let cell_at = |p: egui::Pos2| {
             let d = p - origin;
             if d.x < 0.0 || d.y < 0.0 {
@@ -252,6 +222,33 @@ impl HeatMap<'_> {
                 self.values[r * cols + c]
             ));
         }
-        (hovered, clicked)
+        Pointer { hovered, clicked }
+    }
+
+    /// Row labels left of the rows, column labels written upwards above the columns.
+    fn labels(&self, ui: &egui::Ui, painter: &egui::Painter, origin: egui::Pos2) {
+        let font = egui::FontId::proportional(11.0);
+        let text = ui.visuals().text_color();
+        for (r, l) in self.row_labels.iter().enumerate().take(self.rows) {
+            painter.text(
+                pos2(origin.x - 4.0, origin.y + (r as f32 + 0.5) * self.cell),
+                egui::Align2::RIGHT_CENTER,
+                l,
+                font.clone(),
+                text,
+            );
+        }
+        for (c, l) in self.col_labels.iter().enumerate().take(self.cols) {
+            // Column labels are written upwards, centred on their column.
+            let x = origin.x + (c as f32 + 0.5) * self.cell;
+            let galley = painter.layout_no_wrap(l.clone(), font.clone(), text);
+            let shape = egui::epaint::TextShape::new(
+                pos2(x - galley.size().y / 2.0, origin.y - 4.0),
+                galley,
+                text,
+            )
+            .with_angle(-std::f32::consts::FRAC_PI_2);
+            painter.add(shape);
+        }
     }
 }
