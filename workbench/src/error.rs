@@ -59,6 +59,17 @@ pub enum Error {
     #[error("data: {0}")]
     Data(String),
 
+    /// A data file (captions file, annotations, image, tar shard) is malformed.
+    #[error("{}{}: {msg}", .path.display(), .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Input {
+        /// The file (for a tar member: `shard.tar/member`).
+        path: PathBuf,
+        /// 1-based line number, for text formats.
+        line: Option<usize>,
+        /// What is wrong and what was expected.
+        msg: String,
+    },
+
     /// A loss term or gradient was NaN or infinite; the update was not applied.
     #[error(
         "non-finite value at step {step} in {term}: the update was skipped and the run paused with its last good state"
@@ -87,6 +98,15 @@ impl Error {
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
         Self::Config {
             field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An [`Error::Input`] for `path`, optionally at 1-based `line`.
+    pub fn input(path: impl Into<PathBuf>, line: Option<usize>, msg: impl Into<String>) -> Self {
+        Self::Input {
+            path: path.into(),
+            line,
             msg: msg.into(),
         }
     }

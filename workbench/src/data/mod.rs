@@ -6,17 +6,30 @@
 //! [`Loader`] turns samples into tensor [`Batch`]es.
 //!
 //! The embedded default is [`shapes::Shapes`], a procedural, seeded image–caption set that needs no
-//! files. Real datasets implement the same trait.
+//! files. Real datasets implement the same trait: [`files::FileDataset`] reads a folder of images
+//! with a captions file ([`captions`]: CSV, TSV, JSON Lines), COCO captions ([`coco`]),
+//! WebDataset tar shards ([`webdataset`]) or an image-classification folder tree, decodes images
+//! on demand ([`decode`]) and brings them to the model's size ([`transform`]); bad samples stop
+//! the run or are skipped and counted, per the [`policy`].
 
 pub mod batch;
+pub mod captions;
+pub mod coco;
+pub mod decode;
+pub mod files;
 pub mod image;
 pub mod loader;
+pub mod policy;
 pub mod shapes;
 pub mod tokenizer;
+pub mod transform;
+pub mod webdataset;
 
 pub use batch::{Batch, SecondView, Texts, collate};
+pub use files::{DatasetFormat, DatasetSpec, FileDataset, ImageSource, PairRecord};
 pub use image::RgbImage;
 pub use loader::{Extras, Loader, LoaderState};
+pub use policy::{BadSample, BadSampleReport};
 pub use shapes::{Shapes, ShapesConfig};
 pub use tokenizer::{Encoding, Tokenizer};
 
