@@ -12,6 +12,8 @@ mod util;
 
 // The synthetic dataset, the tokenizer and the loader.
 mod data;
+// Datasets from files: captions folders, COCO, WebDataset shards, class trees, malformed inputs.
+mod datasets;
 // Every fused kernel equals its reference, forward and backward.
 mod kernels;
 // The two towers: attention weights, pooling, fused vs reference.
