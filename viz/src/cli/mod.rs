@@ -1,4 +1,5 @@
-//! The `workbench` command line: `train`, `eval`, `data`, `bench`, `gap`, `point` and `inspect`.
+//! The `workbench` command line: `train`, `eval`, `data`, `check-data`, `bench`, `gap`, `point`
+//! and `inspect`.
 //!
 //! The binary is a thin wrapper around [`run`], which tests call directly.
 
@@ -13,9 +14,11 @@ use workbench::events::EvalReport;
 use workbench::loss::LossConfig;
 use workbench::train::Trainer;
 
+mod dataset;
 mod inspect;
 mod train;
 
+pub use dataset::CheckDataArgs;
 pub use inspect::{InspectArgs, load_image};
 
 /// Train small CLIP-like image–text models and look inside them.
@@ -36,6 +39,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Look at a dataset: print samples' captions and objects, write a contact sheet PNG.
     Data(DataArgs),
+    /// Check a dataset from files (captions folder, COCO, WebDataset, class tree): count pairs,
+    /// decode every image, report bad samples.
+    CheckData(CheckDataArgs),
     /// Benchmarks: `bench losses` times every objective's forward + backward pass; `bench
     /// infonce` the fused InfoNCE and sigmoid losses against their references.
     Bench(BenchArgs),
@@ -273,6 +279,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => eval(&a),
         Command::Data(a) => data(&a),
+        Command::CheckData(a) => dataset::check_data(&a),
         Command::Bench(a) => bench(&a),
         Command::Gap(a) => gap(&a),
         Command::Point(a) => point(&a),
