@@ -3,6 +3,7 @@
 //! naming the file and the problem (or be skipped and counted), never a panic.
 
 use crate::util::tmpdir;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use workbench::data::captions::CsvColumns;
@@ -215,7 +216,7 @@ fn a_tiny_model_trains_on_a_captions_folder() {
     let mut csv = String::from("image,caption\n");
     for i in 0..24u8 {
         write(&d, &format!("img/{i}.png"), &png(i * 10));
-        csv.push_str(&format!("img/{i}.png,picture number {i}\n"));
+        writeln!(csv, "img/{i}.png,picture number {i}").unwrap();
     }
     // A bad row and a missing image: skipped and counted under the training policy.
     csv.push_str("img/missing.png,gone\nimg/0.png,\n");
@@ -1010,4 +1011,36 @@ fn skipped_images_are_replaced_by_the_next_readable_one() {
     let strict = FileDataset::open(&spec(DatasetFormat::Csv, &path, BadSample::Fail)).unwrap();
     assert!(strict.sample(Split::Train, 1).is_err());
     assert!(strict.sample(Split::Train, 3).is_err());
+}
+
+#[test]
+fn check_data_command_counts_pairs_and_reports_bad_samples() {
+    use clap::Parser as _;
+    let d = tmpdir("ds-cli");
+    write(&d, "a.png", &png(1));
+    write(&d, "b.png", &png(2)[..80]);
+    let path = write(
+        &d,
+        "c.csv",
+        b"image,caption\na.png,x\nb.png,y\ngone.png,z\n",
+    );
+    let run = |policy: &str| {
+        let argv = [
+            "workbench",
+            "check-data",
+            path.to_str().unwrap(),
+            "--policy",
+            policy,
+        ];
+        viz::cli::run(viz::cli::Cli::try_parse_from(argv).unwrap())
+    };
+    let e = format!("{:#}", run("fail").unwrap_err());
+    assert!(e.contains("gone.png") && e.contains("missing image"), "{e}");
+    run("skip").unwrap();
+    let argv = ["workbench", "check-data", "x.unknown"];
+    let e = format!(
+        "{:#}",
+        viz::cli::run(viz::cli::Cli::try_parse_from(argv).unwrap()).unwrap_err()
+    );
+    assert!(e.contains("x.unknown"), "{e}");
 }

@@ -336,7 +336,7 @@ pub fn parse_captions_csv(
             })
         };
         let row = text_of(image_col)
-            .and_then(|i| check_image_name(i))
+            .and_then(check_image_name)
             .and_then(|image| {
                 let caption = check_caption(text_of(caption_col)?)?;
                 Ok(CaptionRow {
@@ -454,16 +454,15 @@ pub fn group_rows(rows: Vec<CaptionRow>) -> Vec<ImageCaptions> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut out: Vec<ImageCaptions> = Vec::new();
     for r in rows {
-        match index.get(&r.image) {
-            Some(&i) => out[i].captions.push(r.caption),
-            None => {
-                index.insert(r.image.clone(), out.len());
-                out.push(ImageCaptions {
-                    image: r.image,
-                    captions: vec![r.caption],
-                    line: r.line,
-                });
-            }
+        if let Some(&i) = index.get(&r.image) {
+            out[i].captions.push(r.caption);
+        } else {
+            index.insert(r.image.clone(), out.len());
+            out.push(ImageCaptions {
+                image: r.image,
+                captions: vec![r.caption],
+                line: r.line,
+            });
         }
     }
     out

@@ -50,6 +50,8 @@ fn str_field<'a>(entry: &'a Value, at: &str, key: &str) -> std::result::Result<&
         .ok_or_else(|| format!("{at}: `{key}` must be a string, found {}", kind(v)))
 }
 
+// One pass over each array with the policy applied inline reads best as one function.
+#[allow(clippy::too_many_lines)]
 /// Parses a COCO-captions JSON file. Images come back in file order, each with its captions in
 /// annotation order; images with no caption are bad samples. `path` is only used in messages.
 pub fn parse_coco(

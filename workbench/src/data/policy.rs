@@ -13,6 +13,7 @@
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 /// Policy for samples that cannot be read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,10 +107,8 @@ impl BadSampleReport {
     /// Counts `err` (once per distinct message) and keeps its message if there is room.
     pub fn record(&mut self, err: &Error) {
         let msg = err.to_string();
-        if self.seen.len() < SEEN_LIMIT {
-            if !self.seen.insert(msg.clone()) {
-                return;
-            }
+        if self.seen.len() < SEEN_LIMIT && !self.seen.insert(msg.clone()) {
+            return;
         }
         self.count += 1;
         if self.examples.len() < self.keep {
@@ -144,7 +143,7 @@ impl BadSampleReport {
             if self.count == 1 { "" } else { "s" }
         );
         if self.count > self.examples.len() {
-            s.push_str(&format!(" (first {} shown)", self.examples.len()));
+            let _ = write!(s, " (first {} shown)", self.examples.len());
         }
         for m in &self.examples {
             s.push_str("\n  ");
