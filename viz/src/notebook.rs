@@ -628,7 +628,8 @@ mod tests {
         assert!(html.contains("<th>a&lt;b</th>"));
         assert!(html.contains("<td>&quot;q&quot;</td><td>&#39;s&#39;</td>"));
         assert!(html.contains("<tr><td>only</td><td></td></tr>"));
-        assert_eq!(t.to_string(), "x & y\na<b    c\n\"q\"    's'\nonly\n");
+        // Column 0 is 4 wide ("only"): "a<b" gets 1 space of padding, then the 2-space gap.
+        assert_eq!(t.to_string(), "x & y\na<b   c\n\"q\"   's'\nonly\n");
     }
 
     #[test]
