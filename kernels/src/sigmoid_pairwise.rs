@@ -15,7 +15,7 @@
 //!
 //! Every cell is an independent binary classification, so unlike InfoNCE no normaliser couples a
 //! row or column: the forward needs no statistics at all. The logits exist one strip of
-//! [`TILE`](crate::infonce::TILE) rows at a time (`TILE × B` floats, memory O(B·TILE + B·D)),
+//! [`TILE`] rows at a time (`TILE × B` floats, memory O(B·TILE + B·D)),
 //! produced by a matmul and reduced to per-row sums. The backward recomputes each strip (storing
 //! the `B × B` logits would defeat the purpose; a matmul per strip is cheap next to them) and
 //! forms `G_ij = −(g_ij/B)·z_ij·σ(−z_ij·l_ij)`, where `g_ij` is the incoming gradient of the

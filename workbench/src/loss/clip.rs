@@ -13,7 +13,7 @@
 //! `t` is learned, initialised to `ln(1/0.07)`, and clamped to `[0, ln 100]` after every
 //! optimizer step — open_clip's `clamp_logit_scale`, so the scale never exceeds 100.
 //!
-//! With [`Kernels::Fused`] (the default) the loss is [`kernels::infonce`], whose memory is linear
+//! With [`Kernels::Fused`] (the default) the loss is [`kernels::infonce()`], whose memory is linear
 //! in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
 use super::common::{Temperature, TemperatureConfig, check_batch, similarity};

@@ -19,7 +19,7 @@
 //! swap does not start from the huge loss that `b = −10` gives a trained model. A bias restored
 //! from an earlier time on this objective is kept.
 //!
-//! With [`Kernels::Fused`] (the default) the loss is [`kernels::sigmoid_pairwise`], whose memory
+//! With [`Kernels::Fused`] (the default) the loss is [`kernels::sigmoid_pairwise()`], whose memory
 //! is linear in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
 use super::common::{Temperature, TemperatureConfig, check_batch, eye, log_sigmoid, similarity};
