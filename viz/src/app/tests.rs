@@ -1,5 +1,6 @@
 //! Unit tests of the app: the no-display path, fonts, saved state.
 use super::*;
+use std::ffi::OsString;
 
 #[test]
 fn no_display_is_an_error_that_points_to_the_command_line() {
