@@ -318,27 +318,17 @@ pub fn load_records(
     };
     let by_line = |e: &ImageCaptions| format!("named on line {}", e.line);
     match spec.format {
-        DatasetFormat::Csv | DatasetFormat::Tsv => {
+        DatasetFormat::Csv | DatasetFormat::Tsv | DatasetFormat::Jsonl => {
             let text = read_file(&spec.path)?;
-            let delim = if spec.format == DatasetFormat::Csv {
-                b','
-            } else {
-                b'\t'
+            let rows = match spec.format {
+                DatasetFormat::Csv => {
+                    parse_captions_csv(&text, &spec.path, b',', &spec.columns, policy, report)?
+                }
+                DatasetFormat::Tsv => {
+                    parse_captions_csv(&text, &spec.path, b'\t', &spec.columns, policy, report)?
+                }
+                _ => parse_captions_jsonl(&text, &spec.path, policy, report)?,
             };
-            let rows = parse_captions_csv(&text, &spec.path, delim, &spec.columns, policy, report)?;
-            let recs = records_from_files(
-                group_rows(rows),
-                &images_dir(),
-                &spec.path,
-                by_line,
-                policy,
-                report,
-            )?;
-            Ok((recs, None))
-        }
-        DatasetFormat::Jsonl => {
-            let text = read_file(&spec.path)?;
-            let rows = parse_captions_jsonl(&text, &spec.path, policy, report)?;
             let recs = records_from_files(
                 group_rows(rows),
                 &images_dir(),
