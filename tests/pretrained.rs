@@ -1,0 +1,585 @@
+//! Pretrained Hugging Face CLIP and SigLIP checkpoints: outputs equal `transformers`' to 1e-4
+//! (embeddings, logits, attention of both towers, SigLIP's pooling attention), the tokenizers give
+//! the Python ids, a loaded model fine-tunes with one of our objectives, and bad checkpoints are
+//! errors naming the file and the field or tensor.
+//!
+//! The fixtures and their references come from `tests/fixtures/hf/make_hf_fixtures.py`.
+
+use crate::util::{assert_close, tmpdir};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use workbench::data::batch::images_tensor;
+use workbench::data::{Pairs, RgbImage};
+use workbench::model::{Capture, Kernels};
+use workbench::pretrained::{self, Family};
+use workbench::train::Trainer;
+
+const TOL: f64 = 1e-4;
+/// The texts of the fixture script.
+const TEXTS: [&str; 3] = [
+    "a red circle",
+    "A photo of a cat, sitting on a mat!",
+    "two shapes",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/hf")
+        .join(name)
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+/// The fixture's `(2, 32, 32, 3)` u8 images.
+fn images(r: &HashMap<String, Tensor>) -> Vec<RgbImage> {
+    let px = &r["pixels"];
+    (0..px.dim(0).unwrap())
+        .map(|i| RgbImage {
+            width: 32,
+            height: 32,
+            data: px
+                .i(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u8>()
+                .unwrap(),
+        })
+        .collect()
+}
+
+/// Loads a fixture, runs both towers on the reference inputs and compares everything.
+fn parity(name: &str, kernels: Kernels) {
+    let dev = Device::Cpu;
+    let r = reference(name);
+    let mut pre = pretrained::load(&fixture(name), &dev).unwrap();
+    pre.model.kernels = kernels;
+    let (model, params) = pre.build(&dev).unwrap();
+
+    // Images go through the workbench's own pipeline (CLIP statistics); the tower re-normalises.
+    let imgs = images(&r);
+    let x = images_tensor(&imgs.iter().collect::<Vec<_>>(), &dev).unwrap();
+    let img = model.encode_image(&x, Capture::ATTENTION).unwrap();
+    assert_close(
+        &img.embedding,
+        &r["image_embeds"],
+        TOL,
+        &format!("{name} image_embeds"),
+    );
+    for (l, w) in img.attentions.as_ref().unwrap().iter().enumerate() {
+        assert_close(
+            w,
+            &r[&format!("vision_attn.{l}")],
+            TOL,
+            &format!("{name} vision layer {l}"),
+        );
+    }
+
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let eos_positions: Vec<u32> = TEXTS
+        .iter()
+        .map(|t| pre.tokenizer.encode(t).unwrap().eos as u32)
+        .collect();
+    let eos = Tensor::new(eos_positions.as_slice(), &dev).unwrap();
+    let txt = model.encode_text(&ids, &eos, Capture::ATTENTION).unwrap();
+    assert_close(
+        &txt.embedding,
+        &r["text_embeds"],
+        TOL,
+        &format!("{name} text_embeds"),
+    );
+    for (l, w) in txt.attentions.as_ref().unwrap().iter().enumerate() {
+        assert_close(
+            w,
+            &r[&format!("text_attn.{l}")],
+            TOL,
+            &format!("{name} text layer {l}"),
+        );
+    }
+
+    let sim = img.embedding.matmul(&txt.embedding.t().unwrap()).unwrap();
+    let loss = if pre.config.family == Family::Clip {
+        "clip"
+    } else {
+        "siglip"
+    };
+    let scale = params
+        .get(&format!("loss.{loss}.logit_scale"))
+        .unwrap()
+        .as_tensor()
+        .exp()
+        .unwrap();
+    let mut logits = sim.broadcast_mul(&scale).unwrap();
+    if let Some(bias) = params.get("loss.siglip.logit_bias") {
+        logits = logits.broadcast_add(bias.as_tensor()).unwrap();
+    }
+    assert_close(
+        &logits,
+        &r["logits_per_image"],
+        TOL,
+        &format!("{name} logits"),
+    );
+    if let Some(map) = r.get("map_attn") {
+        assert_close(
+            img.tower.pool_attention.as_ref().unwrap(),
+            map,
+            TOL,
+            "siglip pooling attention",
+        );
+    }
+}
+
+#[test]
+fn clip_checkpoint_matches_transformers() {
+    parity("clip", Kernels::Fused);
+    parity("clip", Kernels::Reference);
+}
+
+#[test]
+fn siglip_checkpoint_matches_transformers() {
+    parity("siglip", Kernels::Fused);
+    parity("siglip", Kernels::Reference);
+}
+
+#[test]
+fn image_statistics_come_from_the_preprocessor_file_or_the_family_defaults() {
+    let clip = pretrained::load(&fixture("clip"), &Device::Cpu).unwrap();
+    assert!(!clip.preprocess.from_file);
+    assert_eq!(
+        clip.preprocess.stats.mean,
+        workbench::data::image::CLIP_MEAN
+    );
+    assert_eq!(clip.model.vision.input_stats, None);
+    let siglip = pretrained::load(&fixture("siglip"), &Device::Cpu).unwrap();
+    assert!(siglip.preprocess.from_file);
+    assert_eq!(siglip.preprocess.stats.mean, [0.5; 3]);
+    assert_eq!(siglip.preprocess.image_size, 32);
+    // The workbench pipeline's input, re-normalised by the tower, is what the processor computes.
+    let r = reference("siglip");
+    let imgs = images(&r);
+    let x = images_tensor(&imgs.iter().collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let mean = Tensor::new(&workbench::data::image::CLIP_MEAN, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let std = Tensor::new(&workbench::data::image::CLIP_STD, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let pixels = x.broadcast_mul(&std).unwrap().broadcast_add(&mean).unwrap();
+    let siglip_input = ((pixels - 0.5).unwrap() / 0.5).unwrap();
+    assert_close(
+        &siglip_input,
+        &r["pixel_values"],
+        1e-5,
+        "siglip pixel values",
+    );
+}
+
+#[test]
+fn tokenizers_give_the_python_ids() {
+    for name in ["clip", "siglip"] {
+        let pre = pretrained::load(&fixture(name), &Device::Cpu).unwrap();
+        let want = reference(name)["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2::<u32>()
+            .unwrap();
+        for (text, ids) in TEXTS.iter().zip(&want) {
+            assert_eq!(
+                &pre.tokenizer.encode(text).unwrap().ids,
+                ids,
+                "{name}: {text:?}"
+            );
+        }
+        // A batch of the SigLIP tokenizer is padded to the full context (its tower pools last).
+        let (t, _, _) =
+            workbench::data::batch::text_tensors(&TEXTS[..1], &pre.tokenizer, &Device::Cpu)
+                .unwrap();
+        assert_eq!(t.dim(1).unwrap(), if name == "siglip" { 16 } else { 8 });
+    }
+}
+
+/// Four synthetic 32×32 images (a bright square on dark ground, in four places) with captions.
+fn synthetic_pairs() -> Arc<Pairs> {
+    let items = (0..4)
+        .map(|k| {
+            let mut data = vec![20u8; 32 * 32 * 3];
+            let (ox, oy) = ((k % 2) * 16, (k / 2) * 16);
+            for y in oy..oy + 16 {
+                for x in ox..ox + 16 {
+                    let i = (y * 32 + x) * 3;
+                    data[i..i + 3].copy_from_slice(&[230, 40 + 50 * k as u8, 60]);
+                }
+            }
+            // Words of the fixture tokenizers' corpora, so that captions fit their 16 positions.
+            let caption = [
+                "a red circle",
+                "a blue square",
+                "a green triangle",
+                "a cat on a mat",
+            ][k];
+            (
+                RgbImage {
+                    width: 32,
+                    height: 32,
+                    data,
+                },
+                vec![caption.to_string()],
+            )
+        })
+        .collect();
+    Arc::new(Pairs::new("squares", items).unwrap())
+}
+
+#[test]
+fn a_loaded_model_fine_tunes_with_another_objective() {
+    for (name, loss) in [("clip", "siglip"), ("siglip", "clip")] {
+        let pre = pretrained::load(&fixture(name), &Device::Cpu).unwrap();
+        let scale_name = format!("loss.{name}.logit_scale");
+        let scale = pre.tensors[&scale_name].to_scalar::<f32>().unwrap();
+        let mut cfg = pre.run_config();
+        cfg.train.batch_size = 4;
+        cfg.train.steps = 2;
+        cfg.train.warmup_steps = 0;
+        cfg.train.probe_size = 4;
+        cfg.loss = workbench::loss::LossConfig::builtins()
+            .into_iter()
+            .find(|l| l.name() == loss)
+            .unwrap();
+        let mut trainer =
+            Trainer::from_pretrained(pre, cfg, synthetic_pairs(), Device::Cpu).unwrap();
+        let before = crate::util::snapshot(&trainer);
+        for _ in 0..2 {
+            let stats = trainer.step().unwrap();
+            assert!(stats.loss.is_finite(), "{name}: loss {}", stats.loss);
+        }
+        let after = crate::util::snapshot(&trainer);
+        let changed = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| a.0.starts_with("model.") && a.1 != b.1)
+            .count();
+        assert!(changed > 10, "{name}: only {changed} model tensors changed");
+        // The checkpoint's own temperature stays in the store, untouched by the other objective.
+        let kept = trainer
+            .params()
+            .get(&scale_name)
+            .unwrap()
+            .as_tensor()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(kept, scale);
+        // Inspection runs on the fine-tuned model.
+        let img = trainer
+            .sample(workbench::data::Split::Val, 0)
+            .unwrap()
+            .image;
+        let view = trainer.attention(&img, "a red square").unwrap();
+        assert_eq!(view.grid, 4);
+        assert_eq!(
+            view.cls_to_patches(0, 0, trainer.model().config().vision.pool)
+                .len(),
+            16
+        );
+        trainer.align(&img, "a red square").unwrap();
+    }
+}
+
+/// Copies a fixture to a scratch directory and lets `edit` break it; returns the load error.
+fn broken(name: &str, tag: &str, edit: impl FnOnce(&Path)) -> String {
+    let dir = tmpdir(&format!("hf-{tag}"));
+    for f in std::fs::read_dir(fixture(name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    edit(&dir);
+    match pretrained::load(&dir, &Device::Cpu) {
+        Ok(_) => panic!("{tag}: a broken checkpoint loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+fn edit_tensors(path: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    edit(&mut t);
+    candle_core::safetensors::save(&t, path).unwrap();
+}
+
+#[test]
+fn broken_checkpoints_are_errors_naming_file_and_field() {
+    let cases: Vec<(&str, &str, Box<dyn FnOnce(&Path)>, &[&str])> = vec![
+        (
+            "clip",
+            "truncated",
+            Box::new(|d: &Path| {
+                let p = d.join("model.safetensors");
+                let bytes = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+            }),
+            &["model.safetensors", "not a valid safetensors file"],
+        ),
+        (
+            "clip",
+            "wrong-shape",
+            Box::new(|d: &Path| {
+                edit_tensors(&d.join("model.safetensors"), |t| {
+                    t.insert(
+                        "visual_projection.weight".into(),
+                        Tensor::zeros((24, 31), DType::F16, &Device::Cpu).unwrap(),
+                    );
+                });
+            }),
+            &[
+                "model.safetensors",
+                "`visual_projection.weight`",
+                "[24, 31]",
+                "[24, 32]",
+            ],
+        ),
+        (
+            "siglip",
+            "missing",
+            Box::new(|d: &Path| {
+                edit_tensors(&d.join("model.safetensors"), |t| {
+                    t.remove("vision_model.head.probe");
+                });
+            }),
+            &[
+                "model.safetensors",
+                "`vision_model.head.probe` is missing",
+                "[1, 1, 32]",
+            ],
+        ),
+        (
+            "clip",
+            "nan",
+            Box::new(|d: &Path| {
+                edit_tensors(&d.join("model.safetensors"), |t| {
+                    t.insert(
+                        "text_model.final_layer_norm.weight".into(),
+                        Tensor::full(f32::NAN, 32, &Device::Cpu).unwrap(),
+                    );
+                });
+            }),
+            &["`text_model.final_layer_norm.weight`", "NaN"],
+        ),
+        (
+            "clip",
+            "bert",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| v["model_type"] = "bert".into())
+            }),
+            &[
+                "config.json",
+                "`model_type`",
+                "\"bert\"",
+                "expected \"clip\"",
+            ],
+        ),
+        (
+            "clip",
+            "absurd",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| {
+                    v["vision_config"]["hidden_size"] = serde_json::json!(1_000_000_000_000u64);
+                });
+            }),
+            &[
+                "config.json",
+                "`vision_config.hidden_size`",
+                "1000000000000",
+                "1..=16384",
+            ],
+        ),
+        (
+            "siglip",
+            "heads",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| {
+                    v["text_config"]["num_attention_heads"] = 5.into()
+                });
+            }),
+            &[
+                "config.json",
+                "`text_config.num_attention_heads`",
+                "does not divide",
+            ],
+        ),
+        (
+            "clip",
+            "patch",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| {
+                    v["vision_config"]["patch_size"] = 7.into()
+                });
+            }),
+            &[
+                "config.json",
+                "`vision_config.patch_size`",
+                "does not divide",
+            ],
+        ),
+        (
+            "clip",
+            "negative",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| {
+                    v["text_config"]["num_hidden_layers"] = (-2).into()
+                });
+            }),
+            &[
+                "config.json",
+                "`text_config.num_hidden_layers`",
+                "positive integer",
+            ],
+        ),
+        (
+            "clip",
+            "act",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| {
+                    v["text_config"]["hidden_act"] = "relu".into()
+                });
+            }),
+            &["config.json", "`text_config.hidden_act`", "\"relu\""],
+        ),
+        (
+            "clip",
+            "vocab",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |v| {
+                    v["text_config"]["vocab_size"] = 100.into()
+                });
+            }),
+            &["tokenizer.json", "300 ids", "100"],
+        ),
+        (
+            "siglip",
+            "stats",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("preprocessor_config.json"), |v| {
+                    v["image_std"] = serde_json::json!([0.5, 0.0, 0.5])
+                });
+            }),
+            &["preprocessor_config.json", "`image_std`", "positive"],
+        ),
+        (
+            "clip",
+            "no-config",
+            Box::new(|d: &Path| std::fs::remove_file(d.join("config.json")).unwrap()),
+            &["config.json"],
+        ),
+    ];
+    for (name, tag, edit, needles) in cases {
+        let e = broken(name, tag, edit);
+        for n in needles {
+            assert!(e.contains(n), "{tag}: {n:?} not in {e:?}");
+        }
+    }
+}
+
+#[test]
+fn a_model_of_another_architecture_is_refused_by_the_trainer() {
+    let pre = pretrained::load(&fixture("clip"), &Device::Cpu).unwrap();
+    let mut cfg = pre.run_config();
+    cfg.model.vision.layers = 1;
+    let e = Trainer::from_pretrained(pre, cfg, synthetic_pairs(), Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("model"), "{e}");
+}
+
+/// Runs `workbench <args>` in process; the error text with its causes, if any.
+fn cli(args: &[&str]) -> Option<String> {
+    use clap::Parser as _;
+    let argv = std::iter::once("workbench").chain(args.iter().copied());
+    match viz::cli::Cli::try_parse_from(argv) {
+        Err(e) => Some(e.to_string()),
+        Ok(c) => viz::cli::run(c).err().map(|e| format!("{e:#}")),
+    }
+}
+
+#[test]
+fn inspect_shows_a_pretrained_model() {
+    let dir = tmpdir("hf-inspect");
+    // The fixture's first image as a 48-pixel PNG: the CLI crops and resizes it to 32.
+    let r = reference("clip");
+    let img = &images(&r)[0];
+    let small = image::RgbImage::from_raw(32, 32, img.data.clone()).unwrap();
+    let big = image::imageops::resize(&small, 48, 48, image::imageops::FilterType::Nearest);
+    let png = dir.join("input.png");
+    big.save(&png).unwrap();
+    let png = png.to_string_lossy().into_owned();
+    for name in ["clip", "siglip"] {
+        let out = dir.join(name);
+        let (model, out_s) = (
+            fixture(name).to_string_lossy().into_owned(),
+            out.to_string_lossy().into_owned(),
+        );
+        let args = [
+            "inspect",
+            "--model",
+            &model,
+            "--image",
+            &png,
+            "--text",
+            "a red circle",
+            "--out",
+            &out_s,
+        ];
+        assert_eq!(cli(&args), None, "{name}");
+        for f in [
+            "attention_image.png",
+            "attention_image.svg",
+            "attention_text_heads.png",
+            "alignment_words.png",
+            "relevance_image.png",
+            "heads_image.png",
+            "inspect.json",
+        ] {
+            assert!(out.join(f).is_file(), "{name}: {f} missing");
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("inspect.json")).unwrap()).unwrap();
+        assert_eq!(json["attention"]["grid"], 4, "{name}");
+        let len = if name == "clip" { 17 } else { 16 };
+        assert_eq!(json["attention"]["vision"]["len"], len, "{name}");
+    }
+    // --model and --run are alternatives; --model needs an image and a text.
+    let model = fixture("clip").to_string_lossy().into_owned();
+    let out_s = dir.join("x").to_string_lossy().into_owned();
+    let e = cli(&["inspect", "--out", &out_s]).unwrap();
+    assert!(e.contains("--run") && e.contains("--model"), "{e}");
+    let e = cli(&[
+        "inspect", "--model", &model, "--run", "r", "--image", &png, "--text", "a", "--out", &out_s,
+    ])
+    .unwrap();
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = cli(&["inspect", "--model", &model, "--out", &out_s]).unwrap();
+    assert!(e.contains("--image") || e.contains("--text"), "{e}");
+    let e = cli(&[
+        "inspect",
+        "--model",
+        "/nonexistent/model",
+        "--image",
+        &png,
+        "--text",
+        "a",
+        "--out",
+        &out_s,
+    ])
+    .unwrap();
+    assert!(e.contains("/nonexistent/model"), "{e}");
+}
