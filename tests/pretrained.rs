@@ -253,7 +253,7 @@ fn a_loaded_model_fine_tunes_with_another_objective() {
             .find(|l| l.name() == loss)
             .unwrap();
         let mut trainer =
-            Trainer::from_pretrained(pre, cfg, synthetic_pairs(), Device::Cpu).unwrap();
+            Trainer::from_pretrained(&pre, cfg, synthetic_pairs(), Device::Cpu).unwrap();
         let before = crate::util::snapshot(&trainer);
         for _ in 0..2 {
             let stats = trainer.step().unwrap();
@@ -317,9 +317,17 @@ fn edit_tensors(path: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
     candle_core::safetensors::save(&t, path).unwrap();
 }
 
+/// Fixture, tag, how to break it, what the error must say.
+type Case = (
+    &'static str,
+    &'static str,
+    Box<dyn FnOnce(&Path)>,
+    &'static [&'static str],
+);
+
 #[test]
 fn broken_checkpoints_are_errors_naming_file_and_field() {
-    let cases: Vec<(&str, &str, Box<dyn FnOnce(&Path)>, &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         (
             "clip",
             "truncated",
@@ -379,7 +387,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "clip",
             "bert",
             Box::new(|d: &Path| {
-                edit_json(&d.join("config.json"), |v| v["model_type"] = "bert".into())
+                edit_json(&d.join("config.json"), |v| v["model_type"] = "bert".into());
             }),
             &[
                 "config.json",
@@ -408,7 +416,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "heads",
             Box::new(|d: &Path| {
                 edit_json(&d.join("config.json"), |v| {
-                    v["text_config"]["num_attention_heads"] = 5.into()
+                    v["text_config"]["num_attention_heads"] = 5.into();
                 });
             }),
             &[
@@ -422,7 +430,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "patch",
             Box::new(|d: &Path| {
                 edit_json(&d.join("config.json"), |v| {
-                    v["vision_config"]["patch_size"] = 7.into()
+                    v["vision_config"]["patch_size"] = 7.into();
                 });
             }),
             &[
@@ -436,7 +444,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "negative",
             Box::new(|d: &Path| {
                 edit_json(&d.join("config.json"), |v| {
-                    v["text_config"]["num_hidden_layers"] = (-2).into()
+                    v["text_config"]["num_hidden_layers"] = (-2).into();
                 });
             }),
             &[
@@ -450,7 +458,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "act",
             Box::new(|d: &Path| {
                 edit_json(&d.join("config.json"), |v| {
-                    v["text_config"]["hidden_act"] = "relu".into()
+                    v["text_config"]["hidden_act"] = "relu".into();
                 });
             }),
             &["config.json", "`text_config.hidden_act`", "\"relu\""],
@@ -460,7 +468,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "vocab",
             Box::new(|d: &Path| {
                 edit_json(&d.join("config.json"), |v| {
-                    v["text_config"]["vocab_size"] = 100.into()
+                    v["text_config"]["vocab_size"] = 100.into();
                 });
             }),
             &["tokenizer.json", "300 ids", "100"],
@@ -470,7 +478,7 @@ fn broken_checkpoints_are_errors_naming_file_and_field() {
             "stats",
             Box::new(|d: &Path| {
                 edit_json(&d.join("preprocessor_config.json"), |v| {
-                    v["image_std"] = serde_json::json!([0.5, 0.0, 0.5])
+                    v["image_std"] = serde_json::json!([0.5, 0.0, 0.5]);
                 });
             }),
             &["preprocessor_config.json", "`image_std`", "positive"],
@@ -495,7 +503,7 @@ fn a_model_of_another_architecture_is_refused_by_the_trainer() {
     let pre = pretrained::load(&fixture("clip"), &Device::Cpu).unwrap();
     let mut cfg = pre.run_config();
     cfg.model.vision.layers = 1;
-    let e = Trainer::from_pretrained(pre, cfg, synthetic_pairs(), Device::Cpu)
+    let e = Trainer::from_pretrained(&pre, cfg, synthetic_pairs(), Device::Cpu)
         .err()
         .unwrap();
     assert!(e.to_string().contains("model"), "{e}");

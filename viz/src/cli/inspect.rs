@@ -152,7 +152,12 @@ fn pretrained_trainer(dir: &Path, a: &InspectArgs, device: Option<Device>) -> Re
     let image = load_image(path, pre.preprocess.image_size)?;
     let pairs = Pairs::new("input", vec![(image, vec![text.clone()])])?;
     let cfg = pre.run_config();
-    Ok(Trainer::from_pretrained(pre, cfg, Arc::new(pairs), device)?)
+    Ok(Trainer::from_pretrained(
+        &pre,
+        cfg,
+        Arc::new(pairs),
+        device,
+    )?)
 }
 
 /// Runs `workbench inspect`.

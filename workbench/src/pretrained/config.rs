@@ -182,6 +182,54 @@ fn tower(t: &Table<'_>, defaults: (usize, usize, usize, usize, Activation, f64))
     Ok(tower)
 }
 
+/// The workbench configuration of a CLIP or SigLIP model with these towers.
+fn model_config(
+    family: Family,
+    embed_dim: usize,
+    patch_size: usize,
+    v: &Tower,
+    t: &Tower,
+) -> ModelConfig {
+    let clip = family == Family::Clip;
+    ModelConfig {
+        embed_dim,
+        projection: if clip {
+            ProjectionKind::Linear
+        } else {
+            ProjectionKind::LinearBias
+        },
+        image_projection: (!clip).then_some(ProjectionKind::Identity),
+        text_projection: None,
+        vision: VisionConfig {
+            patch_size,
+            width: v.width,
+            layers: v.layers,
+            heads: v.heads,
+            mlp_ratio: 1,
+            pool: if clip { Pool::Cls } else { Pool::Map },
+            mlp_hidden: Some(v.hidden),
+            activation: v.activation,
+            layer_norm_eps: v.eps,
+            class_token: clip,
+            ln_pre: clip,
+            patch_bias: !clip,
+            input_stats: None,
+        },
+        text: TextConfig {
+            width: t.width,
+            layers: t.layers,
+            heads: t.heads,
+            mlp_ratio: 1,
+            mlp_hidden: Some(t.hidden),
+            activation: t.activation,
+            layer_norm_eps: t.eps,
+            causal: clip,
+            pool: if clip { TextPool::Eos } else { TextPool::Last },
+        },
+        kernels: crate::model::Kernels::Fused,
+    }
+}
+
 /// Parses `config.json` at `path`.
 pub fn read(path: &Path) -> Result<HfConfig> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -262,43 +310,7 @@ pub fn read(path: &Path) -> Result<HfConfig> {
         projection
     };
     let eos_token_id = text.get("eos_token_id").and_then(Value::as_i64);
-    let model = ModelConfig {
-        embed_dim,
-        projection: if clip {
-            ProjectionKind::Linear
-        } else {
-            ProjectionKind::LinearBias
-        },
-        image_projection: (!clip).then_some(ProjectionKind::Identity),
-        text_projection: None,
-        vision: VisionConfig {
-            patch_size,
-            width: v.width,
-            layers: v.layers,
-            heads: v.heads,
-            mlp_ratio: 1,
-            pool: if clip { Pool::Cls } else { Pool::Map },
-            mlp_hidden: Some(v.hidden),
-            activation: v.activation,
-            layer_norm_eps: v.eps,
-            class_token: clip,
-            ln_pre: clip,
-            patch_bias: !clip,
-            input_stats: None,
-        },
-        text: TextConfig {
-            width: t.width,
-            layers: t.layers,
-            heads: t.heads,
-            mlp_ratio: 1,
-            mlp_hidden: Some(t.hidden),
-            activation: t.activation,
-            layer_norm_eps: t.eps,
-            causal: clip,
-            pool: if clip { TextPool::Eos } else { TextPool::Last },
-        },
-        kernels: crate::model::Kernels::Fused,
-    };
+    let model = model_config(family, embed_dim, patch_size, &v, &t);
     model
         .validate(image_size)
         .map_err(|e| Error::input(path, None, e.to_string()))?;

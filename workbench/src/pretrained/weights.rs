@@ -100,7 +100,7 @@ impl Weights {
 /// Maps one tower's encoder (`<hf>.encoder.layers.<i>.*` → `<ours>.blocks.<i>.*`).
 fn encoder(
     w: &Weights,
-    out: &mut BTreeMap<String, Tensor>,
+    out: &mut Named,
     hf: &str,
     ours: &str,
     (width, hidden, layers): (usize, usize, usize),
@@ -171,13 +171,7 @@ fn encoder(
     Ok(())
 }
 
-fn layer_norm(
-    w: &Weights,
-    out: &mut BTreeMap<String, Tensor>,
-    hf: &str,
-    ours: &str,
-    width: usize,
-) -> Result<()> {
+fn layer_norm(w: &Weights, out: &mut Named, hf: &str, ours: &str, width: usize) -> Result<()> {
     out.insert(
         format!("{ours}.weight"),
         w.take(&format!("{hf}.weight"), &[width])?,
@@ -191,7 +185,7 @@ fn layer_norm(
 
 fn linear(
     w: &Weights,
-    out: &mut BTreeMap<String, Tensor>,
+    out: &mut Named,
     hf: &str,
     ours: &str,
     (rows, cols): (usize, usize),
@@ -210,171 +204,157 @@ fn linear(
     Ok(())
 }
 
+type Named = BTreeMap<String, Tensor>;
+
 /// Every parameter of the model and its objective under the workbench's names, f32 on `device`.
-pub fn read(path: &Path, cfg: &HfConfig, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+pub fn read(path: &Path, cfg: &HfConfig, device: &Device) -> Result<Named> {
     let w = Weights::open(path, device)?;
-    let m = &cfg.model;
-    let (v, t) = (&m.vision, &m.text);
     let mut out = BTreeMap::new();
-    let p = v.patch_size;
+    vision_tower(&w, cfg, &mut out)?;
+    text_tower(&w, cfg, &mut out)?;
+    match cfg.family {
+        Family::Clip => clip_heads(&w, cfg, &mut out)?,
+        Family::Siglip => siglip_heads(&w, cfg, &mut out)?,
+    }
+    Ok(out)
+}
+
+/// Patch embedding, class token, positions, encoder and `ln_post` of the image tower.
+fn vision_tower(w: &Weights, cfg: &HfConfig, out: &mut Named) -> Result<()> {
+    let v = &cfg.model.vision;
+    let (p, d) = (v.patch_size, v.width);
     let grid = cfg.image_size / p;
-    let vis = "model.vision";
     let pe = "vision_model.embeddings";
+    let patch = w.take(&format!("{pe}.patch_embedding.weight"), &[d, 3, p, p])?;
     out.insert(
-        format!("{vis}.patch_embed.weight"),
-        w.take(&format!("{pe}.patch_embedding.weight"), &[v.width, 3, p, p])?
-            .reshape((v.width, 3 * p * p))?,
+        "model.vision.patch_embed.weight".into(),
+        patch.reshape((d, 3 * p * p))?,
     );
     if v.patch_bias {
-        out.insert(
-            format!("{vis}.patch_embed.bias"),
-            w.take(&format!("{pe}.patch_embedding.bias"), &[v.width])?,
-        );
+        let bias = w.take(&format!("{pe}.patch_embedding.bias"), &[d])?;
+        out.insert("model.vision.patch_embed.bias".into(), bias);
     }
     if v.class_token {
-        out.insert(
-            format!("{vis}.cls"),
-            w.take(&format!("{pe}.class_embedding"), &[v.width])?,
-        );
+        let cls = w.take(&format!("{pe}.class_embedding"), &[d])?;
+        out.insert("model.vision.cls".into(), cls);
     }
-    out.insert(
-        format!("{vis}.pos"),
-        w.take(
-            &format!("{pe}.position_embedding.weight"),
-            &[grid * grid + v.prefix_tokens(), v.width],
-        )?,
-    );
+    let positions = [grid * grid + v.prefix_tokens(), d];
+    let pos = w.take(&format!("{pe}.position_embedding.weight"), &positions)?;
+    out.insert("model.vision.pos".into(), pos);
     encoder(
-        &w,
-        &mut out,
+        w,
+        out,
         "vision_model",
-        vis,
-        (v.width, v.hidden(), v.layers),
+        "model.vision",
+        (d, v.hidden(), v.layers),
     )?;
     layer_norm(
-        &w,
-        &mut out,
+        w,
+        out,
         "vision_model.post_layernorm",
-        &format!("{vis}.ln_post"),
-        v.width,
-    )?;
+        "model.vision.ln_post",
+        d,
+    )
+}
 
-    let txt = "model.text";
-    out.insert(
-        format!("{txt}.token_embed"),
-        w.take(
-            "text_model.embeddings.token_embedding.weight",
-            &[cfg.vocab_size, t.width],
-        )?,
-    );
-    out.insert(
-        format!("{txt}.pos"),
-        w.take(
-            "text_model.embeddings.position_embedding.weight",
-            &[cfg.context_length, t.width],
-        )?,
-    );
+/// Token and position embeddings, encoder and `ln_final` of the text tower.
+fn text_tower(w: &Weights, cfg: &HfConfig, out: &mut Named) -> Result<()> {
+    let t = &cfg.model.text;
+    let te = "text_model.embeddings";
+    let tokens = w.take(
+        &format!("{te}.token_embedding.weight"),
+        &[cfg.vocab_size, t.width],
+    )?;
+    out.insert("model.text.token_embed".into(), tokens);
+    let pos = w.take(
+        &format!("{te}.position_embedding.weight"),
+        &[cfg.context_length, t.width],
+    )?;
+    out.insert("model.text.pos".into(), pos);
     encoder(
-        &w,
-        &mut out,
+        w,
+        out,
         "text_model",
-        txt,
+        "model.text",
         (t.width, t.hidden(), t.layers),
     )?;
     layer_norm(
-        &w,
-        &mut out,
+        w,
+        out,
         "text_model.final_layer_norm",
-        &format!("{txt}.ln_final"),
+        "model.text.ln_final",
         t.width,
-    )?;
+    )
+}
 
-    match cfg.family {
-        Family::Clip => {
-            layer_norm(
-                &w,
-                &mut out,
-                "vision_model.pre_layrnorm",
-                &format!("{vis}.ln_pre"),
-                v.width,
-            )?;
-            let e = m.embed_dim;
-            linear(
-                &w,
-                &mut out,
-                "visual_projection",
-                "model.image_proj",
-                (e, v.width),
-                false,
-            )?;
-            linear(
-                &w,
-                &mut out,
-                "text_projection",
-                "model.text_proj",
-                (e, t.width),
-                false,
-            )?;
-            out.insert("loss.clip.logit_scale".into(), w.scalar("logit_scale")?);
-        }
-        Family::Siglip => {
-            let h = "vision_model.head";
-            let map = format!("{vis}.map");
-            let d = v.width;
-            out.insert(
-                format!("{map}.probe"),
-                w.take(&format!("{h}.probe"), &[1, 1, d])?.reshape(d)?,
-            );
-            out.insert(
-                format!("{map}.attn.qkv.weight"),
-                w.take(&format!("{h}.attention.in_proj_weight"), &[3 * d, d])?,
-            );
-            out.insert(
-                format!("{map}.attn.qkv.bias"),
-                w.take(&format!("{h}.attention.in_proj_bias"), &[3 * d])?,
-            );
-            linear(
-                &w,
-                &mut out,
-                &format!("{h}.attention.out_proj"),
-                &format!("{map}.attn.proj"),
-                (d, d),
-                true,
-            )?;
-            layer_norm(
-                &w,
-                &mut out,
-                &format!("{h}.layernorm"),
-                &format!("{map}.ln"),
-                d,
-            )?;
-            linear(
-                &w,
-                &mut out,
-                &format!("{h}.mlp.fc1"),
-                &format!("{map}.mlp.fc"),
-                (v.hidden(), d),
-                true,
-            )?;
-            linear(
-                &w,
-                &mut out,
-                &format!("{h}.mlp.fc2"),
-                &format!("{map}.mlp.proj"),
-                (d, v.hidden()),
-                true,
-            )?;
-            linear(
-                &w,
-                &mut out,
-                "text_model.head",
-                "model.text_proj",
-                (m.embed_dim, t.width),
-                true,
-            )?;
-            out.insert("loss.siglip.logit_scale".into(), w.scalar("logit_scale")?);
-            out.insert("loss.siglip.logit_bias".into(), w.scalar("logit_bias")?);
-        }
-    }
-    Ok(out)
+/// CLIP: `ln_pre`, the two bias-free projections and the logit scale.
+fn clip_heads(w: &Weights, cfg: &HfConfig, out: &mut Named) -> Result<()> {
+    let m = &cfg.model;
+    let (e, dv, dt) = (m.embed_dim, m.vision.width, m.text.width);
+    layer_norm(
+        w,
+        out,
+        "vision_model.pre_layrnorm",
+        "model.vision.ln_pre",
+        dv,
+    )?;
+    linear(
+        w,
+        out,
+        "visual_projection",
+        "model.image_proj",
+        (e, dv),
+        false,
+    )?;
+    linear(w, out, "text_projection", "model.text_proj", (e, dt), false)?;
+    out.insert("loss.clip.logit_scale".into(), w.scalar("logit_scale")?);
+    Ok(())
+}
+
+/// SigLIP: the attention-pooling head, the text head, the logit scale and bias.
+fn siglip_heads(w: &Weights, cfg: &HfConfig, out: &mut Named) -> Result<()> {
+    let m = &cfg.model;
+    let (d, hidden) = (m.vision.width, m.vision.hidden());
+    let h = "vision_model.head";
+    let map = "model.vision.map";
+    let probe = w.take(&format!("{h}.probe"), &[1, 1, d])?;
+    out.insert(format!("{map}.probe"), probe.reshape(d)?);
+    let qkv = w.take(&format!("{h}.attention.in_proj_weight"), &[3 * d, d])?;
+    out.insert(format!("{map}.attn.qkv.weight"), qkv);
+    let qkv_bias = w.take(&format!("{h}.attention.in_proj_bias"), &[3 * d])?;
+    out.insert(format!("{map}.attn.qkv.bias"), qkv_bias);
+    let (attn_out, attn_proj) = (
+        format!("{h}.attention.out_proj"),
+        format!("{map}.attn.proj"),
+    );
+    linear(w, out, &attn_out, &attn_proj, (d, d), true)?;
+    layer_norm(w, out, &format!("{h}.layernorm"), &format!("{map}.ln"), d)?;
+    linear(
+        w,
+        out,
+        &format!("{h}.mlp.fc1"),
+        &format!("{map}.mlp.fc"),
+        (hidden, d),
+        true,
+    )?;
+    linear(
+        w,
+        out,
+        &format!("{h}.mlp.fc2"),
+        &format!("{map}.mlp.proj"),
+        (d, hidden),
+        true,
+    )?;
+    let text_head = (m.embed_dim, m.text.width);
+    linear(
+        w,
+        out,
+        "text_model.head",
+        "model.text_proj",
+        text_head,
+        true,
+    )?;
+    out.insert("loss.siglip.logit_scale".into(), w.scalar("logit_scale")?);
+    out.insert("loss.siglip.logit_bias".into(), w.scalar("logit_bias")?);
+    Ok(())
 }

@@ -27,12 +27,12 @@ impl Trainer {
     /// let data = Arc::new(Pairs::new("mine", vec![(image, vec!["a grey square".into()])])?);
     /// let mut cfg = pre.run_config();
     /// cfg.train.steps = 10;
-    /// let mut trainer = Trainer::from_pretrained(pre, cfg, data, Device::Cpu)?;
+    /// let mut trainer = Trainer::from_pretrained(&pre, cfg, data, Device::Cpu)?;
     /// let view = trainer.attention(&trainer.sample(workbench::data::Split::Val, 0)?.image, "a square")?;
     /// # Ok::<(), workbench::Error>(())
     /// ```
     pub fn from_pretrained(
-        pretrained: Pretrained,
+        pretrained: &Pretrained,
         cfg: RunConfig,
         dataset: Arc<dyn PairDataset>,
         device: Device,
