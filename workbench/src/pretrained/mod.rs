@@ -138,6 +138,22 @@ pub fn load(dir: &Path, device: &Device) -> Result<Pretrained> {
             ),
         });
     }
+    // transformers pools CLIP text at the first `eos_token_id` (or, for the legacy value 2, at
+    // the argmax of the ids); the workbench pools at the tokenizer's EOS. They must agree.
+    if let Some(id) = config.eos_token_id
+        && config.family == Family::Clip
+        && id != 2
+        && id != i64::from(tokenizer.eos_id())
+    {
+        return Err(Error::input(
+            dir.join("config.json"),
+            None,
+            format!(
+                "field `text_config.eos_token_id` is {id}, but the end-of-text token of tokenizer.json is {}; the text would be pooled at another position than transformers pools it",
+                tokenizer.eos_id()
+            ),
+        ));
+    }
     let tensors = weights::read(&dir.join("model.safetensors"), &config, device)?;
     let mut model = config.model.clone();
     model.vision.input_stats = (stats != CLIP_STATS).then_some(stats);
