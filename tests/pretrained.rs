@@ -386,3 +386,28 @@ fn inspect_shows_a_pretrained_model() {
     .unwrap();
     assert!(e.contains("/nonexistent/model"), "{e}");
 }
+
+#[test]
+fn a_loaded_model_is_evaluated_zero_shot_and_its_gap_analysed_on_the_synthetic_set() {
+    // SigLIP only: the CLIP fixture's 300-token BPE spells the set's prompts ("a picture of …")
+    // in more pieces than its 16 positions hold (the trainer refuses to truncate them).
+    let name = "siglip";
+    let pre = pretrained::load(&fixture(name), &Device::Cpu).unwrap();
+    let mut cfg = pre.run_config();
+    assert_eq!(cfg.data.image_size, 32);
+    // Single objects keep the captions within the fixtures' 16 positions.
+    cfg.data.max_objects = 1;
+    cfg.data.val_size = 24;
+    cfg.data.zero_shot_size = 36;
+    cfg.train.eval_batch_size = 12;
+    let data = Arc::new(workbench::data::Shapes::new(cfg.data.clone()).unwrap());
+    let mut trainer = Trainer::from_pretrained(&pre, cfg, data, Device::Cpu).unwrap();
+    let report = trainer.evaluate(workbench::data::Split::Val).unwrap();
+    let zs = report.zero_shot.as_ref().unwrap();
+    assert!((0.0..=1.0).contains(&zs.accuracy), "{name}: {zs:?}");
+    assert!(report.modality_gap.is_finite() && report.modality_gap > 0.0);
+    let gap = trainer
+        .analyse_gap(workbench::data::Split::Val, &[0.0, 0.5])
+        .unwrap();
+    assert_eq!(gap.sweep.len(), 2, "{name}");
+}
