@@ -37,13 +37,14 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
         .unwrap()
 }
 
-/// The fixture's `(2, 32, 32, 3)` u8 images.
+/// The reference's `(N, S, S, 3)` u8 images.
 fn images(r: &HashMap<String, Tensor>) -> Vec<RgbImage> {
     let px = &r["pixels"];
+    let side = px.dim(1).unwrap();
     (0..px.dim(0).unwrap())
         .map(|i| RgbImage {
-            width: 32,
-            height: 32,
+            width: side,
+            height: side,
             data: px
                 .i(i)
                 .unwrap()
@@ -57,9 +58,15 @@ fn images(r: &HashMap<String, Tensor>) -> Vec<RgbImage> {
 
 /// Loads a fixture, runs both towers on the reference inputs and compares everything.
 fn parity(name: &str, kernels: Kernels) {
+    parity_in(&fixture(name), kernels);
+}
+
+/// [`parity`] for any directory holding a checkpoint and its `reference.safetensors`.
+fn parity_in(dir: &Path, kernels: Kernels) {
     let dev = Device::Cpu;
-    let r = reference(name);
-    let mut pre = pretrained::load(&fixture(name), &dev).unwrap();
+    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &dev).unwrap();
+    let name = dir.display().to_string();
+    let mut pre = pretrained::load(dir, &dev).unwrap();
     pre.model.kernels = kernels;
     let (model, params) = pre.build(&dev).unwrap();
 
@@ -120,6 +127,14 @@ fn parity(name: &str, kernels: Kernels) {
     if let Some(bias) = params.get("loss.siglip.logit_bias") {
         logits = logits.broadcast_add(bias.as_tensor()).unwrap();
     }
+    for (what, ours, theirs) in [
+        ("image_embeds", &img.embedding, &r["image_embeds"]),
+        ("text_embeds", &txt.embedding, &r["text_embeds"]),
+        ("logits", &logits, &r["logits_per_image"]),
+    ] {
+        let d = kernels::check::max_abs_diff(ours, theirs).unwrap();
+        println!("{name} ({kernels:?}): {what} max |Δ| = {d:.2e}");
+    }
     assert_close(
         &logits,
         &r["logits_per_image"],
@@ -146,6 +161,25 @@ fn clip_checkpoint_matches_transformers() {
 fn siglip_checkpoint_matches_transformers() {
     parity("siglip", Kernels::Fused);
     parity("siglip", Kernels::Reference);
+}
+
+/// Checkpoints made like the fixtures at full size (e.g. transformers' default CLIP, ViT-B/32):
+/// `WORKBENCH_HF_PARITY=dir1:dir2 cargo test … -- --ignored pretrained::parity_at_full_size`.
+#[test]
+#[ignore = "needs checkpoints named by WORKBENCH_HF_PARITY"]
+fn parity_at_full_size() {
+    let dirs = std::env::var("WORKBENCH_HF_PARITY").unwrap();
+    for dir in dirs.split(':') {
+        let t0 = std::time::Instant::now();
+        pretrained::load(Path::new(dir), &Device::Cpu).unwrap();
+        println!("{dir}: loaded in {:.2} s", t0.elapsed().as_secs_f64());
+        let t0 = std::time::Instant::now();
+        parity_in(Path::new(dir), Kernels::Fused);
+        println!(
+            "{dir}: load + forward + checks in {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 }
 
 #[test]
