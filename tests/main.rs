@@ -30,6 +30,8 @@ mod analysis;
 mod inspect;
 // The interactive session behind the desktop app: requests, history, fork.
 mod session;
+// Pretrained Hugging Face CLIP and SigLIP: parity with transformers, fine-tuning, bad checkpoints.
+mod pretrained;
 // The command line: a real run, and every bad-input case.
 mod cli;
 // Figures: PNG and SVG output, cell colours, overlay blending, bad input, saving.

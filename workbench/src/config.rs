@@ -33,6 +33,11 @@ pub struct TokenizerConfig {
     pub context_length: usize,
     /// An existing `tokenizer.json` to use instead of fitting a word-level one.
     pub file: Option<PathBuf>,
+    /// Texts start with BOS (false for SigLIP's tokenizer, which has none).
+    pub bos: bool,
+    /// Batches are padded to the full context length (SigLIP's bidirectional text tower pools at
+    /// the last position, so it sees the padding); else to the longest text.
+    pub pad_to_context: bool,
 }
 
 impl Default for TokenizerConfig {
@@ -40,7 +45,21 @@ impl Default for TokenizerConfig {
         Self {
             context_length: 32,
             file: None,
+            bos: true,
+            pad_to_context: false,
         }
+    }
+}
+
+impl TokenizerConfig {
+    /// Loads `path` (a Hugging Face `tokenizer.json`) with this context length and layout.
+    pub fn load(&self, path: &Path) -> Result<crate::data::Tokenizer> {
+        crate::data::Tokenizer::from_file_with(
+            path,
+            self.context_length,
+            self.bos,
+            self.pad_to_context,
+        )
     }
 }
 
@@ -230,6 +249,12 @@ impl RunConfig {
 
     /// Checks every section; the error names the offending field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_for(self.data.image_size)
+    }
+
+    /// [`RunConfig::validate`] for a model that will see `image_size`-pixel images (those of
+    /// the dataset it is given, which need not be the synthetic set of `data`).
+    pub fn validate_for(&self, image_size: usize) -> Result<()> {
         if !PRESETS.contains(&self.preset.as_str()) {
             return Err(Error::config(
                 "preset",
@@ -240,7 +265,7 @@ impl RunConfig {
             ));
         }
         self.data.validate()?;
-        self.model.validate(self.data.image_size)?;
+        self.model.validate(image_size)?;
         if self.tokenizer.context_length < 3 {
             return Err(Error::config(
                 "tokenizer.context_length",

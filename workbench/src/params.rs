@@ -148,6 +148,32 @@ impl Params {
             .collect()
     }
 
+    /// Sets each named tensor: an existing parameter takes the value (its shape must match), a
+    /// new name is created with it. Values are converted to f32 on the store's device.
+    pub fn insert_all(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        let mut vars = self.lock();
+        for (name, t) in tensors {
+            let t = t.to_dtype(DType::F32)?.to_device(&self.device)?;
+            match vars.get(name) {
+                Some(v) if v.shape() != t.shape() => {
+                    return Err(Error::config(
+                        name,
+                        format!(
+                            "parameter exists with shape {:?}, given {:?}",
+                            v.shape(),
+                            t.shape()
+                        ),
+                    ));
+                }
+                Some(v) => v.set(&t)?,
+                None => {
+                    vars.insert(name.clone(), Var::from_tensor(&t)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes every parameter to a safetensors file (readable by PyTorch's `safetensors.torch`).
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::checkpoint::save_tensors(&self.tensors(), path)

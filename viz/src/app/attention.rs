@@ -171,7 +171,7 @@ fn image_ui(
         };
         let query = match reply.pool {
             workbench::model::Pool::Cls => "class token",
-            workbench::model::Pool::Mean => "mean of patch queries",
+            workbench::model::Pool::Mean | workbench::model::Pool::Map => "mean of patch queries",
         };
         ui.label(format!(
             "{query} → patches, {what}\n(colours span this map's own range)"

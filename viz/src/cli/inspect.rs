@@ -2,11 +2,13 @@
 
 use super::{EvalArgs, GapArgs, say};
 use anyhow::{Context as _, Result, bail};
+use candle_core::Device;
 use clap::Args;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use workbench::analysis::GapAnalysis;
 use workbench::config::parse_device;
-use workbench::data::{RgbImage, Split};
+use workbench::data::{Pairs, RgbImage, Split};
 use workbench::train::Trainer;
 
 use crate::figure::Figure;
@@ -14,10 +16,16 @@ use crate::report;
 
 /// `workbench inspect`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["run", "model"])))]
 pub struct InspectArgs {
     /// A run directory or its `checkpoint/`.
     #[arg(long, alias = "checkpoint")]
-    pub run: PathBuf,
+    pub run: Option<PathBuf>,
+    /// A pretrained Hugging Face CLIP or SigLIP directory (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`; e.g. from `huggingface-cli download openai/clip-vit-base-patch32
+    /// --local-dir DIR`). Needs `--image` and `--text`.
+    #[arg(long, requires_all = ["image", "text"])]
+    pub model: Option<PathBuf>,
     /// An image file (PNG, JPEG or WebP), centre-cropped and resized to the model's input.
     #[arg(long, conflicts_with = "sample")]
     pub image: Option<PathBuf>,
@@ -119,10 +127,47 @@ struct Numbers<'a> {
     heads: &'a workbench::analysis::HeadDiagnostics,
 }
 
+/// A trainer on the pretrained model in `dir` whose only data is `--image` with `--text`.
+fn pretrained_trainer(dir: &Path, a: &InspectArgs, device: Option<Device>) -> Result<Trainer> {
+    let device = device.unwrap_or(Device::Cpu);
+    let pre = workbench::pretrained::load(dir, &device)
+        .with_context(|| format!("cannot load the pretrained model {}", dir.display()))?;
+    let (Some(path), Some(text)) = (&a.image, &a.text) else {
+        bail!("--model needs --image and --text");
+    };
+    let stats = &pre.preprocess.stats;
+    say(&format!(
+        "{:?} model from {}: {} px input, mean {:?} std {:?} ({})",
+        pre.config.family,
+        dir.display(),
+        pre.preprocess.image_size,
+        stats.mean,
+        stats.std,
+        if pre.preprocess.from_file {
+            "from preprocessor_config.json"
+        } else {
+            "the family's defaults"
+        }
+    ))?;
+    let image = load_image(path, pre.preprocess.image_size)?;
+    let pairs = Pairs::new("input", vec![(image, vec![text.clone()])])?;
+    let cfg = pre.run_config();
+    Ok(Trainer::from_pretrained(
+        &pre,
+        cfg,
+        Arc::new(pairs),
+        device,
+    )?)
+}
+
 /// Runs `workbench inspect`.
 pub fn inspect(a: &InspectArgs) -> Result<()> {
     let device = a.device.as_deref().map(parse_device).transpose()?;
-    let trainer = Trainer::resume(&a.run, device)?;
+    let trainer = match (&a.run, &a.model) {
+        (_, Some(dir)) => pretrained_trainer(dir, a, device)?,
+        (Some(run), None) => Trainer::resume(run, device)?,
+        (None, None) => bail!("give --run (a run directory) or --model (a pretrained model)"),
+    };
     let split = split_of(&a.split);
     let (image, text, source) = resolve_input(&trainer, a, split)?;
     if text.trim().is_empty() {

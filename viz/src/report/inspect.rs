@@ -46,7 +46,7 @@ pub fn attention_grid(
     ));
     let query = match pool {
         Pool::Cls => "class token",
-        Pool::Mean => "mean of patch queries",
+        Pool::Mean | Pool::Map => "mean of patch queries",
     };
     OverlayGrid {
         title: format!("Image attention, {query} → patches (layers × heads; last: rollout)"),

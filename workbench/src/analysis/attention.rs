@@ -171,7 +171,8 @@ pub struct AttentionView {
     pub tokens: Vec<String>,
     /// Patches per side.
     pub grid: usize,
-    /// Image tower: positions are the class token, then the patches row by row.
+    /// Image tower: positions are the class token (if the tower has one), then the patches row
+    /// by row.
     pub vision: AttentionStack,
     /// Text tower over `tokens` (causal: upper triangle is zero).
     pub text_attention: AttentionStack,
@@ -187,27 +188,39 @@ pub struct AttentionView {
 
 impl AttentionView {
     /// The pooled query's attention over the patches (`N` values, row-major `grid × grid`) in
-    /// `layer`, `head`: the class token's row without its own entry, or, for mean-pooled
-    /// towers, the mean over patch queries.
+    /// `layer`, `head`: the class token's row without its own entry, or, for mean- and
+    /// attention-pooled towers, the mean over patch queries.
     pub fn cls_to_patches(&self, layer: usize, head: usize, pool: Pool) -> Vec<f32> {
-        pooled_row(self.vision.map(layer, head), self.vision.len, pool)
+        pooled_row(
+            self.vision.map(layer, head),
+            self.vision.len,
+            self.prefix(),
+            pool,
+        )
     }
 
     /// The rollout row of the pooled query over the patches.
     pub fn rollout_to_patches(&self, pool: Pool) -> Vec<f32> {
-        pooled_row(&self.vision_rollout, self.vision.len, pool)
+        pooled_row(&self.vision_rollout, self.vision.len, self.prefix(), pool)
+    }
+
+    /// Image-tower positions before the first patch (1 for a class token, else 0).
+    pub fn prefix(&self) -> usize {
+        self.vision.len.saturating_sub(self.grid * self.grid)
     }
 }
 
-/// Row of the pooled query over the `len − 1` patches of a `len × len` image-tower matrix.
-pub fn pooled_row(m: &[f32], len: usize, pool: Pool) -> Vec<f32> {
+/// Row of the pooled query over the `len − prefix` patches of a `len × len` image-tower matrix
+/// whose first `prefix` positions are not patches (the class token).
+pub fn pooled_row(m: &[f32], len: usize, prefix: usize, pool: Pool) -> Vec<f32> {
     match pool {
-        Pool::Cls => m[1..len].to_vec(),
-        Pool::Mean => {
-            let mut out = vec![0f32; len - 1];
-            for q in 1..len {
-                for (o, x) in out.iter_mut().zip(&m[q * len + 1..(q + 1) * len]) {
-                    *o += x / (len - 1) as f32;
+        Pool::Cls => m[prefix..len].to_vec(),
+        Pool::Mean | Pool::Map => {
+            let n = len - prefix;
+            let mut out = vec![0f32; n];
+            for q in prefix..len {
+                for (o, x) in out.iter_mut().zip(&m[q * len + prefix..(q + 1) * len]) {
+                    *o += x / n as f32;
                 }
             }
             out
@@ -300,7 +313,8 @@ pub fn attention(
     let len = vi.first().map_or(Ok(0), |w| w.dim(2))?;
     let vision = AttentionStack::from_tensors(vi, 0, len)?;
     let text_attention = AttentionStack::from_tensors(ti, 0, tokens.len())?;
-    let grid = ((len - 1) as f64).sqrt().round() as usize;
+    let prefix = model.config().vision.prefix_tokens();
+    let grid = ((len - prefix) as f64).sqrt().round() as usize;
     Ok(AttentionView {
         text: text.to_string(),
         grid,
@@ -375,7 +389,12 @@ fn row_entropy(row: &[f32]) -> f32 {
 }
 
 /// Mass statistics of one stack: `background` is per key position (image) or `None` (text).
-fn stack_mass(stack: &AttentionStack, background: Option<&[bool]>, causal: bool) -> Vec<HeadMass> {
+fn stack_mass(
+    stack: &AttentionStack,
+    background: Option<&[bool]>,
+    prefix: usize,
+    causal: bool,
+) -> Vec<HeadMass> {
     let l = stack.len;
     let mut out = Vec::new();
     for layer in 0..stack.layers {
@@ -393,7 +412,7 @@ fn stack_mass(stack: &AttentionStack, background: Option<&[bool]>, causal: bool)
                         .iter()
                         .enumerate()
                         .filter(|(_, b)| **b)
-                        .map(|(k, _)| f64::from(row[k + 1]))
+                        .map(|(k, _)| f64::from(row[k + prefix]))
                         .sum::<f64>();
                 }
             }
@@ -460,8 +479,16 @@ pub fn head_diagnostics(
     for (image, caption, truth) in pairs {
         let view = attention(model, tokenizer, image, caption, device)?;
         let bg = truth.map(|t| background_patches(t, view.grid, patch));
-        accumulate(&mut vision, &stack_mass(&view.vision, bg.as_deref(), false));
-        accumulate(&mut text, &stack_mass(&view.text_attention, None, true));
+        let prefix = view.prefix();
+        accumulate(
+            &mut vision,
+            &stack_mass(&view.vision, bg.as_deref(), prefix, false),
+        );
+        let causal = model.text().causal();
+        accumulate(
+            &mut text,
+            &stack_mass(&view.text_attention, None, 0, causal),
+        );
         accumulate_stats(&mut va, &view.vision_activations);
         accumulate_stats(&mut ta, &view.text_activations);
     }
@@ -521,8 +548,8 @@ mod tests {
     fn pooled_row_takes_the_class_row_or_the_patch_mean() {
         // len 3: class token + 2 patches.
         let m = [0.2, 0.3, 0.5, 0.1, 0.6, 0.3, 0.0, 0.2, 0.8];
-        assert_eq!(pooled_row(&m, 3, Pool::Cls), vec![0.3, 0.5]);
-        let mean = pooled_row(&m, 3, Pool::Mean);
+        assert_eq!(pooled_row(&m, 3, 1, Pool::Cls), vec![0.3, 0.5]);
+        let mean = pooled_row(&m, 3, 1, Pool::Mean);
         assert!((mean[0] - 0.4).abs() < 1e-6 && (mean[1] - 0.55).abs() < 1e-6);
     }
 
@@ -535,7 +562,7 @@ mod tests {
             len: 3,
             weights: vec![1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.25, 0.25, 0.5],
         };
-        let m = stack_mass(&stack, Some(&[false, true]), false)[0];
+        let m = stack_mass(&stack, Some(&[false, true]), 1, false)[0];
         assert!((m.sink - f32::midpoint(0.5, 0.25)).abs() < 1e-6);
         assert!((m.background.unwrap() - 0.5 / 3.0).abs() < 1e-6);
         let h = |p: &[f64]| {

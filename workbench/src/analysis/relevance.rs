@@ -19,7 +19,7 @@ use super::attention::{identity, matmul, pooled_row, rollout, token_labels};
 use crate::data::batch::{images_tensor, text_tensors};
 use crate::data::{RgbImage, Tokenizer};
 use crate::model::layers::Probes;
-use crate::model::{Capture, ClipModel};
+use crate::model::{Capture, ClipModel, TextPool};
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -138,7 +138,8 @@ pub fn relevance(
     let x = images_tensor(&[image], device)?;
     let (ids, eos, _) = text_tensors(&[text], tokenizer, device)?;
     let grid = image.width / vc.patch_size;
-    let len = 1 + grid * grid;
+    let prefix = vc.prefix_tokens();
+    let len = prefix + grid * grid;
     let t = ids.dim(1)?;
     let vp = Probes::zeros(vc.layers, (1, len, vc.width), vc.heads, device)?;
     let tp = Probes::zeros(tc.layers, (1, t, tc.width), tc.heads, device)?;
@@ -147,12 +148,18 @@ pub fn relevance(
     let score = (&img.embedding * &txt.embedding)?.sum_all()?;
     let grads = score.backward()?;
     let tokens = token_labels(tokenizer, text)?;
-    if tokens.len() != t {
+    let n_tok = tokens.len();
+    if n_tok > t || (tc.pool == TextPool::Eos && n_tok != t) {
         return Err(Error::Data(format!(
-            "{} token labels for {t} positions of {text:?}",
-            tokens.len()
+            "{n_tok} token labels for {t} positions of {text:?}"
         )));
     }
+    // The pooled query: EOS, or the last (padding) position of a tower pooled there.
+    let pooled = if tc.pool == TextPool::Last {
+        t - 1
+    } else {
+        n_tok - 1
+    };
 
     let no_weights = || Error::Data("the tower returned no attention weights".into());
     let vw = img.attentions.as_ref().ok_or_else(no_weights)?;
@@ -165,18 +172,18 @@ pub fn relevance(
         .collect::<Result<_>>()?;
 
     let xi = last_input(&img.tower.encoder)?;
-    let image_grad_cam = grad_cam(&host(xi)?, &last_grad(&grads, &vp)?, vc.width, 1..len);
+    let image_grad_cam = grad_cam(&host(xi)?, &last_grad(&grads, &vp)?, vc.width, prefix..len);
     let xt = last_input(&txt.tower.encoder)?;
-    let text_grad_cam = grad_cam(&host(xt)?, &last_grad(&grads, &tp)?, tc.width, 0..t);
+    let text_grad_cam = grad_cam(&host(xt)?, &last_grad(&grads, &tp)?, tc.width, 0..n_tok);
 
     Ok(Relevance {
         text: text.to_string(),
         grid,
         score: score.to_scalar::<f32>()?,
         image_grad_cam,
-        image_relevance: pooled_row(&r_img, len, vc.pool),
-        image_rollout: pooled_row(&rollout(&means, len, true), len, vc.pool),
-        text_relevance: r_txt[(t - 1) * t..t * t].to_vec(),
+        image_relevance: pooled_row(&r_img, len, prefix, vc.pool),
+        image_rollout: pooled_row(&rollout(&means, len, true), len, prefix, vc.pool),
+        text_relevance: r_txt[pooled * t..pooled * t + n_tok].to_vec(),
         text_grad_cam,
         tokens,
     })

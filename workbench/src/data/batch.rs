@@ -103,7 +103,8 @@ pub fn images_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor> {
 ///
 /// `T` is the longest text's length (EOS included), at most the context length: the text tower
 /// is causal, so positions after the last EOS cannot change any real token's output and are not
-/// computed.
+/// computed. A tokenizer that [pads to the context](Tokenizer::pads_to_context) (for a
+/// bidirectional tower pooled at the last position) gives `T` = the context length.
 pub fn text_tensors(
     texts: &[&str],
     tokenizer: &Tokenizer,
@@ -113,7 +114,11 @@ pub fn text_tensors(
         .iter()
         .map(|text| tokenizer.encode(text))
         .collect::<Result<Vec<_>>>()?;
-    let t = encodings.iter().map(|e| e.eos + 1).max().unwrap_or(1);
+    let t = if tokenizer.pads_to_context() {
+        tokenizer.context_length()
+    } else {
+        encodings.iter().map(|e| e.eos + 1).max().unwrap_or(1)
+    };
     let mut ids = Vec::with_capacity(texts.len() * t);
     let mut eos = Vec::with_capacity(texts.len());
     let mut mask = Vec::with_capacity(texts.len() * t);

@@ -8,6 +8,9 @@
 //!   EOS and PAD are found among the usual special-token names; PAD falls back to EOS.
 //!
 //! [`Tokenizer::encode`] always yields exactly `context_length` ids: BOS, the text, EOS, then PAD.
+//! A tokenizer loaded by [`Tokenizer::from_file_with`] without BOS (SigLIP's) starts with the
+//! text itself; one with `pad_to_context: true` makes batches of full context length (a
+//! bidirectional text tower pooled at the last position sees the padding).
 //! Text longer than the context is truncated and still ends in EOS, and the EOS position is
 //! returned explicitly — the text tower pools there (never at the argmax of the ids).
 
@@ -37,6 +40,8 @@ pub struct Tokenizer {
     eos: u32,
     pad: u32,
     context_length: usize,
+    add_bos: bool,
+    pad_to_context: bool,
 }
 
 /// One encoded text, padded to the context length.
@@ -152,19 +157,32 @@ impl Tokenizer {
                 format!("{context_length} leaves no room for BOS, a word and EOS (need >= 3)"),
             ));
         }
+        Self::wrap_with(inner, context_length, path, true)
+    }
+
+    fn wrap_with(
+        inner: tokenizers::Tokenizer,
+        context_length: usize,
+        path: Option<&Path>,
+        add_bos: bool,
+    ) -> Result<Self> {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let bos = find(&BOS_NAMES).ok_or_else(|| {
-            tok_err(
-                path,
-                format!("no begin-of-text token; looked for {BOS_NAMES:?}"),
-            )
-        })?;
         let eos = find(&EOS_NAMES).ok_or_else(|| {
             tok_err(
                 path,
                 format!("no end-of-text token; looked for {EOS_NAMES:?}"),
             )
         })?;
+        let bos = match find(&BOS_NAMES) {
+            Some(id) => id,
+            None if !add_bos => eos,
+            None => {
+                return Err(tok_err(
+                    path,
+                    format!("no begin-of-text token; looked for {BOS_NAMES:?}"),
+                ));
+            }
+        };
         let pad = find(&PAD_NAMES).unwrap_or(eos);
         Ok(Self {
             inner,
@@ -172,7 +190,43 @@ impl Tokenizer {
             eos,
             pad,
             context_length,
+            add_bos,
+            pad_to_context: false,
         })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json` whose texts start with BOS only if `bos` (a
+    /// tokenizer without a BOS token is accepted then), and whose batches are padded to the full
+    /// context when `pad_to_context`.
+    pub fn from_file_with(
+        path: impl AsRef<Path>,
+        context_length: usize,
+        bos: bool,
+        pad_to_context: bool,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| tok_err(Some(path), format!("not a valid tokenizer.json: {e}")))?;
+        if context_length < 2 + usize::from(bos) {
+            return Err(Error::config(
+                "tokenizer.context_length",
+                format!("{context_length} leaves no room for the text and EOS"),
+            ));
+        }
+        let mut t = Self::wrap_with(inner, context_length, Some(path), bos)?;
+        t.pad_to_context = pad_to_context;
+        Ok(t)
+    }
+
+    /// Whether encodings start with BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether batches are padded to the full context length (else to the longest text).
+    pub fn pads_to_context(&self) -> bool {
+        self.pad_to_context
     }
 
     /// Writes `tokenizer.json` (readable by Python's `tokenizers.Tokenizer.from_file`).
@@ -205,7 +259,8 @@ impl Tokenizer {
         self.eos
     }
 
-    /// Id of the begin-of-text token.
+    /// Id of the begin-of-text token (the EOS id when the vocabulary has none and texts start
+    /// without it; see [`Tokenizer::adds_bos`]).
     pub fn bos_id(&self) -> u32 {
         self.bos
     }
@@ -229,12 +284,12 @@ impl Tokenizer {
             .map(|&m| m != 0)
             .collect();
         // Tokenizers without a post-processor add no BOS/EOS: add them here.
-        if ids.first() != Some(&self.bos) {
+        if self.add_bos && ids.first() != Some(&self.bos) {
             ids.insert(0, self.bos);
             offsets.insert(0, (0, 0));
             special.insert(0, true);
         }
-        if ids.len() < 2 || ids.last() != Some(&self.eos) {
+        if ids.len() < 1 + usize::from(self.add_bos) || ids.last() != Some(&self.eos) {
             ids.push(self.eos);
             offsets.push((0, 0));
             special.push(true);

@@ -4,7 +4,7 @@
 //! `softmax_last_dim` have no backward pass). Attention is explicit — `softmax(QKᵀ/√d + mask)·V`
 //! — so each layer can hand back its attention weights without changing the numbers.
 
-use super::Kernels;
+use super::{Activation, Kernels};
 use crate::Result;
 use crate::params::{Init, Scope};
 use candle_core::{D, Tensor, Var};
@@ -57,10 +57,15 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Scale 1, shift 0, `eps = 1e-5` (PyTorch's default).
     pub fn new(dim: usize, kernels: Kernels, s: &Scope) -> Result<Self> {
+        Self::with_eps(dim, 1e-5, kernels, s)
+    }
+
+    /// Scale 1, shift 0, the given `eps`.
+    pub fn with_eps(dim: usize, eps: f64, kernels: Kernels, s: &Scope) -> Result<Self> {
         Ok(Self {
             weight: s.get("weight", dim, Init::Ones)?,
             bias: s.get("bias", dim, Init::Zeros)?,
-            eps: 1e-5,
+            eps,
             fused: kernels == Kernels::Fused,
         })
     }
@@ -72,6 +77,35 @@ impl LayerNorm {
         } else {
             kernels::layer_norm_reference(xs, &self.weight, &self.bias, self.eps)
         }
+    }
+}
+
+/// The shape and numerics of one tower's blocks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spec {
+    /// Token width.
+    pub width: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden width.
+    pub hidden: usize,
+    /// Blocks in the tower (for the open_clip init scale).
+    pub layers: usize,
+    /// Fused kernels or references.
+    pub kernels: Kernels,
+    /// MLP non-linearity.
+    pub activation: Activation,
+    /// LayerNorm `eps`.
+    pub eps: f64,
+}
+
+/// Applies `activation`; the tanh GELU uses the fused kernel when `fused`.
+pub fn activate(xs: &Tensor, activation: Activation, fused: bool) -> candle_core::Result<Tensor> {
+    match activation {
+        Activation::GeluTanh if fused => kernels::gelu(xs),
+        Activation::GeluTanh => kernels::gelu_reference(xs),
+        Activation::QuickGelu => xs.mul(&candle_nn::ops::sigmoid(&(xs * 1.702)?)?),
+        Activation::Gelu => xs.gelu_erf(),
     }
 }
 
@@ -200,40 +234,32 @@ impl Attention {
     }
 }
 
-/// Two-layer perceptron with GELU (tanh approximation).
+/// Two-layer perceptron (GELU with the tanh approximation unless the spec says otherwise).
 #[derive(Clone, Debug)]
 pub struct Mlp {
     fc: Linear,
     proj: Linear,
+    activation: Activation,
     fused: bool,
 }
 
 impl Mlp {
     /// `width → hidden → width`, init as in open_clip (`fc std = (2·width)^-½`).
-    pub fn new(
-        width: usize,
-        hidden: usize,
-        layers: usize,
-        kernels: Kernels,
-        s: &Scope,
-    ) -> Result<Self> {
+    pub fn new(spec: &Spec, s: &Scope) -> Result<Self> {
+        let (width, hidden) = (spec.width, spec.hidden);
         let fc_std = ((2 * width) as f64).powf(-0.5);
-        let proj_std = (width as f64).powf(-0.5) * ((2 * layers) as f64).powf(-0.5);
+        let proj_std = (width as f64).powf(-0.5) * ((2 * spec.layers) as f64).powf(-0.5);
         Ok(Self {
             fc: Linear::new(width, hidden, fc_std, true, &s.pp("fc"))?,
             proj: Linear::new(hidden, width, proj_std, true, &s.pp("proj"))?,
-            fused: kernels == Kernels::Fused,
+            activation: spec.activation,
+            fused: spec.kernels == Kernels::Fused,
         })
     }
 
-    /// `proj(gelu(fc(x)))`.
+    /// `proj(act(fc(x)))`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.fc.forward(xs)?;
-        let h = if self.fused {
-            kernels::gelu(&h)?
-        } else {
-            kernels::gelu_reference(&h)?
-        };
+        let h = activate(&self.fc.forward(xs)?, self.activation, self.fused)?;
         self.proj.forward(&h)
     }
 }
@@ -248,20 +274,14 @@ pub struct Block {
 }
 
 impl Block {
-    /// One block of a `layers`-deep encoder.
-    pub fn new(
-        width: usize,
-        heads: usize,
-        mlp_ratio: usize,
-        layers: usize,
-        kernels: Kernels,
-        s: &Scope,
-    ) -> Result<Self> {
+    /// One block of a `spec.layers`-deep encoder.
+    pub fn new(spec: &Spec, s: &Scope) -> Result<Self> {
+        let (w, k) = (spec.width, spec.kernels);
         Ok(Self {
-            ln1: LayerNorm::new(width, kernels, &s.pp("ln1"))?,
-            attn: Attention::new(width, heads, layers, kernels, &s.pp("attn"))?,
-            ln2: LayerNorm::new(width, kernels, &s.pp("ln2"))?,
-            mlp: Mlp::new(width, width * mlp_ratio, layers, kernels, &s.pp("mlp"))?,
+            ln1: LayerNorm::with_eps(w, spec.eps, k, &s.pp("ln1"))?,
+            attn: Attention::new(w, spec.heads, spec.layers, k, &s.pp("attn"))?,
+            ln2: LayerNorm::with_eps(w, spec.eps, k, &s.pp("ln2"))?,
+            mlp: Mlp::new(spec, &s.pp("mlp"))?,
         })
     }
 
@@ -355,26 +375,10 @@ pub struct EncoderOutput {
 }
 
 impl Encoder {
-    /// `layers` blocks under `s.blocks.<i>`.
-    pub fn new(
-        width: usize,
-        heads: usize,
-        mlp_ratio: usize,
-        layers: usize,
-        kernels: Kernels,
-        s: &Scope,
-    ) -> Result<Self> {
-        let blocks = (0..layers)
-            .map(|i| {
-                Block::new(
-                    width,
-                    heads,
-                    mlp_ratio,
-                    layers,
-                    kernels,
-                    &s.pp("blocks").pp(i),
-                )
-            })
+    /// `spec.layers` blocks under `s.blocks.<i>`.
+    pub fn new(spec: &Spec, s: &Scope) -> Result<Self> {
+        let blocks = (0..spec.layers)
+            .map(|i| Block::new(spec, &s.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { blocks })
     }

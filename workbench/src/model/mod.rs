@@ -16,222 +16,33 @@
 //! assert_eq!(out.attentions.unwrap()[0].dims(), &[2, 4, 17, 17]); // (B, H, L, L)
 //! ```
 
+mod config;
 pub mod layers;
+pub mod pool;
 pub mod text;
 pub mod vision;
 
+use crate::Result;
 use crate::data::Batch;
 use crate::params::Scope;
-use crate::{Error, Result};
 use candle_core::{D, Tensor};
+pub use config::{
+    Activation, ImageStats, Kernels, ModelConfig, Pool, ProjectionKind, TextConfig, TextPool,
+    VisionConfig,
+};
 use layers::{Linear, Probes};
-use serde::{Deserialize, Serialize};
 pub use text::TextTransformer;
 pub use vision::{TowerOutput, VisionTransformer};
-
-/// How the image tower pools its tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pool {
-    /// The class token (CLIP).
-    Cls,
-    /// Mean of the patch tokens.
-    Mean,
-}
-
-/// Projection head from tower width to the shared embedding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProjectionKind {
-    /// One linear map without bias (CLIP).
-    Linear,
-    /// Linear → GELU → linear.
-    Mlp,
-}
-
-/// Which implementation of LayerNorm, softmax, GELU and attention the towers use, and of the
-/// CLIP and SigLIP losses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kernels {
-    /// The fused ops of the `kernels` crate (hand-written forward and backward).
-    #[default]
-    Fused,
-    /// Their readable references made of candle tensor ops (same numbers, slower).
-    Reference,
-}
-
-/// Image tower hyper-parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VisionConfig {
-    /// Patch side in pixels; must divide the image size.
-    pub patch_size: usize,
-    /// Token width.
-    pub width: usize,
-    /// Number of blocks.
-    pub layers: usize,
-    /// Attention heads; must divide `width`.
-    pub heads: usize,
-    /// MLP hidden width as a multiple of `width`.
-    pub mlp_ratio: usize,
-    /// Pooling: class token or mean of patches.
-    pub pool: Pool,
-}
-
-impl Default for VisionConfig {
-    fn default() -> Self {
-        Self {
-            patch_size: 8,
-            width: 64,
-            layers: 2,
-            heads: 4,
-            mlp_ratio: 4,
-            pool: Pool::Cls,
-        }
-    }
-}
-
-/// Text tower hyper-parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TextConfig {
-    /// Token width.
-    pub width: usize,
-    /// Number of blocks.
-    pub layers: usize,
-    /// Attention heads; must divide `width`.
-    pub heads: usize,
-    /// MLP hidden width as a multiple of `width`.
-    pub mlp_ratio: usize,
-}
-
-impl Default for TextConfig {
-    fn default() -> Self {
-        Self {
-            width: 64,
-            layers: 2,
-            heads: 4,
-            mlp_ratio: 4,
-        }
-    }
-}
-
-/// Model hyper-parameters (the `[model]` table).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Size of the shared embedding space.
-    pub embed_dim: usize,
-    /// Projection head kind.
-    pub projection: ProjectionKind,
-    /// Image tower.
-    pub vision: VisionConfig,
-    /// Text tower.
-    pub text: TextConfig,
-    /// Fused kernels or their references.
-    pub kernels: Kernels,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self::tiny()
-    }
-}
-
-impl ModelConfig {
-    /// The CPU demo: 32×32 images, patch 8, width 64, 2 + 2 layers, 4 heads.
-    pub fn tiny() -> Self {
-        Self {
-            embed_dim: 64,
-            projection: ProjectionKind::Linear,
-            vision: VisionConfig::default(),
-            text: TextConfig::default(),
-            kernels: Kernels::Fused,
-        }
-    }
-
-    /// Patch 4, width 128, 4 + 4 layers, 4 heads.
-    pub fn small() -> Self {
-        Self {
-            embed_dim: 128,
-            projection: ProjectionKind::Linear,
-            vision: VisionConfig {
-                patch_size: 4,
-                width: 128,
-                layers: 4,
-                heads: 4,
-                ..VisionConfig::default()
-            },
-            text: TextConfig {
-                width: 128,
-                layers: 4,
-                heads: 4,
-                mlp_ratio: 4,
-            },
-            kernels: Kernels::Fused,
-        }
-    }
-
-    /// Checks the configuration against the data it will see; errors name the field.
-    pub fn validate(&self, image_size: usize) -> Result<()> {
-        let v = &self.vision;
-        if v.patch_size == 0 || !image_size.is_multiple_of(v.patch_size) {
-            return Err(Error::config(
-                "model.vision.patch_size",
-                format!(
-                    "{} does not divide data.image_size = {image_size}; pick a divisor such as {}",
-                    v.patch_size,
-                    (1..=image_size / 2)
-                        .rev()
-                        .find(|p| image_size.is_multiple_of(*p) && *p <= v.patch_size.max(1))
-                        .unwrap_or(1)
-                ),
-            ));
-        }
-        for (name, width, heads, layers, ratio) in [
-            ("vision", v.width, v.heads, v.layers, v.mlp_ratio),
-            (
-                "text",
-                self.text.width,
-                self.text.heads,
-                self.text.layers,
-                self.text.mlp_ratio,
-            ),
-        ] {
-            if heads == 0 || width == 0 || width % heads != 0 {
-                return Err(Error::config(
-                    format!("model.{name}.heads"),
-                    format!("{heads} heads do not divide width {width}"),
-                ));
-            }
-            if layers == 0 {
-                return Err(Error::config(
-                    format!("model.{name}.layers"),
-                    "must be at least 1",
-                ));
-            }
-            if ratio == 0 {
-                return Err(Error::config(
-                    format!("model.{name}.mlp_ratio"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        if self.embed_dim == 0 {
-            return Err(Error::config("model.embed_dim", "must be at least 1"));
-        }
-        Ok(())
-    }
-}
 
 /// A projection head.
 #[derive(Clone, Debug)]
 pub enum Head {
-    /// `x·Wᵀ`.
+    /// `x·Wᵀ` (+ `b`).
     Linear(Linear),
     /// `W₂·gelu(W₁·x + b₁) + b₂`.
     Mlp(Linear, Linear),
+    /// `x`.
+    Identity,
 }
 
 impl Head {
@@ -239,6 +50,8 @@ impl Head {
         let std = (width as f64).powf(-0.5);
         Ok(match kind {
             ProjectionKind::Linear => Self::Linear(Linear::new(width, embed, std, false, s)?),
+            ProjectionKind::LinearBias => Self::Linear(Linear::new(width, embed, std, true, s)?),
+            ProjectionKind::Identity => Self::Identity,
             ProjectionKind::Mlp => Self::Mlp(
                 Linear::new(width, width, std, true, &s.pp("fc"))?,
                 Linear::new(width, embed, std, true, &s.pp("proj"))?,
@@ -251,6 +64,7 @@ impl Head {
         match self {
             Self::Linear(l) => l.forward(xs),
             Self::Mlp(a, b) => b.forward(&kernels::gelu(&a.forward(xs)?)?),
+            Self::Identity => Ok(xs.clone()),
         }
     }
 }
@@ -345,13 +159,13 @@ impl ClipModel {
                 &s.pp("text"),
             )?,
             image_proj: Head::new(
-                cfg.projection,
+                cfg.image_head(),
                 cfg.vision.width,
                 cfg.embed_dim,
                 &s.pp("image_proj"),
             )?,
             text_proj: Head::new(
-                cfg.projection,
+                cfg.text_head(),
                 cfg.text.width,
                 cfg.embed_dim,
                 &s.pp("text_proj"),
@@ -393,8 +207,9 @@ impl ClipModel {
             .forward_with(images, capture.attention, probes)?;
         let embedding = l2_normalize(&self.image_proj.forward(&tower.pooled)?)?;
         let tokens = if capture.tokens {
-            let n = tower.tokens.dim(1)? - 1;
-            let patches = tower.tokens.narrow(1, 1, n)?;
+            let prefix = self.cfg.vision.prefix_tokens();
+            let n = tower.tokens.dim(1)? - prefix;
+            let patches = tower.tokens.narrow(1, prefix, n)?;
             Some(l2_normalize(&self.image_proj.forward(&patches)?)?)
         } else {
             None

@@ -1,10 +1,13 @@
 //! The image tower: a Vision Transformer (Dosovitskiy et al., 2021, arXiv:2010.11929), laid out
 //! like open_clip's `VisionTransformer`: patch embedding, class token, learned positions, `ln_pre`,
-//! pre-LN blocks, `ln_post`, pooling.
+//! pre-LN blocks, `ln_post`, pooling. Without a class token and `ln_pre` and with attention
+//! pooling it is SigLIP's image tower.
 
-use super::layers::{Encoder, EncoderOutput, LayerNorm, Linear, Probes};
+use super::layers::{Encoder, EncoderOutput, LayerNorm, Linear, Probes, Spec};
+use super::pool::AttentionPool;
 use super::{Kernels, Pool, VisionConfig};
 use crate::Result;
+use crate::data::image::{CLIP_MEAN, CLIP_STD};
 use crate::params::{Init, Scope};
 use candle_core::{D, Tensor};
 
@@ -12,11 +15,14 @@ use candle_core::{D, Tensor};
 #[derive(Clone, Debug)]
 pub struct VisionTransformer {
     patch_embed: Linear,
-    cls: Tensor,
+    cls: Option<Tensor>,
     pos: Tensor,
-    ln_pre: LayerNorm,
+    ln_pre: Option<LayerNorm>,
     encoder: Encoder,
     ln_post: LayerNorm,
+    map: Option<AttentionPool>,
+    /// Per-channel `(scale, offset)` `(1, 3, 1, 1)` taking CLIP-normalised input to the tower's own.
+    renorm: Option<(Tensor, Tensor)>,
     patch: usize,
     pool: Pool,
 }
@@ -26,10 +32,12 @@ pub struct VisionTransformer {
 pub struct TowerOutput {
     /// Pooled representation `(B, D)`.
     pub pooled: Tensor,
-    /// Every position after the final LayerNorm `(B, L, D)` (image: class token first).
+    /// Every position after the final LayerNorm `(B, L, D)` (image: class token first, if any).
     pub tokens: Tensor,
     /// The encoder's raw output with optional attention weights.
     pub encoder: EncoderOutput,
+    /// Attention pooling only: the probe's weights over the tokens `(B, H, 1, L)`.
+    pub pool_attention: Option<Tensor>,
 }
 
 impl VisionTransformer {
@@ -39,20 +47,61 @@ impl VisionTransformer {
         let p = cfg.patch_size;
         let n = (image_size / p) * (image_size / p);
         let scale = (w as f64).powf(-0.5);
+        let spec = Spec {
+            width: w,
+            heads: cfg.heads,
+            hidden: cfg.hidden(),
+            layers: cfg.layers,
+            kernels,
+            activation: cfg.activation,
+            eps: cfg.layer_norm_eps,
+        };
+        let renorm = match &cfg.input_stats {
+            Some(st) => {
+                let a: Vec<f32> = (0..3).map(|c| CLIP_STD[c] / st.std[c]).collect();
+                let b: Vec<f32> = (0..3)
+                    .map(|c| (CLIP_MEAN[c] - st.mean[c]) / st.std[c])
+                    .collect();
+                Some((
+                    Tensor::from_vec(a, (1, 3, 1, 1), s.device())?,
+                    Tensor::from_vec(b, (1, 3, 1, 1), s.device())?,
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
             // A linear map of flattened (C, p, p) patches = a stride-p convolution.
             patch_embed: Linear::new(
                 3 * p * p,
                 w,
                 (3.0 * (p * p) as f64).powf(-0.5),
-                false,
+                cfg.patch_bias,
                 &s.pp("patch_embed"),
             )?,
-            cls: s.get("cls", w, Init::Normal(scale))?,
-            pos: s.get("pos", (n + 1, w), Init::Normal(scale))?,
-            ln_pre: LayerNorm::new(w, kernels, &s.pp("ln_pre"))?,
-            encoder: Encoder::new(w, cfg.heads, cfg.mlp_ratio, cfg.layers, kernels, s)?,
-            ln_post: LayerNorm::new(w, kernels, &s.pp("ln_post"))?,
+            cls: if cfg.class_token {
+                Some(s.get("cls", w, Init::Normal(scale))?)
+            } else {
+                None
+            },
+            pos: s.get("pos", (n + cfg.prefix_tokens(), w), Init::Normal(scale))?,
+            ln_pre: if cfg.ln_pre {
+                Some(LayerNorm::with_eps(
+                    w,
+                    cfg.layer_norm_eps,
+                    kernels,
+                    &s.pp("ln_pre"),
+                )?)
+            } else {
+                None
+            },
+            encoder: Encoder::new(&spec, s)?,
+            ln_post: LayerNorm::with_eps(w, cfg.layer_norm_eps, kernels, &s.pp("ln_post"))?,
+            map: if cfg.pool == Pool::Map {
+                Some(AttentionPool::new(&spec, &s.pp("map"))?)
+            } else {
+                None
+            },
+            renorm,
             patch: p,
             pool: cfg.pool,
         })
@@ -61,6 +110,11 @@ impl VisionTransformer {
     /// Side of a patch in pixels.
     pub fn patch_size(&self) -> usize {
         self.patch
+    }
+
+    /// Tokens before the first patch (1 with a class token, else 0).
+    pub fn prefix_tokens(&self) -> usize {
+        usize::from(self.cls.is_some())
     }
 
     /// The encoder (for inspection).
@@ -79,7 +133,7 @@ impl VisionTransformer {
             .reshape((b, gh * gw, c * p * p))
     }
 
-    /// Encodes `(B, 3, H, W)` normalised images.
+    /// Encodes `(B, 3, H, W)` images normalised with CLIP's mean and std.
     pub fn forward(&self, images: &Tensor, want_weights: bool) -> candle_core::Result<TowerOutput> {
         self.forward_with(images, want_weights, None)
     }
@@ -92,27 +146,46 @@ impl VisionTransformer {
         probes: Option<&Probes>,
     ) -> candle_core::Result<TowerOutput> {
         let b = images.dim(0)?;
-        let patches = self.patch_embed.forward(&self.patchify(images)?)?; // (B, N, D)
+        let images = match &self.renorm {
+            Some((a, c)) => images.broadcast_mul(a)?.broadcast_add(c)?,
+            None => images.clone(),
+        };
+        let patches = self.patch_embed.forward(&self.patchify(&images)?)?; // (B, N, D)
         let d = patches.dim(D::Minus1)?;
-        let cls = self.cls.reshape((1, 1, d))?.repeat((b, 1, 1))?;
-        let xs = kernels::add_bias(&Tensor::cat(&[&cls, &patches], 1)?, &self.pos)?; // (B, N+1, D)
-        let xs = self.ln_pre.forward(&xs)?;
+        let xs = match &self.cls {
+            Some(cls) => {
+                let cls = cls.reshape((1, 1, d))?.repeat((b, 1, 1))?;
+                Tensor::cat(&[&cls, &patches], 1)? // (B, N+1, D)
+            }
+            None => patches,
+        };
+        let xs = kernels::add_bias(&xs, &self.pos)?;
+        let xs = match &self.ln_pre {
+            Some(ln) => ln.forward(&xs)?,
+            None => xs,
+        };
         let encoder = match probes {
             Some(p) => self.encoder.forward_probed(&xs, false, p)?,
             None => self.encoder.forward(&xs, false, want_weights)?,
         };
         let tokens = self.ln_post.forward(&encoder.hidden)?;
-        let pooled = match self.pool {
-            Pool::Cls => tokens.narrow(1, 0, 1)?.squeeze(1)?,
-            Pool::Mean => {
-                let n = tokens.dim(1)? - 1;
-                tokens.narrow(1, 1, n)?.mean(1)?
+        let prefix = self.prefix_tokens();
+        let (pooled, pool_attention) = match (&self.map, self.pool) {
+            (Some(map), _) => {
+                let (pooled, w) = map.forward(&tokens)?;
+                (pooled, want_weights.then_some(w))
             }
+            (None, Pool::Mean) => {
+                let n = tokens.dim(1)? - prefix;
+                (tokens.narrow(1, prefix, n)?.mean(1)?, None)
+            }
+            (None, _) => (tokens.narrow(1, 0, 1)?.squeeze(1)?, None),
         };
         Ok(TowerOutput {
             pooled,
             tokens,
             encoder,
+            pool_attention,
         })
     }
 }

@@ -33,6 +33,7 @@ use std::time::Instant;
 
 mod inspect;
 mod live;
+mod pretrained;
 mod resume;
 
 use live::name_matches;
@@ -86,7 +87,7 @@ impl Trainer {
         cfg.validate()?;
         let dataset: Arc<dyn PairDataset> = Arc::new(Shapes::new(cfg.data.clone())?);
         let tokenizer = match &cfg.tokenizer.file {
-            Some(path) => Tokenizer::from_file(path, cfg.tokenizer.context_length)?,
+            Some(path) => cfg.tokenizer.load(path)?,
             None => Tokenizer::fit_word_level(&dataset.corpus(), cfg.tokenizer.context_length)?,
         };
         let device = parse_device(&cfg.train.device)?;
@@ -100,25 +101,31 @@ impl Trainer {
         tokenizer: Tokenizer,
         device: Device,
     ) -> Result<Self> {
-        Self::assemble(cfg, dataset, tokenizer, device, None)
+        Self::assemble(cfg, dataset, tokenizer, device, None, None)
     }
 
+    /// Builds the run. `preset` holds parameters set before the model and objective are built
+    /// (a pretrained checkpoint's); the text embedding then keeps its own number of rows.
     fn assemble(
         cfg: RunConfig,
         dataset: Arc<dyn PairDataset>,
         tokenizer: Tokenizer,
         device: Device,
         make_objective: Option<ObjectiveFactory<'_>>,
+        preset: Option<Params>,
     ) -> Result<Self> {
-        cfg.validate()?;
+        cfg.validate_for(dataset.image_size())?;
         kernels::cpu::tune_allocator();
         check_context(&tokenizer, dataset.as_ref())?;
         let tokenizer = Arc::new(tokenizer);
-        let params = Params::new(cfg.train.seed, &device);
+        let params = preset.unwrap_or_else(|| Params::new(cfg.train.seed, &device));
+        let vocab = params
+            .get("model.text.token_embed")
+            .map_or(tokenizer.vocab_size(), |v| v.dims()[0]);
         let model = ClipModel::new(
             &cfg.model,
             dataset.image_size(),
-            tokenizer.vocab_size(),
+            vocab,
             tokenizer.context_length(),
             &params.scope("model"),
         )?;

@@ -3,7 +3,7 @@
 use super::{ObjectiveFactory, Trainer};
 use crate::checkpoint::{self, FORMAT_VERSION};
 use crate::config::{RunConfig, parse_device};
-use crate::data::{LoaderState, PairDataset, Shapes, Tokenizer};
+use crate::data::{LoaderState, PairDataset, Shapes};
 use crate::loss::Objective;
 use crate::params::Scope;
 use crate::{Error, Result};
@@ -130,13 +130,12 @@ impl Trainer {
         cfg.validate()
             .map_err(|e| Error::checkpoint(dir.join("state.json"), e.to_string()))?;
         let dataset: Arc<dyn PairDataset> = Arc::new(Shapes::new(cfg.data.clone())?);
-        let tokenizer =
-            Tokenizer::from_file(dir.join("tokenizer.json"), cfg.tokenizer.context_length)?;
+        let tokenizer = cfg.tokenizer.load(&dir.join("tokenizer.json"))?;
         let device = match device {
             Some(d) => d,
             None => parse_device(&cfg.train.device)?,
         };
-        let mut trainer = Self::assemble(cfg, dataset, tokenizer, device, make_objective)?;
+        let mut trainer = Self::assemble(cfg, dataset, tokenizer, device, make_objective, None)?;
         trainer.load_state(&dir, &state)?;
         Ok(trainer)
     }
