@@ -1,0 +1,17 @@
+//! Which inputs a fused op computes itself, and which go to its reference.
+
+use candle_core::{DType, Device, Tensor};
+
+/// Whether the fused implementation handles these inputs: all f32, and all on the CPU or, in a
+/// build with the `cuda` feature, on a CUDA device. Anything else runs the reference (same
+/// function, composed of candle ops).
+pub(crate) fn fused(inputs: &[&Tensor]) -> bool {
+    inputs.iter().all(|t| {
+        t.dtype() == DType::F32
+            && match t.device() {
+                Device::Cpu => true,
+                Device::Cuda(_) => cfg!(feature = "cuda"),
+                Device::Metal(_) => false,
+            }
+    })
+}
