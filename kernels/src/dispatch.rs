@@ -15,3 +15,18 @@ pub(crate) fn fused(inputs: &[&Tensor]) -> bool {
             }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fused;
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn f32_on_the_cpu_is_fused_anything_else_is_not() {
+        let f32s = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let f64s = Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap();
+        assert!(fused(&[&f32s, &f32s]));
+        assert!(!fused(&[&f32s, &f64s]));
+        assert!(!fused(&[&f64s]));
+    }
+}

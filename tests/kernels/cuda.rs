@@ -11,7 +11,10 @@ fn gpu(test: &str) -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(d) => Some(d),
         Err(e) => {
-            eprintln!("{test}: skipped, no usable CUDA device ({e})");
+            // The first line: candle appends a backtrace when backtraces are enabled.
+            let e = e.to_string();
+            let why = e.lines().next().unwrap_or_default();
+            eprintln!("{test}: skipped, no usable CUDA device ({why})");
             None
         }
     }
