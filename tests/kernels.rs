@@ -1,6 +1,10 @@
 //! Every fused kernel equals its reference, forward and backward (and the references' gradients
 //! equal finite differences).
 
+// The same comparisons with the fused op on a CUDA device (a `cuda` build with a GPU).
+#[cfg(feature = "cuda")]
+mod cuda;
+
 use crate::util::assert_close;
 use candle_core::{DType, Device, Tensor, Var};
 use kernels::check::finite_difference_grad;

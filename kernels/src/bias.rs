@@ -7,12 +7,11 @@
 //! reads, vectorised adds), in fixed blocks summed in order so the result does not depend on
 //! thread scheduling. The gradient of `x` is the incoming gradient itself (no copy).
 //!
-//! CPU: f32, contiguous. Other devices and dtypes use the reference.
+//! CPU: f32, contiguous. CUDA (feature `cuda`): f32, `cuda/bias.cu`; the bias gradient sums fixed
+//! chunks of rows, then the chunks in order. Other devices and dtypes use the reference.
 
 use crate::cpu::{PARALLEL_MIN, slice_f32};
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// The reference: candle's differentiable `broadcast_add`.
@@ -26,8 +25,7 @@ pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
         bail!("add_bias: bias {bd:?} does not match the trailing dimensions of {xd:?}");
     }
-    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && bias.dtype() == DType::F32
-    {
+    if crate::dispatch::fused(&[xs, bias]) {
         xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
     } else {
         add_bias_reference(xs, bias)
@@ -59,6 +57,17 @@ impl CustomOp2 for AddBias {
             out.chunks_mut(k).for_each(add);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::add_bias_fwd(s1, l1, s2, l2, self.name())
     }
 
     fn bwd(
@@ -111,5 +120,14 @@ impl CustomOp1 for SumRows {
             out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
         }
         Ok((CpuStorage::F32(out), Shape::from(k)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::sum_rows(s, l, self.k, self.name())
     }
 }

@@ -6,11 +6,12 @@
 //! candle's autograd of `Tensor::gelu` builds ~12 element-wise tensors in the backward pass;
 //! this op reads `x` and the incoming gradient once and writes one tensor.
 //!
-//! CPU: f32, contiguous, rayon over chunks. Other devices and dtypes use the reference until a
-//! CUDA kernel lands; the result is the same function either way.
+//! CPU: f32, contiguous, rayon over chunks. CUDA (feature `cuda`): f32, `cuda/gelu.cu`, one
+//! thread per element. Other devices and dtypes use the reference; the result is the same
+//! function either way.
 
 use crate::cpu::{for_rows, slice_f32};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 const C: f32 = 0.797_884_6; // √(2/π)
 const A: f32 = 0.044_715;
@@ -22,7 +23,7 @@ pub fn gelu_reference(xs: &Tensor) -> Result<Tensor> {
 
 /// Fused GELU (tanh approximation) with a hand-written backward.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 {
+    if crate::dispatch::fused(&[xs]) {
         xs.contiguous()?.apply_op1(GeluOp)
     } else {
         gelu_reference(xs)
@@ -51,6 +52,15 @@ impl CustomOp1 for GeluOp {
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::gelu_fwd(s, l, self.name())
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -88,5 +98,15 @@ impl CustomOp2 for GeluBackward {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::gelu_bwd(s1, l1, s2, l2, self.name())
     }
 }

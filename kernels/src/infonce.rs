@@ -36,11 +36,12 @@
 //! result does not depend on thread scheduling.
 //!
 //! CPU: f32, contiguous; strips in order, rows and columns of a strip in parallel, matmuls
-//! through candle's multi-threaded gemm. There is no CUDA kernel yet: other devices and dtypes
-//! use the reference.
+//! through candle's multi-threaded gemm. CUDA (feature `cuda`): f32, the same strips through
+//! candle's cuBLAS matmul and the kernels of `cuda/contrastive.cu`. Other devices and dtypes use
+//! the reference.
 
 use crate::cpu::{PARALLEL_MIN, Pairs, slice_f32};
-use candle_core::{CpuStorage, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// Rows of logits that exist at once: `TILE × B` floats (8 MiB at B = 16 384).
@@ -102,10 +103,7 @@ pub fn infonce_reference(image: &Tensor, text: &Tensor, scale: &Tensor) -> Resul
 /// `text` and `scale` (0-d or one element) by a hand-written backward; no `B × B` tensor exists.
 pub fn infonce(image: &Tensor, text: &Tensor, scale: &Tensor) -> Result<Tensor> {
     check("infonce", image, text, &[("scale", scale)])?;
-    let on_cpu_f32 = [image, text, scale]
-        .iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32);
-    if on_cpu_f32 {
+    if crate::dispatch::fused(&[image, text, scale]) {
         image
             .contiguous()?
             .apply_op3(&text.contiguous()?, &scale.contiguous()?, InfoNceOp)?
@@ -222,6 +220,19 @@ impl CustomOp3 for InfoNceOp {
         Ok((CpuStorage::F32(out), Shape::from(2 + 2 * b)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::pairs::infonce_fwd((s1, l1), (s2, l2), (s3, l3), self.name())
+    }
+
     fn bwd(
         &self,
         image: &Tensor,
@@ -309,5 +320,18 @@ impl CustomOp3 for InfoNceBackward {
         }
         out.push(grads.g_dot_scores as f32);
         Ok((CpuStorage::F32(out), Shape::from(2 * b * d + 1)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::pairs::infonce_bwd((s1, l1), (s2, l2), (s3, l3), self.name())
     }
 }

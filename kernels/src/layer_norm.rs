@@ -7,12 +7,12 @@
 //! The weight/bias reductions sum fixed blocks of rows and then the blocks in order, so results
 //! do not depend on thread scheduling.
 //!
-//! CPU: f32, contiguous, rows in parallel. Other devices and dtypes use the reference.
+//! CPU: f32, contiguous, rows in parallel. CUDA (feature `cuda`): f32, `cuda/layer_norm.cu`, one
+//! block per row; the weight/bias reduction sums fixed chunks of rows, then the chunks in order.
+//! Other devices and dtypes use the reference.
 
 use crate::cpu::{PARALLEL_MIN, for_rows, slice_f32};
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The reference, composed of differentiable tensor ops.
@@ -26,7 +26,7 @@ pub fn layer_norm_reference(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Re
 
 /// Fused LayerNorm with a hand-written backward for `x`, `w` and `b`.
 pub fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 {
+    if crate::dispatch::fused(&[xs, w, b]) {
         xs.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
@@ -86,6 +86,19 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::layer_norm_fwd((s1, l1), (s2, l2), (s3, l3), self.eps, self.name())
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -141,6 +154,18 @@ impl CustomOp3 for LayerNormDx {
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::layer_norm_dx((s1, l1), (s2, l2), (s3, l3), self.eps, self.name())
+    }
 }
 
 struct LayerNormDwDb {
@@ -193,5 +218,16 @@ impl CustomOp2 for LayerNormDwDb {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((2, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::layer_norm_dwdb((s1, l1), (s2, l2), self.eps, self.name())
     }
 }

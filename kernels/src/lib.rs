@@ -30,6 +30,9 @@
 //! | symmetric InfoNCE (CLIP), memory O(B) | [`infonce()`] | [`infonce_reference`] |
 //! | pairwise sigmoid (SigLIP), memory O(B) | [`sigmoid_pairwise()`] | [`sigmoid_pairwise_reference`] |
 //!
+//! With the `cuda` feature, `cuda` (compiled only then) holds the NVRTC kernels and their
+//! launch code: every op above has one except attention, which runs its reference on a GPU.
+//!
 //! [`check`] holds numerical comparison and finite-difference gradient checking, shared by the
 //! kernel tests and the loss tests.
 
@@ -40,6 +43,9 @@ pub mod attention;
 pub mod bias;
 pub mod check;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod dispatch;
 pub mod gelu;
 pub mod infonce;
 pub mod layer_norm;

@@ -28,11 +28,12 @@
 //! fixed order.
 //!
 //! CPU: f32, contiguous; strips in order, rows in parallel, matmuls through candle's
-//! multi-threaded gemm. There is no CUDA kernel yet: other devices and dtypes use the reference.
+//! multi-threaded gemm. CUDA (feature `cuda`): f32, the same strips through candle's cuBLAS matmul
+//! and the kernels of `cuda/contrastive.cu`. Other devices and dtypes use the reference.
 
 use crate::cpu::{PARALLEL_MIN, Pairs, slice_f32};
 use crate::infonce::{TILE, check};
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 const WHAT: &str = "sigmoid_pairwise";
@@ -74,10 +75,7 @@ pub fn sigmoid_pairwise(
     bias: &Tensor,
 ) -> Result<Tensor> {
     check(WHAT, image, text, &[("scale", scale), ("bias", bias)])?;
-    let on_cpu_f32 = [image, text, scale, bias]
-        .iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32);
-    if on_cpu_f32 {
+    if crate::dispatch::fused(&[image, text, scale, bias]) {
         // Scale and bias travel as one operand (a custom op has at most three); `cat` routes
         // their gradients back to each.
         let scale_bias = Tensor::cat(&[scale.reshape(1)?, bias.reshape(1)?], 0)?;
@@ -162,6 +160,19 @@ impl CustomOp3 for SigmoidPairwiseOp {
         Ok((CpuStorage::F32(out), Shape::from(2)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::pairs::sigmoid_fwd((s1, l1), (s2, l2), (s3, l3), self.name())
+    }
+
     fn bwd(
         &self,
         image: &Tensor,
@@ -232,5 +243,18 @@ impl CustomOp3 for SigmoidPairwiseBackward {
         out.push(grads.g_dot_scores as f32);
         out.push(grads.g_sum as f32);
         Ok((CpuStorage::F32(out), Shape::from(2 * b * d + 2)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::pairs::sigmoid_bwd((s1, l1), (s2, l2), (s3, l3), self.name())
     }
 }

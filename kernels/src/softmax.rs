@@ -5,12 +5,11 @@
 //! softmax (max, sub, exp, sum, div with broadcasting) materialises several temporaries.
 //! Rows of `−∞` entries (masked positions) get probability 0 as long as one entry is finite.
 //!
-//! CPU: f32, contiguous, rows in parallel. Other devices and dtypes use the reference.
+//! CPU: f32, contiguous, rows in parallel. CUDA (feature `cuda`): f32, `cuda/softmax.cu`, one
+//! block per row. Other devices and dtypes use the reference.
 
 use crate::cpu::{for_rows, slice_f32};
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
 
 /// The reference: `exp(x − max) / Σ exp(x − max)` with composed, differentiable ops (the max is
 /// detached; softmax is shift-invariant, so the gradient is exact).
@@ -22,7 +21,7 @@ pub fn softmax_last_reference(xs: &Tensor) -> Result<Tensor> {
 
 /// Fused softmax over the last dimension with a hand-written backward.
 pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
-    if matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 {
+    if crate::dispatch::fused(&[xs]) {
         xs.contiguous()?.apply_op1(SoftmaxOp)
     } else {
         softmax_last_reference(xs)
@@ -53,6 +52,15 @@ impl CustomOp1 for SoftmaxOp {
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::softmax_fwd(s, l, self.name())
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -89,5 +97,15 @@ impl CustomOp2 for SoftmaxBackward {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::softmax_bwd(s1, l1, s2, l2, self.name())
     }
 }

@@ -1,0 +1,68 @@
+// Shared by every kernel source of this crate: prepended to each before NVRTC compiles it (NVRTC
+// has no include path into this crate). Block-wide reductions for blocks whose size is a
+// multiple of 32 (at most 1024 threads): warp shuffles, then one warp over the warps' partials.
+// The order of additions depends only on the block size, so results are reproducible.
+
+typedef unsigned long long u64;
+
+// −∞ without a math header (NVRTC compiles without the host headers).
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Every thread of the block receives the result. `scratch` holds 32 values; it may be reused
+// right after the call returns (the trailing barrier protects it).
+__device__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();
+    return v;
+}
+
+__device__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : NEG_INF;
+    v = warp_max(v);
+    __syncthreads();
+    return v;
+}
+
+__device__ double block_sum_f64(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum_f64(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0;
+    v = warp_sum_f64(v);
+    __syncthreads();
+    return v;
+}
+
+// Index of this thread in a one-dimensional grid, and the grid's stride.
+__device__ __forceinline__ u64 global_index() {
+    return (u64)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ u64 grid_stride() {
+    return (u64)gridDim.x * blockDim.x;
+}

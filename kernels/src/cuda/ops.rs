@@ -1,0 +1,376 @@
+//! Host side of the element-wise and per-row kernels: GELU, bias, softmax, LayerNorm. Each
+//! function is the `cuda_fwd` of the op of the same name in the op's file, and checks shapes
+//! the way its CPU loop does.
+
+use super::{
+    BIAS, GELU, LAYER_NORM, SOFTMAX, columns_by_chunks, elementwise, failed, function, per_row,
+    row_chunks, uninit, view_f32,
+};
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::{CudaStorage, Layout, Result, Shape, bail};
+
+/// Rows per chunk of the bias and LayerNorm weight/bias reductions (at least).
+const CHUNK_ROWS: usize = 64;
+
+/// Last dimension of a layout (1 for a scalar), and the number of rows of that length.
+fn rows_of(l: &Layout) -> (usize, usize) {
+    let n = l.dims().last().copied().unwrap_or(1).max(1);
+    (l.shape().elem_count() / n, n)
+}
+
+/// `gelu(x)`.
+pub(crate) fn gelu_fwd(s: &CudaStorage, l: &Layout, op: &str) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let x = view_f32(s, l, op)?;
+    let n = l.shape().elem_count();
+    // SAFETY: `gelu_fwd` below writes all `n` elements.
+    let mut y = unsafe { uninit(dev, n) }?;
+    if n > 0 {
+        let f = function(dev, &GELU, "gelu_fwd")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let n64 = n as u64;
+        b.arg(&x).arg(&mut y).arg(&n64);
+        // SAFETY: gelu_fwd(const float* x, float* y, u64 n); `x` and `y` hold `n` floats.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed("gelu_fwd", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        l.shape().clone(),
+    ))
+}
+
+/// `g · gelu'(x)`.
+pub(crate) fn gelu_bwd(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (x, g) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let n = l1.shape().elem_count();
+    if l2.shape().elem_count() != n {
+        bail!(
+            "{op}: gradient {:?} does not match input {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    // SAFETY: `gelu_bwd` below writes all `n` elements.
+    let mut dx = unsafe { uninit(dev, n) }?;
+    if n > 0 {
+        let f = function(dev, &GELU, "gelu_bwd")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let n64 = n as u64;
+        b.arg(&x).arg(&g).arg(&mut dx).arg(&n64);
+        // SAFETY: gelu_bwd(const float* x, const float* g, float* dx, u64 n); all hold `n` floats.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed("gelu_bwd", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        l1.shape().clone(),
+    ))
+}
+
+/// `x + bias`, `bias` repeating every `bias.len()` elements (shapes checked by the caller).
+pub(crate) fn add_bias_fwd(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (x, bias) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let (n, k) = (l1.shape().elem_count(), l2.shape().elem_count().max(1));
+    if !n.is_multiple_of(k) {
+        bail!(
+            "{op}: bias of {k} elements does not tile input {:?}",
+            l1.dims()
+        );
+    }
+    // SAFETY: `add_bias_fwd` below writes all `n` elements.
+    let mut y = unsafe { uninit(dev, n) }?;
+    if n > 0 {
+        let f = function(dev, &BIAS, "add_bias_fwd")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (n64, k64) = (n as u64, k as u64);
+        b.arg(&x).arg(&bias).arg(&mut y).arg(&n64).arg(&k64);
+        // SAFETY: add_bias_fwd(const float* x, const float* b, float* y, u64 n, u64 k); `x`, `y`
+        // hold `n` floats, `b` holds `k`.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed("add_bias_fwd", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        l1.shape().clone(),
+    ))
+}
+
+/// Column sums of `g` viewed as `(rows, k)`: fixed chunks of rows, then the chunks in order.
+pub(crate) fn sum_rows(
+    s: &CudaStorage,
+    l: &Layout,
+    k: usize,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let g = view_f32(s, l, op)?;
+    let k = k.max(1);
+    let n = l.shape().elem_count();
+    if !n.is_multiple_of(k) {
+        bail!("{op}: {n} elements are not rows of {k}");
+    }
+    let rows = n / k;
+    let (chunk, chunks) = row_chunks(rows, CHUNK_ROWS);
+    // SAFETY: `sum_rows_partial` writes all `chunks·k` partials (one thread per column and
+    // chunk, empty chunks write 0), and `sum_partials` all `k` outputs.
+    let mut partial = unsafe { uninit(dev, chunks * k) }?;
+    // SAFETY: as above.
+    let mut out = unsafe { uninit(dev, k) }?;
+    let stream = dev.cuda_stream();
+    let (rows64, k64, chunk64, chunks64) = (rows as u64, k as u64, chunk as u64, chunks as u64);
+    let f = function(dev, &BIAS, "sum_rows_partial")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&g)
+        .arg(&mut partial)
+        .arg(&rows64)
+        .arg(&k64)
+        .arg(&chunk64);
+    // SAFETY: sum_rows_partial(const float* g, float* partial, u64 rows, u64 k, u64 chunk_rows);
+    // `g` holds rows·k floats, `partial` chunks·k, and the grid has `chunks` rows of blocks.
+    unsafe { b.launch(columns_by_chunks(k, chunks)) }.map_err(|e| failed("sum_rows_partial", e))?;
+    let f = function(dev, &BIAS, "sum_partials")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&partial).arg(&mut out).arg(&chunks64).arg(&k64);
+    // SAFETY: sum_partials(const float* partial, float* out, u64 chunks, u64 width); `partial`
+    // holds chunks·k floats, `out` k.
+    unsafe { b.launch(elementwise(k)) }.map_err(|e| failed("sum_partials", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(k),
+    ))
+}
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax_fwd(s: &CudaStorage, l: &Layout, op: &str) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let x = view_f32(s, l, op)?;
+    let (rows, n) = rows_of(l);
+    // SAFETY: `softmax_fwd` writes every element of every row.
+    let mut y = unsafe { uninit(dev, rows * n) }?;
+    if rows > 0 {
+        let f = function(dev, &SOFTMAX, "softmax_fwd")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (rows64, n64) = (rows as u64, n as u64);
+        b.arg(&x).arg(&mut y).arg(&rows64).arg(&n64);
+        // SAFETY: softmax_fwd(const float* x, float* y, u64 rows, u64 n); both hold rows·n floats.
+        unsafe { b.launch(per_row(rows, n)) }.map_err(|e| failed("softmax_fwd", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        l.shape().clone(),
+    ))
+}
+
+/// `y ⊙ (g − Σ g⊙y)` per row.
+pub(crate) fn softmax_bwd(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (y, g) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let (rows, n) = rows_of(l1);
+    if l2.shape().elem_count() != rows * n {
+        bail!(
+            "{op}: gradient {:?} does not match output {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    // SAFETY: `softmax_bwd` writes every element of every row.
+    let mut dx = unsafe { uninit(dev, rows * n) }?;
+    if rows > 0 {
+        let f = function(dev, &SOFTMAX, "softmax_bwd")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (rows64, n64) = (rows as u64, n as u64);
+        b.arg(&y).arg(&g).arg(&mut dx).arg(&rows64).arg(&n64);
+        // SAFETY: softmax_bwd(const float* y, const float* g, float* dx, u64 rows, u64 n); all
+        // hold rows·n floats.
+        unsafe { b.launch(per_row(rows, n)) }.map_err(|e| failed("softmax_bwd", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        l1.shape().clone(),
+    ))
+}
+
+/// Checks that `w` (and `b`) have the size of the rows of `x`; returns (rows, d).
+fn layer_norm_shapes(op: &str, lx: &Layout, others: &[&Layout]) -> Result<(usize, usize)> {
+    let (rows, d) = rows_of(lx);
+    for l in others {
+        if l.shape().elem_count() != d {
+            bail!(
+                "{op}: weight/bias/gradient {:?} do not match input {:?}",
+                l.dims(),
+                lx.dims()
+            );
+        }
+    }
+    Ok((rows, d))
+}
+
+/// LayerNorm forward: `(x − μ)·r·w + b` per row.
+pub(crate) fn layer_norm_fwd(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+    eps: f32,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (x, w, bias) = (
+        view_f32(s1, l1, op)?,
+        view_f32(s2, l2, op)?,
+        view_f32(s3, l3, op)?,
+    );
+    let (rows, d) = layer_norm_shapes(op, l1, &[l2, l3])?;
+    // SAFETY: `layer_norm_fwd` writes every element of every row.
+    let mut y = unsafe { uninit(dev, rows * d) }?;
+    if rows > 0 {
+        let f = function(dev, &LAYER_NORM, "layer_norm_fwd")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (rows64, d64) = (rows as u64, d as u64);
+        b.arg(&x)
+            .arg(&w)
+            .arg(&bias)
+            .arg(&mut y)
+            .arg(&rows64)
+            .arg(&d64)
+            .arg(&eps);
+        // SAFETY: layer_norm_fwd(const float* x, const float* w, const float* b, float* y,
+        // u64 rows, u64 d, float eps); `x`, `y` hold rows·d floats, `w`, `b` hold d.
+        unsafe { b.launch(per_row(rows, d)) }.map_err(|e| failed("layer_norm_fwd", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        l1.shape().clone(),
+    ))
+}
+
+/// LayerNorm input gradient from `x`, `w` and the incoming gradient `g`.
+pub(crate) fn layer_norm_dx(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+    eps: f32,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (x, w, g) = (
+        view_f32(s1, l1, op)?,
+        view_f32(s2, l2, op)?,
+        view_f32(s3, l3, op)?,
+    );
+    let (rows, d) = layer_norm_shapes(op, l1, &[l2])?;
+    if l3.shape().elem_count() != rows * d {
+        bail!(
+            "{op}: gradient {:?} does not match input {:?}",
+            l3.dims(),
+            l1.dims()
+        );
+    }
+    // SAFETY: `layer_norm_dx` writes every element of every row.
+    let mut dx = unsafe { uninit(dev, rows * d) }?;
+    if rows > 0 {
+        let f = function(dev, &LAYER_NORM, "layer_norm_dx")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (rows64, d64) = (rows as u64, d as u64);
+        b.arg(&x)
+            .arg(&w)
+            .arg(&g)
+            .arg(&mut dx)
+            .arg(&rows64)
+            .arg(&d64)
+            .arg(&eps);
+        // SAFETY: layer_norm_dx(const float* x, const float* w, const float* g, float* dx,
+        // u64 rows, u64 d, float eps); `x`, `g`, `dx` hold rows·d floats, `w` holds d.
+        unsafe { b.launch(per_row(rows, d)) }.map_err(|e| failed("layer_norm_dx", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        l1.shape().clone(),
+    ))
+}
+
+/// LayerNorm weight and bias gradients, `(2, d)`: `[Σ g·x̂, Σ g]` over the rows.
+pub(crate) fn layer_norm_dwdb(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    eps: f32,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (x, g) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let (rows, d) = rows_of(l1);
+    if l2.shape().elem_count() != rows * d {
+        bail!(
+            "{op}: gradient {:?} does not match input {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    let (chunk, chunks) = row_chunks(rows, CHUNK_ROWS);
+    // SAFETY: `layer_norm_stats` writes 2 values per row, `layer_norm_dwdb_partial` all
+    // chunks·2d partials (empty chunks write 0), `layer_norm_sum_partials` all 2d outputs.
+    let mut stats = unsafe { uninit(dev, 2 * rows) }?;
+    // SAFETY: as above.
+    let mut partial = unsafe { uninit(dev, chunks * 2 * d) }?;
+    // SAFETY: as above.
+    let mut out = unsafe { uninit(dev, 2 * d) }?;
+    let stream = dev.cuda_stream();
+    let (rows64, d64, chunk64, chunks64, width64) = (
+        rows as u64,
+        d as u64,
+        chunk as u64,
+        chunks as u64,
+        2 * d as u64,
+    );
+    if rows > 0 {
+        let f = function(dev, &LAYER_NORM, "layer_norm_stats")?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&mut stats).arg(&rows64).arg(&d64).arg(&eps);
+        // SAFETY: layer_norm_stats(const float* x, float* stats, u64 rows, u64 d, float eps);
+        // `x` holds rows·d floats, `stats` 2·rows.
+        unsafe { b.launch(per_row(rows, d)) }.map_err(|e| failed("layer_norm_stats", e))?;
+    }
+    let f = function(dev, &LAYER_NORM, "layer_norm_dwdb_partial")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x).arg(&g).arg(&stats).arg(&mut partial);
+    b.arg(&rows64).arg(&d64).arg(&chunk64);
+    // SAFETY: layer_norm_dwdb_partial(const float* x, const float* g, const float* stats,
+    // float* partial, u64 rows, u64 d, u64 chunk_rows); sizes as allocated above; the grid has
+    // `chunks` rows of blocks.
+    unsafe { b.launch(columns_by_chunks(d, chunks)) }
+        .map_err(|e| failed("layer_norm_dwdb_partial", e))?;
+    let f = function(dev, &LAYER_NORM, "layer_norm_sum_partials")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&partial).arg(&mut out).arg(&chunks64).arg(&width64);
+    // SAFETY: layer_norm_sum_partials(const float* partial, float* out, u64 chunks, u64 width);
+    // `partial` holds chunks·2d floats, `out` 2d.
+    unsafe { b.launch(elementwise(2 * d)) }.map_err(|e| failed("layer_norm_sum_partials", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((2, d)),
+    ))
+}
