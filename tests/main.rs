@@ -14,6 +14,10 @@ mod util;
 mod data;
 // Datasets from files: captions folders, COCO, WebDataset shards, class trees, malformed inputs.
 mod datasets;
+// Training on files from a run configuration: augmentation, indexed shards, WebP, bad samples.
+mod file_runs;
+// Malformed checkpoints and run configurations: errors name the file and tensor or field.
+mod checkpoints;
 // Every fused kernel equals its reference, forward and backward.
 mod kernels;
 // The two towers: attention weights, pooling, fused vs reference.
