@@ -1,5 +1,5 @@
-//! Export: the `.npy` writer byte for byte against NumPy, embeddings of a model given as a model
-//! + tokenizer + batches, and `workbench export` of a run (weights readable as safetensors).
+//! Export: the `.npy` writer byte for byte against NumPy, embeddings of a model given as model,
+//! tokenizer and batches, and `workbench export` of a run (weights readable as safetensors).
 //! `tests/fixtures/check_export.py` checks the same files from Python (run by `.ci/run`).
 
 use crate::util::{tiny_config, tmpdir};

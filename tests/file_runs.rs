@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use workbench::config::RunConfig;
+use workbench::data::decode::DecodeLimits;
+use workbench::data::loader::AugmentConfig;
 use workbench::data::transform::{hflip, resize_and_center_crop};
 use workbench::data::webdataset::{PairStream, open_shards, read_member, write_tar};
 use workbench::data::{
@@ -42,6 +44,7 @@ pub(crate) fn files_toml(captions: &Path, extra: &str) -> String {
 
 #[test]
 fn a_run_config_selects_a_file_dataset_and_reports_bad_samples() {
+    use clap::Parser as _;
     let d = tmpdir("files-run");
     let captions = captions_folder(&d, 32);
     let text = files_toml(&captions, "");
@@ -70,7 +73,6 @@ fn a_run_config_selects_a_file_dataset_and_reports_bad_samples() {
     assert!(bad.examples.iter().any(|m| m.contains("captions.csv:")));
 
     // Through the command line: the bad samples reach run_finished in metrics.jsonl.
-    use clap::Parser as _;
     let cfg_path = write(&d, "run.toml", text.as_bytes());
     let out = d.join("run");
     let argv = [
@@ -206,7 +208,7 @@ fn training_crops_and_flips_come_from_the_seed_and_only_in_training() {
         let ImageSource::File(p) = &ds.records(Split::Val)[i].image else {
             panic!("a captions folder gives files")
         };
-        let decoded = workbench::data::decode::read_image(p, &Default::default()).unwrap();
+        let decoded = workbench::data::decode::read_image(p, &DecodeLimits::default()).unwrap();
         assert_eq!(
             ds.sample(Split::Val, i).unwrap().image,
             resize_and_center_crop(&decoded, 16)
@@ -246,7 +248,7 @@ fn training_crops_and_flips_come_from_the_seed_and_only_in_training() {
             tok.clone(),
             8,
             seed,
-            Default::default(),
+            AugmentConfig::default(),
             candle_core::Device::Cpu,
         )
         .unwrap();
@@ -315,9 +317,12 @@ fn webdataset_shards_are_indexed_not_buffered() {
         assert_eq!(r.captions, [captions[i].clone()]);
     }
     // Images are read on demand, decoded like any other.
-    let decoded =
-        workbench::data::decode::decode_image(&images[5], Path::new("x.png"), &Default::default())
-            .unwrap();
+    let decoded = workbench::data::decode::decode_image(
+        &images[5],
+        Path::new("x.png"),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     assert_eq!(
         ds.sample(Split::Train, 5).unwrap().image,
         resize_and_center_crop(&decoded, 16)
@@ -361,7 +366,7 @@ fn a_lossless_webp_file_decodes_exactly() {
     let ds = FileDataset::open(&spec).unwrap();
     assert_eq!(ds.check(true).unwrap().decoded, 2);
     let decoded =
-        workbench::data::decode::read_image(&d.join("a.webp"), &Default::default()).unwrap();
+        workbench::data::decode::read_image(&d.join("a.webp"), &DecodeLimits::default()).unwrap();
     assert_eq!(decoded, im);
     let i = (0..2)
         .find(|&i| ds.sample(Split::Train, i).unwrap().captions[0].text == "a webp picture")

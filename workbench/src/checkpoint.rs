@@ -74,8 +74,9 @@ pub fn tensors_from_bytes(
 ) -> Result<HashMap<String, Tensor>> {
     use safetensors::{Dtype, SafeTensorError, SafeTensors};
     let bad = |msg: String| Error::checkpoint(path, msg);
+    let invalid = |msg: String| bad(format!("not a valid safetensors file: {msg}"));
     let Some(head) = bytes.first_chunk::<8>() else {
-        return Err(bad(format!(
+        return Err(invalid(format!(
             "truncated: {} bytes; a safetensors file starts with an 8-byte header length",
             bytes.len()
         )));
@@ -83,13 +84,13 @@ pub fn tensors_from_bytes(
     let declared = u64::from_le_bytes(*head);
     let after = bytes.len() as u64 - 8;
     if declared > after {
-        return Err(bad(format!(
+        return Err(invalid(format!(
             "header length {declared} is larger than the {after} bytes after it: truncated, or \
              not a safetensors file"
         )));
     }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        bad(match e {
+        invalid(match e {
             SafeTensorError::InvalidHeader(e) => format!("header is not UTF-8 text: {e}"),
             SafeTensorError::InvalidHeaderDeserialization(e) | SafeTensorError::JsonError(e) => {
                 format!("header is not a safetensors JSON header: {e}")
@@ -108,7 +109,7 @@ pub fn tensors_from_bytes(
                     None => "a tensor's shape and dtype do not match its byte range".into(),
                 }
             }
-            other => format!("not a valid safetensors file: {other}"),
+            other => other.to_string(),
         })
     })?;
     let mut out = HashMap::new();
@@ -243,7 +244,7 @@ mod tests {
         std::fs::write(&p, b"garbage").unwrap();
         let e = load_tensors(&p, &Device::Cpu).unwrap_err().to_string();
         assert!(
-            e.contains("model.safetensors") && e.contains("not a valid"),
+            e.contains("model.safetensors") && e.contains("truncated: 7 bytes"),
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&root);

@@ -6,7 +6,8 @@ use crate::{Error, Result};
 use std::io::Read;
 use std::path::Path;
 
-/// Reads `len` bytes at `offset` of `shard` — an image found by [`PairStream::indexing`];
+/// Reads `len` bytes at `offset` of `shard` — an image found by
+/// [`PairStream::indexing`](super::PairStream::indexing);
 /// `name` (`shard.tar/key.jpg`) names it in messages. A shard that changed since it was indexed
 /// (now too short) is an error naming the member.
 pub fn read_member(shard: &Path, offset: u64, len: u64, name: &Path) -> Result<Vec<u8>> {
