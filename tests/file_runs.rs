@@ -376,3 +376,68 @@ fn a_lossless_webp_file_decodes_exactly() {
         resize_and_center_crop(&im, 14)
     );
 }
+
+#[test]
+fn evaluation_stops_at_bad_images_training_skips_them_and_zero_shot_uses_a_class_tree() {
+    let d = tmpdir("files-policies");
+    let mut csv = String::from("image,caption\n");
+    for i in 0..16u8 {
+        write(&d, &format!("good{i}.png"), &png(i));
+        write(&d, &format!("bad{i}.png"), &png(i)[..60]);
+        writeln!(
+            csv,
+            "good{i}.png,good picture {i}\nbad{i}.png,bad picture {i}"
+        )
+        .unwrap();
+    }
+    let captions = write(&d, "captions.csv", csv.as_bytes());
+    write(&d, "classes/red_thing/1.png", &png(1));
+    write(&d, "classes/blue_thing/1.png", &png(2));
+    write(&d, "classes/blue_thing/2.png", &png(3));
+    let cfg = FilesConfig {
+        path: captions,
+        val_fraction: 0.5,
+        test_fraction: 0.0,
+        zero_shot: Some(d.join("classes")),
+        templates: vec!["a photo of a {}.".into()],
+        ..FilesConfig::default()
+    };
+    let ds = cfg.open(16).unwrap();
+    let bad_in = |split| {
+        ds.records(split)
+            .iter()
+            .position(|r| r.image.name().to_string_lossy().contains("bad"))
+            .unwrap()
+    };
+    // Training (skip): a bad image is replaced by the next readable one and counted.
+    let i = bad_in(Split::Train);
+    assert!(
+        ds.sample(Split::Train, i).unwrap().captions[0]
+            .text
+            .starts_with("good")
+    );
+    assert!(ds.train_sample(i, &mut Rng::new(0)).is_ok());
+    assert!(ds.bad_samples().unwrap().count >= 1);
+    // Evaluation (fail): the error names the image.
+    let i = bad_in(Split::Val);
+    let name = ds.records(Split::Val)[i].image.name().display().to_string();
+    let e = ds.sample(Split::Val, i).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("PNG"), "{e}");
+    // Zero-shot: the class tree's images and prompts.
+    let classes = ds.classes().unwrap();
+    assert_eq!(classes.names, ["blue thing", "red thing"]);
+    assert_eq!(classes.prompts[1][0], ["a photo of a red thing."]);
+    assert_eq!(ds.zero_shot_len(), 3);
+    assert_eq!(ds.zero_shot_sample(2).unwrap().label, Some(1));
+    assert!(ds.corpus().contains(&"a photo of a red thing.".to_string()));
+    // A missing class tree is named.
+    let e = FilesConfig {
+        zero_shot: Some(d.join("no-classes")),
+        ..cfg
+    }
+    .open(16)
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no-classes"), "{e}");
+}
