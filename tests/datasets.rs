@@ -15,7 +15,7 @@ use workbench::data::{
 };
 
 /// A `w × h` image with a colour gradient, distinct per `seed`.
-fn picture(w: usize, h: usize, seed: u8) -> RgbImage {
+pub(crate) fn picture(w: usize, h: usize, seed: u8) -> RgbImage {
     let mut im = RgbImage::new(w, h);
     for y in 0..h {
         for x in 0..w {
@@ -25,7 +25,7 @@ fn picture(w: usize, h: usize, seed: u8) -> RgbImage {
     im
 }
 
-fn png(seed: u8) -> Vec<u8> {
+pub(crate) fn png(seed: u8) -> Vec<u8> {
     encode_png(&picture(40, 30, seed)).unwrap()
 }
 
@@ -41,7 +41,7 @@ fn jpeg(seed: u8) -> Vec<u8> {
     out
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     if let Some(parent) = p.parent() {
         std::fs::create_dir_all(parent).unwrap();

@@ -14,6 +14,12 @@ mod util;
 mod data;
 // Datasets from files: captions folders, COCO, WebDataset shards, class trees, malformed inputs.
 mod datasets;
+// Training on files from a run configuration: augmentation, indexed shards, WebP, bad samples.
+mod file_runs;
+// Export: the .npy writer, embeddings of a model, `workbench export` of a run.
+mod export;
+// Malformed checkpoints and run configurations: errors name the file and tensor or field.
+mod checkpoints;
 // Every fused kernel equals its reference, forward and backward.
 mod kernels;
 // The two towers: attention weights, pooling, fused vs reference.

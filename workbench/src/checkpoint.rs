@@ -53,11 +53,109 @@ pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(
     write_atomic(path, &tensors_to_bytes(tensors)?)
 }
 
-/// Reads a safetensors file; a missing or corrupt file is an error naming it.
+/// Reads a safetensors file; a missing or corrupt file is an error naming it (see
+/// [`tensors_from_bytes`]).
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))
+    tensors_from_bytes(&bytes, path, device)
+}
+
+/// Parses safetensors bytes (`path` names them in messages) into tensors on `device`.
+///
+/// Floating-point tensors (F32, and F16 / BF16 / F64, which callers convert) are accepted; a
+/// file shorter than its 8-byte header length, a header length past the end of the file, a
+/// header that is not JSON, offsets that do not cover the data, or a tensor of another dtype
+/// is an [`Error::Checkpoint`] naming the file and, where there is one, the tensor. Never
+/// panics, whatever the bytes.
+pub fn tensors_from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    use safetensors::{Dtype, SafeTensorError, SafeTensors};
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    let invalid = |msg: String| bad(format!("not a valid safetensors file: {msg}"));
+    let Some(head) = bytes.first_chunk::<8>() else {
+        return Err(invalid(format!(
+            "truncated: {} bytes; a safetensors file starts with an 8-byte header length",
+            bytes.len()
+        )));
+    };
+    let declared = u64::from_le_bytes(*head);
+    let after = bytes.len() as u64 - 8;
+    if declared > after {
+        return Err(invalid(format!(
+            "header length {declared} is larger than the {after} bytes after it: truncated, or \
+             not a safetensors file"
+        )));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        invalid(match e {
+            SafeTensorError::InvalidHeader(e) => format!("header is not UTF-8 text: {e}"),
+            SafeTensorError::InvalidHeaderDeserialization(e) | SafeTensorError::JsonError(e) => {
+                format!("header is not a safetensors JSON header: {e}")
+            }
+            SafeTensorError::InvalidOffset(name) => format!(
+                "tensor `{name}`: its data offsets do not fit the file (truncated or corrupt)"
+            ),
+            SafeTensorError::MetadataIncompleteBuffer => {
+                "the tensors' data does not cover the file exactly: truncated or padded".into()
+            }
+            SafeTensorError::TensorInvalidInfo | SafeTensorError::InvalidTensorView(..) => {
+                match misfit_tensor(bytes) {
+                    Some(name) => {
+                        format!("tensor `{name}`: its shape and dtype do not match its byte range")
+                    }
+                    None => "a tensor's shape and dtype do not match its byte range".into(),
+                }
+            }
+            other => other.to_string(),
+        })
+    })?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = view.dtype();
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+            return Err(bad(format!(
+                "tensor `{name}` has dtype {dtype:?}; expected F32 (F16, BF16 and F64 are \
+                 converted)"
+            )));
+        }
+        let t = candle_core::safetensors::Load::load(&view, device)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// The first tensor of a safetensors header whose byte range does not fit its shape and dtype
+/// or the file (for messages; `None` when the header cannot be read or every tensor fits).
+fn misfit_tensor(bytes: &[u8]) -> Option<String> {
+    let len = usize::try_from(u64::from_le_bytes(*bytes.first_chunk::<8>()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    let data_len = (bytes.len() - 8 - len) as u64;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let mut named: Vec<_> = map.iter().filter(|(k, _)| *k != "__metadata__").collect();
+    named.sort_by_key(|(k, _)| k.as_str());
+    named.into_iter().find_map(|(name, info)| {
+        let size: u64 = match info.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let elems = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .try_fold(1u64, |a, d| a.checked_mul(d.as_u64()?));
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let fits = elems
+            .and_then(|n| n.checked_mul(size))
+            .is_some_and(|b| start <= end && end - start == b && end <= data_len);
+        (!fits).then(|| name.clone())
+    })
 }
 
 /// The checkpoint to read for `dir`: `dir` itself, or `dir.prev` if a crash interrupted a swap.
@@ -146,7 +244,7 @@ mod tests {
         std::fs::write(&p, b"garbage").unwrap();
         let e = load_tensors(&p, &Device::Cpu).unwrap_err().to_string();
         assert!(
-            e.contains("model.safetensors") && e.contains("not a valid"),
+            e.contains("model.safetensors") && e.contains("truncated: 7 bytes"),
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&root);

@@ -195,6 +195,10 @@ pub enum Event {
         train_seconds: f64,
         /// Pairs per second over the training steps.
         pairs_per_second: f64,
+        /// Bad samples skipped (datasets from files): the count and the first few messages,
+        /// each naming the file and the problem.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bad_samples: Option<crate::data::BadSampleReport>,
     },
 }
 

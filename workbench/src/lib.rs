@@ -43,6 +43,7 @@ pub mod data;
 mod error;
 pub mod eval;
 pub mod events;
+pub mod export;
 pub mod loss;
 pub mod metrics;
 pub mod model;

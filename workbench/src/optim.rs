@@ -169,21 +169,29 @@ impl AdamW {
                 })
             };
             let (m, v) = (get(format!("m.{name}"))?, get(format!("v.{name}"))?);
+            let (m, v) = (
+                m.to_dtype(candle_core::DType::F32)?,
+                v.to_dtype(candle_core::DType::F32)?,
+            );
             let Some((_, var)) = params.iter().find(|(n, _)| n == name) else {
                 return Err(Error::checkpoint(
                     path,
                     format!("optimizer state for unknown parameter `{name}`"),
                 ));
             };
-            if m.elem_count() != var.elem_count() || v.elem_count() != var.elem_count() {
-                return Err(Error::checkpoint(
-                    path,
-                    format!(
-                        "optimizer state of `{name}` has {} values, the parameter {:?}",
-                        m.elem_count(),
-                        var.shape()
-                    ),
-                ));
+            for (which, t) in [("m", &m), ("v", &v)] {
+                if t.elem_count() != var.elem_count() {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
+                            "optimizer tensor `{which}.{name}` has {} values, the parameter {:?} \
+                             has {}",
+                            t.elem_count(),
+                            var.shape().dims(),
+                            var.elem_count()
+                        ),
+                    ));
+                }
             }
             let st = if !self.tensor_path && matches!(var.device(), Device::Cpu) {
                 Moments::Host {

@@ -181,8 +181,19 @@ impl Params {
 
     /// Overwrites parameters with the values in a safetensors file. Tensors the file lacks keep
     /// their values unless `strict`; tensors only the file has are created. Shapes must match.
+    /// Nothing changes unless every tensor fits.
     pub fn load(&self, path: &Path, strict: bool) -> Result<()> {
         let loaded = crate::checkpoint::load_tensors(path, &self.device)?;
+        self.load_tensors(loaded, path, strict)
+    }
+
+    /// [`Params::load`] from tensors already read (`path` names their file in messages).
+    pub fn load_tensors(
+        &self,
+        loaded: std::collections::HashMap<String, Tensor>,
+        path: &Path,
+        strict: bool,
+    ) -> Result<()> {
         let mut vars = self.lock();
         if let Some(missing) = vars.keys().find(|k| strict && !loaded.contains_key(*k)) {
             return Err(Error::checkpoint(
@@ -190,19 +201,24 @@ impl Params {
                 format!("tensor `{missing}` is missing"),
             ));
         }
+        let mut checked = Vec::with_capacity(loaded.len());
         for (name, t) in loaded {
-            let t = t.to_dtype(DType::F32)?;
+            if let Some(v) = vars.get(&name)
+                && v.shape() != t.shape()
+            {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?}, the model expects {:?}",
+                        t.shape().dims(),
+                        v.shape().dims()
+                    ),
+                ));
+            }
+            checked.push((name, t.to_dtype(DType::F32)?));
+        }
+        for (name, t) in checked {
             match vars.get(&name) {
-                Some(v) if v.shape() != t.shape() => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!(
-                            "tensor `{name}` has shape {:?}, the model expects {:?}",
-                            t.shape(),
-                            v.shape()
-                        ),
-                    ));
-                }
                 Some(v) => v.set(&t)?,
                 None => {
                     vars.insert(name, Var::from_tensor(&t)?);

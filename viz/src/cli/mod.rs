@@ -1,5 +1,5 @@
-//! The `workbench` command line: `train`, `eval`, `data`, `check-data`, `bench`, `gap`, `point`
-//! and `inspect`.
+//! The `workbench` command line: `train`, `eval`, `data`, `check-data`, `bench`, `gap`, `point`,
+//! `inspect` and `export`.
 //!
 //! The binary is a thin wrapper around [`run`], which tests call directly.
 
@@ -15,10 +15,12 @@ use workbench::loss::LossConfig;
 use workbench::train::Trainer;
 
 mod dataset;
+mod export;
 mod inspect;
 mod train;
 
 pub use dataset::CheckDataArgs;
+pub use export::ExportArgs;
 pub use inspect::{InspectArgs, load_image};
 
 /// Train small CLIP-like image–text models and look inside them.
@@ -51,6 +53,9 @@ pub enum Command {
     Point(PointArgs),
     /// Look inside a model for one image and text: attention, alignment, relevance figures.
     Inspect(InspectArgs),
+    /// Export a run: weights as one `model.safetensors`, embeddings of a split's images and
+    /// captions as `.npy` with `captions.json` to match rows.
+    Export(ExportArgs),
 }
 
 /// `workbench point`.
@@ -278,12 +283,13 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => eval(&a),
-        Command::Data(a) => data(&a),
+        Command::Data(a) => dataset::data(&a),
         Command::CheckData(a) => dataset::check_data(&a),
         Command::Bench(a) => bench(&a),
         Command::Gap(a) => gap(&a),
         Command::Point(a) => point(&a),
         Command::Inspect(a) => inspect::inspect(&a),
+        Command::Export(a) => export::export(&a),
     }
 }
 
@@ -421,95 +427,6 @@ fn eval(a: &EvalArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", dir.join("eval.json").display()))?;
     }
     Ok(())
-}
-
-fn data(a: &DataArgs) -> Result<()> {
-    use workbench::data::{PairDataset, Shapes};
-    let cfg = match (&a.config, &a.preset) {
-        (Some(path), _) => RunConfig::load(path)?,
-        (None, Some(p)) => RunConfig::preset(p)?,
-        (None, None) => RunConfig::default(),
-    };
-    if !(1..=4096).contains(&a.count) || !(1..=32).contains(&a.scale) {
-        bail!("--count must be in 1..=4096 and --scale in 1..=32");
-    }
-    let ds = Shapes::new(cfg.data.clone())?;
-    let len = match a.split.as_str() {
-        "zero-shot" => ds.zero_shot_len(),
-        "val" => ds.len(Split::Val),
-        "test" => ds.len(Split::Test),
-        _ => ds.len(Split::Train),
-    };
-    let end = (a.start + a.count).min(len);
-    if a.start >= end {
-        bail!(
-            "--start {} is past the end of the {} split ({len} samples)",
-            a.start,
-            a.split
-        );
-    }
-    let classes = ds.classes();
-    let mut images = Vec::new();
-    for i in a.start..end {
-        let s = match a.split.as_str() {
-            "zero-shot" => ds.zero_shot_sample(i)?,
-            "val" => ds.sample(Split::Val, i)?,
-            "test" => ds.sample(Split::Test, i)?,
-            _ => ds.sample(Split::Train, i)?,
-        };
-        let label = s
-            .label
-            .and_then(|l| {
-                classes
-                    .as_ref()
-                    .map(|c| format!("  [class {l}: {}]", c.names[l]))
-            })
-            .unwrap_or_default();
-        say(&format!("{i:>6}{label}"))?;
-        for c in &s.captions {
-            say(&format!("        {}", c.text))?;
-        }
-        images.push(s.image);
-    }
-    if let Some(out) = &a.out {
-        contact_sheet(&images, a.scale)?
-            .save(out)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-        eprintln!("wrote {} ({} images)", out.display(), images.len());
-    }
-    Ok(())
-}
-
-/// Images side by side, 8 per row, each upscaled `scale` times (nearest neighbour) with a
-/// 2-pixel white gutter.
-fn contact_sheet(images: &[workbench::data::RgbImage], scale: usize) -> Result<image::RgbImage> {
-    let Some(first) = images.first() else {
-        bail!("no images")
-    };
-    let (w, h) = (first.width * scale, first.height * scale);
-    let cols = images.len().min(8);
-    let rows = images.len().div_ceil(8);
-    let gutter = 2;
-    let width = u32::try_from(cols * (w + gutter) + gutter)?;
-    let height = u32::try_from(rows * (h + gutter) + gutter)?;
-    let mut sheet = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
-    for (k, im) in images.iter().enumerate() {
-        let (ox, oy) = (
-            gutter + (k % 8) * (w + gutter),
-            gutter + (k / 8) * (h + gutter),
-        );
-        for y in 0..h {
-            for x in 0..w {
-                let p = im.pixel(x / scale, y / scale);
-                sheet.put_pixel(
-                    u32::try_from(ox + x)?,
-                    u32::try_from(oy + y)?,
-                    image::Rgb(p),
-                );
-            }
-        }
-    }
-    Ok(sheet)
 }
 
 fn bench(a: &BenchArgs) -> Result<()> {

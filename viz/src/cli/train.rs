@@ -8,6 +8,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use workbench::config::parse_device;
+use workbench::data::BadSampleReport;
 use workbench::events::{EvalReport, Event, JsonlWriter};
 use workbench::loss::LossConfig;
 use workbench::train::{FitOutcome, Trainer};
@@ -100,6 +101,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         trainer.completed_steps(),
         last_eval.as_ref(),
         finished,
+        trainer.dataset().bad_samples().as_ref(),
     );
     match outcome {
         FitOutcome::Finished => Ok(()),
@@ -248,13 +250,24 @@ fn print_line(bar: &ProgressBar, line: &str) {
     }
 }
 
-fn summary(run_dir: &Path, step: usize, eval: Option<&EvalReport>, finished: Option<(f64, f64)>) {
+fn summary(
+    run_dir: &Path,
+    step: usize,
+    eval: Option<&EvalReport>,
+    finished: Option<(f64, f64)>,
+    bad: Option<&BadSampleReport>,
+) {
     eprintln!("\n== run {} · step {step} ==", run_dir.display());
     if let Some(r) = eval {
         eprintln!("{}", report_table(r));
     }
     if let Some((secs, pps)) = finished {
         eprintln!("training time {secs:.1} s · {pps:.0} pairs/s");
+    }
+    // Datasets from files: how many samples were skipped and the first few reasons (also in
+    // the `run_finished` line of metrics.jsonl).
+    if let Some(bad) = bad {
+        eprintln!("data: {}", bad.summary());
     }
     eprintln!(
         "files: {0}/config.toml {0}/tokenizer.json {0}/metrics.jsonl {0}/checkpoint/",

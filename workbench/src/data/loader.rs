@@ -217,7 +217,11 @@ impl Loader {
     }
 
     fn row(&self, p: u64, index: usize, extras: Extras, view2: &AugmentConfig) -> Result<Row> {
-        let sample = self.dataset.sample(Split::Train, index)?;
+        // The dataset's own training transform draws from a stream of its own, so datasets
+        // without one (shapes) see exactly the draws they always did.
+        let sample = self
+            .dataset
+            .train_sample(index, &mut Rng::derive(self.seed, "loader/transform", p))?;
         if sample.captions.is_empty() {
             return Err(Error::Data(format!("train image {index} has no caption")));
         }

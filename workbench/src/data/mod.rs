@@ -21,7 +21,9 @@ pub mod image;
 pub mod loader;
 pub mod pairs;
 pub mod policy;
+pub mod records;
 pub mod shapes;
+pub mod source;
 pub mod tokenizer;
 pub mod transform;
 pub mod webdataset;
@@ -33,6 +35,7 @@ pub use loader::{Extras, Loader, LoaderState};
 pub use pairs::Pairs;
 pub use policy::{BadSample, BadSampleReport};
 pub use shapes::{Shapes, ShapesConfig};
+pub use source::{FileAugment, FilesConfig, open_dataset};
 pub use tokenizer::{Encoding, Tokenizer};
 
 use serde::{Deserialize, Serialize};
@@ -169,8 +172,25 @@ pub trait PairDataset: Send + Sync {
     }
     /// The `index`-th image of `split`, with its captions.
     fn sample(&self, split: Split, index: usize) -> crate::Result<Sample>;
+    /// The `index`-th training image as the loader hands it to the model: datasets with a
+    /// training-only transform (e.g. [`FileDataset`]'s random-resized crop and flip) draw it from
+    /// `rng`, a stream of the loader's seed and position. The default is
+    /// `sample(Split::Train, index)`, ignoring `rng`.
+    fn train_sample(&self, index: usize, rng: &mut crate::rng::Rng) -> crate::Result<Sample> {
+        let _ = rng;
+        self.sample(Split::Train, index)
+    }
     /// Texts to fit a word-level tokenizer on (every word the captions and prompts can use).
     fn corpus(&self) -> Vec<String>;
+    /// A stable id of the `index`-th image of `split`, for matching exported rows (a file or
+    /// member name for datasets from files); default `split/index`.
+    fn sample_id(&self, split: Split, index: usize) -> String {
+        format!("{split}/{index}")
+    }
+    /// Bad samples skipped so far, for datasets that can meet them (files); `None` otherwise.
+    fn bad_samples(&self) -> Option<BadSampleReport> {
+        None
+    }
     /// Zero-shot classes, if the dataset has them.
     fn classes(&self) -> Option<ClassSet> {
         None

@@ -15,7 +15,7 @@
 
 use crate::config::{RunConfig, parse_device};
 use crate::control::{Command, RunHandle};
-use crate::data::{Batch, Extras, Loader, PairDataset, Shapes, Split, Tokenizer};
+use crate::data::{Batch, Extras, Loader, PairDataset, Split, Tokenizer, open_dataset};
 use crate::eval::{EvalContext, EvalSet, evaluate};
 use crate::events::{EvalReport, Event, StepStats};
 use crate::loss::{LossInputs, Needs, Objective};
@@ -81,11 +81,12 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer on the synthetic `shapes` set with a tokenizer fitted on its captions
+    /// A trainer on the configured dataset — the synthetic `shapes` set, or files when
+    /// `[data.files]` is set ([`crate::data::source`]) — with a tokenizer fitted on its captions
     /// (or loaded from `tokenizer.file`), on the configured device.
     pub fn new(cfg: RunConfig) -> Result<Self> {
         cfg.validate()?;
-        let dataset: Arc<dyn PairDataset> = Arc::new(Shapes::new(cfg.data.clone())?);
+        let dataset = open_dataset(&cfg.data)?;
         let tokenizer = match &cfg.tokenizer.file {
             Some(path) => cfg.tokenizer.load(path)?,
             None => Tokenizer::fit_word_level(&dataset.corpus(), cfg.tokenizer.context_length)?,
@@ -467,6 +468,7 @@ impl Trainer {
             step: self.step,
             train_seconds: self.train_seconds,
             pairs_per_second: pairs / self.train_seconds.max(1e-9),
+            bad_samples: self.dataset.bad_samples(),
         });
         Ok(FitOutcome::Finished)
     }

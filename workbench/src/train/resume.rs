@@ -3,7 +3,7 @@
 use super::{ObjectiveFactory, Trainer};
 use crate::checkpoint::{self, FORMAT_VERSION};
 use crate::config::{RunConfig, parse_device};
-use crate::data::{LoaderState, PairDataset, Shapes};
+use crate::data::{LoaderState, open_dataset};
 use crate::loss::Objective;
 use crate::params::Scope;
 use crate::{Error, Result};
@@ -11,7 +11,6 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// What `state.json` of a checkpoint holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,6 +35,49 @@ pub struct CheckpointState {
     /// Clamped parameter-name prefixes and their `[min, max]`.
     #[serde(default)]
     pub clamps: BTreeMap<String, [f64; 2]>,
+}
+
+impl CheckpointState {
+    /// Parses and checks a `state.json` (`path` names it in messages): JSON that does not match
+    /// the layout is an error naming the dotted field (`config.train.lr`, `step`), an unsupported
+    /// format version or an invalid configuration likewise. Never panics, whatever the bytes.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let state: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let at = if field == "." {
+                String::new()
+            } else {
+                format!("field `{field}`: ")
+            };
+            Error::checkpoint(
+                path,
+                format!("not a valid state file: {at}{}", e.into_inner()),
+            )
+        })?;
+        de.end().map_err(|e| {
+            Error::checkpoint(path, format!("not a valid state file: trailing bytes: {e}"))
+        })?;
+        if state.format != FORMAT_VERSION {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "format {} is not supported (this build reads {FORMAT_VERSION})",
+                    state.format
+                ),
+            ));
+        }
+        // The device is checked when the run is rebuilt (a resume may move it to another one).
+        let mut cfg = state.config.clone();
+        cfg.train.device = "cpu".into();
+        cfg.validate().map_err(|e| match e {
+            Error::Config { field, msg } => {
+                Error::checkpoint(path, format!("field `config.{field}`: {msg}"))
+            }
+            other => Error::checkpoint(path, other.to_string()),
+        })?;
+        Ok(state)
+    }
 }
 
 impl Trainer {
@@ -76,18 +118,7 @@ impl Trainer {
         let dir = resolve_checkpoint(dir)?;
         let path = dir.join("state.json");
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let state: CheckpointState = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::checkpoint(&path, format!("not a valid state file: {e}")))?;
-        if state.format != FORMAT_VERSION {
-            return Err(Error::checkpoint(
-                &path,
-                format!(
-                    "format {} is not supported (this build reads {FORMAT_VERSION})",
-                    state.format
-                ),
-            ));
-        }
-        Ok((dir, state))
+        Ok((dir, CheckpointState::from_json(&bytes, &path)?))
     }
 
     /// Rebuilds a trainer from a checkpoint on `device` (default: the configured device); training
@@ -129,7 +160,7 @@ impl Trainer {
         edit(&mut cfg);
         cfg.validate()
             .map_err(|e| Error::checkpoint(dir.join("state.json"), e.to_string()))?;
-        let dataset: Arc<dyn PairDataset> = Arc::new(Shapes::new(cfg.data.clone())?);
+        let dataset = open_dataset(&cfg.data)?;
         let tokenizer = cfg.tokenizer.load(&dir.join("tokenizer.json"))?;
         let device = match device {
             Some(d) => d,

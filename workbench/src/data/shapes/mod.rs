@@ -66,6 +66,10 @@ pub struct ShapesConfig {
     pub zero_shot_size: usize,
     /// Colour–shape pairs never shown in training, e.g. `["red circle"]`.
     pub holdout: Vec<String>,
+    /// Train on files instead (`[data.files]`); the synthetic set's settings other than
+    /// `image_size` are then unused. See [`crate::data::source`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::data::FilesConfig>,
 }
 
 impl Default for ShapesConfig {
@@ -86,6 +90,7 @@ impl Default for ShapesConfig {
             test_size: 1_000,
             zero_shot_size: 1_080,
             holdout: Vec::new(),
+            files: None,
         }
     }
 }
@@ -109,6 +114,15 @@ fn palette_index(palette: &[&str], name: &str, what: &str) -> Result<usize> {
 impl ShapesConfig {
     /// Checks every field; the error names the field and what was expected.
     pub fn validate(&self) -> Result<()> {
+        if let Some(files) = &self.files {
+            if !(8..=1024).contains(&self.image_size) {
+                return Err(field(
+                    "image_size",
+                    format!("{} is outside 8..=1024", self.image_size),
+                ));
+            }
+            return files.validate(self.image_size);
+        }
         if !(16..=128).contains(&self.image_size) {
             return Err(field(
                 "image_size",

@@ -20,6 +20,10 @@ use crate::{Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+mod members;
+
+pub use members::{read_member, set_checksum, write_tar};
+
 const BLOCK: usize = 512;
 
 /// One regular file of a tar archive.
@@ -27,10 +31,15 @@ const BLOCK: usize = 512;
 pub struct TarMember {
     /// The member's path inside the archive.
     pub name: String,
-    /// Its bytes.
+    /// Its bytes (empty when the reader skips this member's data; see
+    /// [`TarReader::skip_data_of`]).
     pub data: Vec<u8>,
     /// Byte offset of its header in the archive.
     pub offset: u64,
+    /// Byte offset of its data in the archive.
+    pub data_offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// A streaming reader of ustar / GNU / pax tar archives (regular files only).
@@ -41,6 +50,7 @@ pub struct TarReader<R: Read> {
     done: bool,
     /// Members larger than this many bytes are refused (default 256 MiB).
     pub max_member_bytes: u64,
+    skip: Option<fn(&str) -> bool>,
 }
 
 /// Parses a numeric header field: octal digits (NUL- or space-terminated) or GNU base-256.
@@ -88,7 +98,16 @@ impl<R: Read> TarReader<R> {
             offset: 0,
             done: false,
             max_member_bytes: 256 * 1024 * 1024,
+            skip: None,
         }
+    }
+
+    /// Regular files whose name satisfies `skip` are returned without their data (read past
+    /// in small chunks, never held), with their offset and size: an index of the archive.
+    #[must_use]
+    pub fn skip_data_of(mut self, skip: fn(&str) -> bool) -> Self {
+        self.skip = Some(skip);
+        self
     }
 
     fn err(&self, msg: String) -> Error {
@@ -110,13 +129,17 @@ impl<R: Read> TarReader<R> {
         Ok(n)
     }
 
-    /// Reads a member's `size` bytes and the padding after them.
-    fn read_data(&mut self, name: &str, size: u64, header_at: u64) -> Result<Vec<u8>> {
+    /// Reads a member's `size` bytes (or, with `keep` false, reads past them) and the padding
+    /// after them.
+    fn read_data(&mut self, name: &str, size: u64, header_at: u64, keep: bool) -> Result<Vec<u8>> {
         let mut data = Vec::new();
-        let got = (&mut self.inner)
-            .take(size)
-            .read_to_end(&mut data)
-            .map_err(|e| Error::io(&self.path, e))?;
+        let mut take = (&mut self.inner).take(size);
+        let got = if keep {
+            take.read_to_end(&mut data).map(|n| n as u64)
+        } else {
+            std::io::copy(&mut take, &mut std::io::sink())
+        }
+        .map_err(|e| Error::io(&self.path, e))?;
         self.offset += got as u64;
         if (got as u64) < size {
             return Err(self.err(format!(
@@ -200,7 +223,10 @@ impl<R: Read> TarReader<R> {
                 )));
             }
             let kind = h[156];
-            let data = self.read_data(&name, size, header_at);
+            let regular = matches!(kind, b'0' | 0 | b'7');
+            let keep = !(regular && self.skip.is_some_and(|skip| skip(&name)));
+            let data_offset = self.offset;
+            let data = self.read_data(&name, size, header_at, keep);
             let data = match data {
                 Ok(d) => d,
                 Err(e) => {
@@ -214,6 +240,8 @@ impl<R: Read> TarReader<R> {
                         name,
                         data,
                         offset: header_at,
+                        data_offset,
+                        size,
                     }));
                 }
                 b'L' => long_name = Some(c_string(&data)),
@@ -262,8 +290,12 @@ pub struct WdsPair {
     pub key: String,
     /// Where the image came from, `shard.tar/key.jpg` (for messages).
     pub image_name: PathBuf,
-    /// The encoded image bytes.
+    /// The encoded image bytes (empty from an indexing stream; see [`PairStream::indexing`]).
     pub image: Vec<u8>,
+    /// Where the image's bytes start in its shard.
+    pub image_offset: u64,
+    /// The image's size in bytes.
+    pub image_len: u64,
     /// The caption, trimmed.
     pub caption: String,
 }
@@ -272,7 +304,7 @@ pub struct WdsPair {
 #[derive(Default)]
 struct Group {
     key: String,
-    image: Option<(String, Vec<u8>)>,
+    image: Option<(String, Vec<u8>, u64, u64)>,
     caption: Option<(String, Vec<u8>)>,
 }
 
@@ -284,6 +316,7 @@ pub struct PairStream<I: Iterator<Item = (PathBuf, Box<dyn Read + Send>)>> {
     policy: BadSample,
     report: BadSampleReport,
     failed: bool,
+    index_only: bool,
 }
 
 impl<I: Iterator<Item = (PathBuf, Box<dyn Read + Send>)>> PairStream<I> {
@@ -296,6 +329,17 @@ impl<I: Iterator<Item = (PathBuf, Box<dyn Read + Send>)>> PairStream<I> {
             policy,
             report: BadSampleReport::default(),
             failed: false,
+            index_only: false,
+        }
+    }
+
+    /// Pairs from `shards` without their image bytes: each [`WdsPair`] has its caption and where
+    /// its image lies in the shard (`image_offset`, `image_len`); read it with [`read_member`].
+    /// Memory stays bounded by the captions, whatever the size of the shards.
+    pub fn indexing(shards: I, policy: BadSample) -> Self {
+        Self {
+            index_only: true,
+            ..Self::new(shards, policy)
         }
     }
 
@@ -312,25 +356,29 @@ impl<I: Iterator<Item = (PathBuf, Box<dyn Read + Send>)>> PairStream<I> {
         }
         let at = shard.join(&g.key);
         let pair = match (g.image, g.caption) {
-            (Some((iname, image)), Some((cname, text))) => match String::from_utf8(text) {
-                Ok(t) if t.trim().is_empty() => {
-                    Err(Error::input(shard.join(&cname), None, "empty caption"))
+            (Some((iname, image, image_offset, image_len)), Some((cname, text))) => {
+                match String::from_utf8(text) {
+                    Ok(t) if t.trim().is_empty() => {
+                        Err(Error::input(shard.join(&cname), None, "empty caption"))
+                    }
+                    Ok(t) => Ok(WdsPair {
+                        key: g.key,
+                        image_name: shard.join(iname),
+                        image,
+                        image_offset,
+                        image_len,
+                        caption: t.trim().to_string(),
+                    }),
+                    Err(e) => Err(Error::input(
+                        shard.join(&cname),
+                        None,
+                        format!(
+                            "caption is not UTF-8 (invalid byte at {})",
+                            e.utf8_error().valid_up_to()
+                        ),
+                    )),
                 }
-                Ok(t) => Ok(WdsPair {
-                    key: g.key,
-                    image_name: shard.join(iname),
-                    image,
-                    caption: t.trim().to_string(),
-                }),
-                Err(e) => Err(Error::input(
-                    shard.join(&cname),
-                    None,
-                    format!(
-                        "caption is not UTF-8 (invalid byte at {})",
-                        e.utf8_error().valid_up_to()
-                    ),
-                )),
-            },
+            }
             (Some(_), None) => Err(Error::input(
                 at,
                 None,
@@ -375,7 +423,11 @@ impl<I: Iterator<Item = (PathBuf, Box<dyn Read + Send>)>> Iterator for PairStrea
             }
             let Some((shard, reader)) = self.current.as_mut() else {
                 let (name, r) = self.shards.next()?;
-                self.current = Some((name.clone(), TarReader::new(r, name)));
+                let mut reader = TarReader::new(r, name.clone());
+                if self.index_only {
+                    reader = reader.skip_data_of(is_image_member);
+                }
+                self.current = Some((name, reader));
                 continue;
             };
             let shard = shard.clone();
@@ -391,7 +443,7 @@ impl<I: Iterator<Item = (PathBuf, Box<dyn Read + Send>)>> Iterator for PairStrea
                     }
                     if is_image_extension(&ext) {
                         if self.group.image.is_none() {
-                            self.group.image = Some((m.name, m.data));
+                            self.group.image = Some((m.name, m.data, m.data_offset, m.size));
                         }
                     } else if ext == "txt" && self.group.caption.is_none() {
                         self.group.caption = Some((m.name, m.data));
@@ -439,6 +491,11 @@ pub fn open_shards(paths: Vec<PathBuf>) -> impl Iterator<Item = (PathBuf, Box<dy
     })
 }
 
+/// Whether a member path names an image (by its extension after the key).
+fn is_image_member(name: &str) -> bool {
+    is_image_extension(&split_key(name).1.to_ascii_lowercase())
+}
+
 /// A reader that returns one stored error (a shard that could not be opened).
 struct FailingReader(Option<std::io::Error>);
 
@@ -461,40 +518,6 @@ pub fn parse_shard(
     let mut stream = PairStream::new(std::iter::once((path.to_path_buf(), reader)), policy);
     let pairs = stream.by_ref().collect::<Result<Vec<_>>>()?;
     Ok((pairs, stream.report().clone()))
-}
-
-/// Writes a ustar archive of `members` (name, bytes) — for fixtures and tests.
-pub fn write_tar(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, data) in members {
-        let mut h = [0u8; BLOCK];
-        let n = name.as_bytes();
-        h[..n.len().min(100)].copy_from_slice(&n[..n.len().min(100)]);
-        h[100..108].copy_from_slice(b"0000644\0");
-        h[108..116].copy_from_slice(b"0000000\0");
-        h[116..124].copy_from_slice(b"0000000\0");
-        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-        h[136..148].copy_from_slice(b"00000000000\0");
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        set_checksum(&mut h);
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
-    }
-    out.resize(out.len() + 2 * BLOCK, 0);
-    out
-}
-
-/// Recomputes the checksum of a 512-byte header in place.
-pub fn set_checksum(h: &mut [u8]) {
-    if h.len() < BLOCK {
-        return;
-    }
-    h[148..156].fill(b' ');
-    let sum: u64 = h[..BLOCK].iter().map(|&b| u64::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
 #[cfg(test)]
