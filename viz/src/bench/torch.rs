@@ -18,6 +18,18 @@
 //! The embedding measurement times `chunks` forward passes of both towers over a pre-built chunk
 //! of images and captions, with no autograd (our evaluation path; `torch.inference_mode()` on
 //! the other side).
+//!
+//! Our half alone (the PyTorch half is [`Torch`], started with the script and a specification
+//! written by [`Ours::spec`]; [`compare`] runs both):
+//!
+//! ```
+//! use viz::bench::torch::Ours;
+//! let mut ours = Ours::new("tiny", 4, 4, 1)?;
+//! assert_eq!(ours.parameter_counts().total, ours.parameter_counts().decayed + 3_777);
+//! let t = ours.train(1)?; // one full step on a pre-built batch of 4 pairs
+//! assert!(t.seconds > 0.0 && t.loss.is_finite());
+//! # anyhow::Ok(())
+//! ```
 
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
