@@ -353,3 +353,29 @@ pub fn pairwise_line(r: &KernelRow) -> String {
         ),
     }
 }
+
+/// The header of the `bench torch` summary.
+pub const TORCH_HEADER: &str = "preset   batch   train ours  train torch  ×torch   embed ours  embed torch  ×torch   (pairs/s, medians over rounds)";
+
+/// One summary line: median throughputs and the ratios ours / PyTorch.
+pub fn torch_line(c: &torch::Comparison) -> String {
+    let med = |v: &[f64]| median(&mut v.to_vec());
+    let embed = if c.ours_embed.is_empty() {
+        format!("{:>12} {:>12} {:>7}", "—", "—", "—")
+    } else {
+        format!(
+            "{:>12.0} {:>12.0} {:>7.2}",
+            med(&c.ours_embed),
+            med(&c.torch_embed),
+            c.embed_ratio()
+        )
+    };
+    format!(
+        "{:<7} {:>6} {:>12.0} {:>12.0} {:>7.2} {embed}",
+        c.settings.preset,
+        c.settings.batch,
+        med(&c.ours),
+        med(&c.torch),
+        c.ratio()
+    )
+}

@@ -576,29 +576,3 @@ pub fn compare(
         torch_embed,
     })
 }
-
-/// The header of the `bench torch` summary.
-pub const HEADER: &str = "preset   batch   train ours  train torch  ×torch   embed ours  embed torch  ×torch   (pairs/s, medians over rounds)";
-
-/// One summary line: median throughputs and the ratios ours / PyTorch.
-pub fn line(c: &Comparison) -> String {
-    let med = |v: &[f64]| super::median(&mut v.to_vec());
-    let embed = if c.ours_embed.is_empty() {
-        format!("{:>12} {:>12} {:>7}", "—", "—", "—")
-    } else {
-        format!(
-            "{:>12.0} {:>12.0} {:>7.2}",
-            med(&c.ours_embed),
-            med(&c.torch_embed),
-            c.embed_ratio()
-        )
-    };
-    format!(
-        "{:<7} {:>6} {:>12.0} {:>12.0} {:>7.2} {embed}",
-        c.settings.preset,
-        c.settings.batch,
-        med(&c.ours),
-        med(&c.torch),
-        c.ratio()
-    )
-}

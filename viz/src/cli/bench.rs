@@ -176,9 +176,9 @@ fn torch(a: &BenchArgs) -> Result<()> {
         }
     }
     say("")?;
-    say(crate::bench::torch::HEADER)?;
+    say(crate::bench::TORCH_HEADER)?;
     for c in &results {
-        say(&crate::bench::torch::line(c))?;
+        say(&crate::bench::torch_line(c))?;
     }
     Ok(())
 }
