@@ -139,7 +139,7 @@ impl Geometry {
         let mut max = f32::NEG_INFINITY;
         for (j, pj) in p.iter_mut().enumerate().take(n) {
             let k = &x[j * d3 + self.d + off..j * d3 + self.d + off + self.dh];
-            let s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            let s = dot_product(q, k) * scale;
             *pj = s;
             max = max.max(s);
         }
@@ -290,9 +290,27 @@ impl CustomOp2 for AttentionBackward {
     }
 }
 
+/// `a·b`, summed in 8 independent lanes so that the compiler vectorises it (a single running
+/// sum is a serial chain of dependent additions it may not reorder); the lanes are added last.
 #[inline]
 fn dot_product(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    const LANES: usize = 8;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `y += a·x`.

@@ -14,11 +14,13 @@ use workbench::events::EvalReport;
 use workbench::loss::LossConfig;
 use workbench::train::Trainer;
 
+mod bench;
 mod dataset;
 mod export;
 mod inspect;
 mod train;
 
+pub use bench::BenchArgs;
 pub use dataset::CheckDataArgs;
 pub use export::ExportArgs;
 pub use inspect::{InspectArgs, load_image};
@@ -104,26 +106,6 @@ pub struct GapArgs {
     /// cpu, cuda or cuda:N (default: as trained).
     #[arg(long)]
     pub device: Option<String>,
-}
-
-/// `workbench bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// What to measure: every objective, or the fused pairwise losses against their references.
-    #[arg(value_parser = ["losses", "infonce"])]
-    pub what: String,
-    /// Batch sizes, comma-separated [default: 256,1024,4096 for losses, 1024,16384 for infonce].
-    #[arg(long, value_delimiter = ',')]
-    pub batch: Vec<usize>,
-    /// Embedding sizes for `infonce`, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 512])]
-    pub dim: Vec<usize>,
-    /// Timed repetitions per measurement (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
-    /// Skip a measurement whose estimated memory exceeds this many GiB.
-    #[arg(long, default_value_t = 8.0)]
-    pub max_memory_gb: f64,
 }
 
 /// `workbench data`.
@@ -285,7 +267,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(&a),
         Command::Data(a) => dataset::data(&a),
         Command::CheckData(a) => dataset::check_data(&a),
-        Command::Bench(a) => bench(&a),
+        Command::Bench(a) => bench::bench(&a),
         Command::Gap(a) => gap(&a),
         Command::Point(a) => point(&a),
         Command::Inspect(a) => inspect::inspect(&a),
@@ -427,57 +409,6 @@ fn eval(a: &EvalArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", dir.join("eval.json").display()))?;
     }
     Ok(())
-}
-
-fn bench(a: &BenchArgs) -> Result<()> {
-    let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if a.what == "infonce" {
-        let batch = if a.batch.is_empty() {
-            vec![1024, 16384]
-        } else {
-            a.batch.clone()
-        };
-        say(&format!(
-            "forward + backward (all inputs, scale and bias included) of the fused pairwise losses and their B×B references; random unit rows, scale 100; median of {} runs, CPU, {threads} threads; ratios are reference / fused",
-            a.repeats
-        ))?;
-        say(crate::bench::PAIRWISE_HEADER)?;
-        let mut failed = None;
-        crate::bench::run_pairwise(&batch, &a.dim, a.repeats.max(1), max_bytes, |row| {
-            if let Err(e) = say(&crate::bench::pairwise_line(row)) {
-                failed.get_or_insert(e);
-            }
-        })?;
-        return failed.map_or(Ok(()), Err);
-    }
-    let batch = if a.batch.is_empty() {
-        vec![256, 1024, 4096]
-    } else {
-        a.batch.clone()
-    };
-    say(&format!(
-        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {threads} threads",
-        a.repeats
-    ))?;
-    say(crate::bench::HEADER)?;
-    let mut clip = std::collections::HashMap::new();
-    let mut failed = None;
-    crate::bench::run(
-        &batch,
-        a.repeats.max(1),
-        max_bytes,
-        crate::bench::Shapes::default(),
-        |row| {
-            if row.objective == "clip" {
-                clip.insert(row.batch, row.forward_ms + row.backward_ms);
-            }
-            if let Err(e) = say(&crate::bench::line(row, clip.get(&row.batch).copied())) {
-                failed.get_or_insert(e);
-            }
-        },
-    )?;
-    failed.map_or(Ok(()), Err)
 }
 
 fn gap(a: &GapArgs) -> Result<()> {

@@ -1,13 +1,16 @@
 //! `workbench bench losses`: forward + backward time and peak memory of every objective;
 //! `workbench bench infonce`: the fused pairwise losses (InfoNCE, sigmoid) beside their `B × B`
-//! references.
+//! references; `workbench bench torch` ([`torch`]): our training step and embedding beside the
+//! same model in PyTorch.
 //!
-//! Inputs are random L2-normalised embeddings shaped like the `tiny` preset's (embedding size
+//! Inputs of `losses` and `infonce` are random L2-normalised embeddings shaped like the `tiny` preset's (embedding size
 //! 64, 16 patches, 12 text tokens, 3 hard negatives per image, groups of about 4 rows). Each
 //! measurement is the median of `repeats` runs after one warm-up, all objectives side by side in
 //! one process, so ratios are meaningful even on a noisy machine. Peak memory is what the process
 //! allocated on top of the inputs during forward and backward (the binary counts allocations;
 //! see [`kernels::alloc::CountingAllocator`]).
+
+pub mod torch;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
@@ -170,7 +173,7 @@ pub fn run(
     Ok(rows)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         f64::NAN
@@ -349,4 +352,30 @@ pub fn pairwise_line(r: &KernelRow) -> String {
             mib(r.fused.peak_bytes)
         ),
     }
+}
+
+/// The header of the `bench torch` summary.
+pub const TORCH_HEADER: &str = "preset   batch   train ours  train torch  ×torch   embed ours  embed torch  ×torch   (pairs/s, medians over rounds)";
+
+/// One summary line: median throughputs and the ratios ours / PyTorch.
+pub fn torch_line(c: &torch::Comparison) -> String {
+    let med = |v: &[f64]| median(&mut v.to_vec());
+    let embed = if c.ours_embed.is_empty() {
+        format!("{:>12} {:>12} {:>7}", "—", "—", "—")
+    } else {
+        format!(
+            "{:>12.0} {:>12.0} {:>7.2}",
+            med(&c.ours_embed),
+            med(&c.torch_embed),
+            c.embed_ratio()
+        )
+    };
+    format!(
+        "{:<7} {:>6} {:>12.0} {:>12.0} {:>7.2} {embed}",
+        c.settings.preset,
+        c.settings.batch,
+        med(&c.ours),
+        med(&c.torch),
+        c.ratio()
+    )
 }

@@ -1,0 +1,221 @@
+//! `workbench bench torch`: its arguments, our half of the comparison, and its errors. The
+//! PyTorch half needs an interpreter with torch and runs only on request:
+//! `WORKBENCH_TORCH_PYTHON=/path/to/python cargo test -p integration-tests --test integration -- bench:: --ignored`.
+
+use crate::util::tmpdir;
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use viz::bench::torch::{Ours, ParamCounts, Settings, Torch};
+use viz::cli::{Cli, Command};
+
+#[test]
+fn bench_torch_arguments_parse_with_their_defaults() {
+    let cli = Cli::try_parse_from(["workbench", "bench", "torch"]).unwrap();
+    let Command::Bench(a) = cli.command else {
+        panic!("not bench")
+    };
+    assert_eq!(a.what, "torch");
+    assert_eq!(a.preset, ["tiny", "small"]);
+    assert!(a.batch.is_empty(), "256 is chosen when none is given");
+    assert_eq!((a.rounds, a.steps, a.warmup, a.threads), (3, 5, 2, 2));
+    assert_eq!((a.embed, a.embed_batch), (10_000, 500));
+    assert_eq!(a.python, PathBuf::from("python3"));
+    assert_eq!(a.install_torch, None);
+
+    let cli = Cli::try_parse_from([
+        "workbench",
+        "bench",
+        "torch",
+        "--preset",
+        "small",
+        "--batch",
+        "64,128",
+        "--rounds",
+        "4",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--embed",
+        "0",
+        "--python",
+        "/opt/py/bin/python",
+        "--install-torch",
+        "venv",
+    ])
+    .unwrap();
+    let Command::Bench(a) = cli.command else {
+        panic!("not bench")
+    };
+    assert_eq!(a.preset, ["small"]);
+    assert_eq!(a.batch, [64, 128]);
+    assert_eq!((a.rounds, a.steps, a.threads, a.embed), (4, 1, 1, 0));
+    assert_eq!(a.python, PathBuf::from("/opt/py/bin/python"));
+    assert_eq!(a.install_torch, Some(PathBuf::from("venv")));
+    assert!(Cli::try_parse_from(["workbench", "bench", "pytorch"]).is_err());
+}
+
+/// The parameter count of a preset, written out from the architecture: per block
+/// 12·w² + 13·w (two LayerNorms, qkv and output projection with biases, a 4·w MLP with biases);
+/// the image tower adds a bias-free patch embedding, the class token, positions, `ln_pre`,
+/// `ln_post` and a bias-free projection; the text tower token and position embeddings,
+/// `ln_final` and a bias-free projection; the objective its log-scale.
+fn expected_counts(
+    w_img: usize,
+    patch: usize,
+    layers_img: usize,
+    w_txt: usize,
+    layers_txt: usize,
+    embed: usize,
+    vocab: usize,
+    context: usize,
+) -> ParamCounts {
+    let n = (32 / patch) * (32 / patch);
+    let block = |w: usize| 12 * w * w + 13 * w;
+    let block_decayed = |w: usize| 12 * w * w;
+    let vision = 3 * patch * patch * w_img
+        + w_img
+        + (n + 1) * w_img
+        + 4 * w_img
+        + layers_img * block(w_img)
+        + embed * w_img;
+    let text =
+        vocab * w_txt + context * w_txt + 2 * w_txt + layers_txt * block(w_txt) + embed * w_txt;
+    let vision_decayed = 3 * patch * patch * w_img
+        + (n + 1) * w_img
+        + layers_img * block_decayed(w_img)
+        + embed * w_img;
+    let text_decayed =
+        vocab * w_txt + context * w_txt + layers_txt * block_decayed(w_txt) + embed * w_txt;
+    ParamCounts {
+        total: vision + text + 1,
+        decayed: vision_decayed + text_decayed,
+    }
+}
+
+#[test]
+fn our_half_counts_parameters_writes_batches_and_times_a_step() {
+    let dir = tmpdir("bench-ours");
+    let mut ours = Ours::new("tiny", 8, 6, 2).unwrap();
+    let spec = ours.spec(&dir, 2).unwrap();
+    let vocab = spec["vocab_size"].as_u64().unwrap() as usize;
+    let context = spec["context_length"].as_u64().unwrap() as usize;
+    assert_eq!(context, 32);
+    assert_eq!(spec["image_size"], 32);
+    assert_eq!(spec["loss"], "clip");
+    assert_eq!(spec["model"]["vision"]["patch_size"], 8);
+    assert_eq!(spec["train"]["beta2"], 0.98);
+    assert_eq!(
+        ours.parameter_counts(),
+        expected_counts(64, 8, 2, 64, 2, 64, vocab, context)
+    );
+    // Two training batches and the embedding chunk, each as raw little-endian files.
+    assert_eq!(spec["batches"].as_array().unwrap().len(), 2);
+    for (b, rows) in [
+        (&spec["batches"][0], 8),
+        (&spec["batches"][1], 8),
+        (&spec["embed"], 6),
+    ] {
+        let len = |k: &str| std::fs::metadata(b[k].as_str().unwrap()).unwrap().len() as usize;
+        let t = b["tokens_shape"][1].as_u64().unwrap() as usize;
+        assert_eq!(b["images_shape"], serde_json::json!([rows, 3, 32, 32]));
+        assert_eq!(len("images"), rows * 3 * 32 * 32 * 4);
+        assert_eq!(len("tokens"), rows * t * 8);
+        assert_eq!(len("eos"), rows * 8);
+        let eos = std::fs::read(b["eos"].as_str().unwrap()).unwrap();
+        for e in eos.chunks(8) {
+            let e = i64::from_le_bytes(e.try_into().unwrap());
+            assert!(e > 0 && (e as usize) < t, "EOS {e} outside 1..{t}");
+        }
+    }
+    let t = ours.train(1).unwrap();
+    assert!(t.seconds > 0.0 && t.loss.is_finite(), "{t:?}");
+    assert!(ours.embed(1).unwrap() > 0.0);
+
+    let small = Ours::new("small", 2, 2, 1).unwrap();
+    assert_eq!(
+        small.parameter_counts(),
+        expected_counts(128, 4, 4, 128, 4, 128, vocab, context)
+    );
+    assert!(Ours::new("huge", 8, 8, 1).is_err());
+    assert!(Ours::new("tiny", 0, 8, 1).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+fn fake_python(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+#[cfg(unix)]
+fn a_missing_interpreter_or_torch_is_a_clear_error() {
+    let dir = tmpdir("bench-python");
+    let (script, spec) = (dir.join("torch_clip.py"), dir.join("spec.json"));
+    let err = |python: &Path| {
+        Torch::start(python, &script, &spec)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap()
+    };
+
+    let e = err(&dir.join("no-such-python"));
+    assert!(
+        e.contains("no-such-python") && e.contains("--python") && e.contains("--install-torch"),
+        "{e}"
+    );
+
+    // What the script answers when `import torch` fails.
+    let no_torch = fake_python(
+        &dir,
+        "no-torch",
+        r#"echo '{"error": "torch is not importable: No module named '"'"'torch'"'"'"}'; exit 1"#,
+    );
+    let e = err(&no_torch);
+    assert!(
+        e.contains("no-torch")
+            && e.contains("torch is not importable")
+            && e.contains("--install-torch"),
+        "{e}"
+    );
+
+    let silent = fake_python(&dir, "silent", "exit 3");
+    let e = err(&silent);
+    assert!(e.contains("silent") && e.contains("exited"), "{e}");
+
+    let chatty = fake_python(&dir, "chatty", "echo hello");
+    let e = err(&chatty);
+    assert!(e.contains("hello") && e.contains("not a JSON line"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "needs a Python interpreter with torch (WORKBENCH_TORCH_PYTHON)"]
+fn both_halves_agree_on_the_model_and_train() {
+    let python = std::env::var_os("WORKBENCH_TORCH_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let dir = tmpdir("bench-torch");
+    let s = Settings {
+        preset: "tiny".into(),
+        batch: 8,
+        rounds: 1,
+        steps: 1,
+        warmup: 1,
+        threads: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        embed: 12,
+        embed_batch: 6,
+    };
+    let c = viz::bench::torch::compare(&s, &python, &dir, |_| Ok(())).unwrap();
+    assert_eq!(c.ours.len(), 1);
+    assert!(c.ratio().is_finite() && c.embed_ratio().is_finite());
+    assert!(
+        c.losses.0.is_finite() && c.losses.1.is_finite(),
+        "{:?}",
+        c.losses
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

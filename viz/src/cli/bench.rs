@@ -1,0 +1,184 @@
+//! `workbench bench`: objectives, fused pairwise losses, and our training step beside PyTorch's.
+
+use super::say;
+use crate::bench::torch::{Comparison, Settings};
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+/// `workbench bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure: every objective (`losses`), the fused pairwise losses against their
+    /// references (`infonce`), or training and embedding throughput of our model beside the
+    /// same model in PyTorch (`torch`; needs a Python interpreter with torch).
+    #[arg(value_parser = ["losses", "infonce", "torch"])]
+    pub what: String,
+    /// Batch sizes, comma-separated [default: 256,1024,4096 for losses, 1024,16384 for infonce,
+    /// 256 for torch].
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Embedding sizes for `infonce`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 512])]
+    pub dim: Vec<usize>,
+    /// Timed repetitions per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Skip a measurement whose estimated memory exceeds this many GiB.
+    #[arg(long, default_value_t = 8.0)]
+    pub max_memory_gb: f64,
+    /// `torch`: presets to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_string(), "small".to_string()])]
+    pub preset: Vec<String>,
+    /// `torch`: timed rounds; each round times both sides, alternating which goes first.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// `torch`: training steps per side and round.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// `torch`: untimed warm-up steps per side.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// `torch`: threads of both sides (rayon here, `torch.set_num_threads` there).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// `torch`: images and captions to embed, forward only, per side and round (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    pub embed: usize,
+    /// `torch`: pairs per embedding forward pass.
+    #[arg(long, default_value_t = 500)]
+    pub embed_batch: usize,
+    /// `torch`: the Python interpreter that runs the PyTorch side.
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
+    /// `torch`: create a virtual environment in DIR (with `--python` as the base interpreter),
+    /// install torch into it from PyPI and use it. The PyPI wheel pulls NVIDIA's CUDA libraries,
+    /// about 3 GB; an existing environment that imports torch is reused as it is.
+    #[arg(long, value_name = "DIR")]
+    pub install_torch: Option<PathBuf>,
+}
+
+/// Runs `workbench bench`.
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    match a.what.as_str() {
+        "torch" => torch(a),
+        "infonce" => infonce(a),
+        _ => losses(a),
+    }
+}
+
+fn infonce(a: &BenchArgs) -> Result<()> {
+    let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let batch = if a.batch.is_empty() {
+        vec![1024, 16384]
+    } else {
+        a.batch.clone()
+    };
+    say(&format!(
+        "forward + backward (all inputs, scale and bias included) of the fused pairwise losses and their B×B references; random unit rows, scale 100; median of {} runs, CPU, {threads} threads; ratios are reference / fused",
+        a.repeats
+    ))?;
+    say(crate::bench::PAIRWISE_HEADER)?;
+    let mut failed = None;
+    crate::bench::run_pairwise(&batch, &a.dim, a.repeats.max(1), max_bytes, |row| {
+        if let Err(e) = say(&crate::bench::pairwise_line(row)) {
+            failed.get_or_insert(e);
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
+fn losses(a: &BenchArgs) -> Result<()> {
+    let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let batch = if a.batch.is_empty() {
+        vec![256, 1024, 4096]
+    } else {
+        a.batch.clone()
+    };
+    say(&format!(
+        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {threads} threads",
+        a.repeats
+    ))?;
+    say(crate::bench::HEADER)?;
+    let mut clip = std::collections::HashMap::new();
+    let mut failed = None;
+    crate::bench::run(
+        &batch,
+        a.repeats.max(1),
+        max_bytes,
+        crate::bench::Shapes::default(),
+        |row| {
+            if row.objective == "clip" {
+                clip.insert(row.batch, row.forward_ms + row.backward_ms);
+            }
+            if let Err(e) = say(&crate::bench::line(row, clip.get(&row.batch).copied())) {
+                failed.get_or_insert(e);
+            }
+        },
+    )?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// A fresh scratch directory for the script and the batch files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("workbench-bench-torch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn torch(a: &BenchArgs) -> Result<()> {
+    let python = match &a.install_torch {
+        Some(dir) => crate::bench::torch::install_torch(dir, &a.python)?,
+        None => a.python.clone(),
+    };
+    let batches = if a.batch.is_empty() {
+        vec![256]
+    } else {
+        a.batch.clone()
+    };
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    say(&format!(
+        "training steps (forward, loss, backward, clipping, AdamW) and forward-only embedding, ours beside PyTorch eager; CPU, {} threads each; batches pre-built (data generation excluded from both); {} warm-up steps, then {} rounds of {} steps per side, alternating; load average {load} at start",
+        a.threads, a.warmup, a.rounds, a.steps
+    ))?;
+    let scratch = Scratch::new()?;
+    let mut results: Vec<Comparison> = Vec::new();
+    for preset in &a.preset {
+        for &batch in &batches {
+            let s = Settings {
+                preset: preset.clone(),
+                batch,
+                rounds: a.rounds,
+                steps: a.steps,
+                warmup: a.warmup,
+                threads: a.threads,
+                embed: a.embed,
+                embed_batch: a.embed_batch,
+            };
+            results.push(crate::bench::torch::compare(&s, &python, &scratch.0, say)?);
+        }
+    }
+    say("")?;
+    say(crate::bench::TORCH_HEADER)?;
+    for c in &results {
+        say(&crate::bench::torch_line(c))?;
+    }
+    Ok(())
+}
