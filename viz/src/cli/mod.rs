@@ -18,6 +18,7 @@ mod bench;
 mod dataset;
 mod export;
 mod inspect;
+mod pretrained;
 mod train;
 
 pub use bench::BenchArgs;
@@ -178,6 +179,12 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its checkpoint (`--steps` may extend it).
     #[arg(long, conflicts_with_all = ["config", "preset", "out", "batch_size", "seed"])]
     pub resume: Option<PathBuf>,
+    /// Fine-tune a pretrained Hugging Face CLIP or SigLIP directory: its architecture, tokenizer
+    /// and objective, with `[data]`, `[train]` and any `[loss]` of `--config` (default: the
+    /// synthetic set at the model's size). The run directory resumes and is read by `eval`,
+    /// `inspect --run` and `export --run` like any other (default: `runs/<model directory>`).
+    #[arg(long, conflicts_with_all = ["resume", "preset"])]
+    pub pretrained: Option<PathBuf>,
     /// No progress bar; one line per evaluation.
     #[arg(long)]
     pub quiet: bool,

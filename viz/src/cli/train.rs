@@ -2,15 +2,17 @@
 
 use super::{TrainArgs, apply_overrides, eval_line, report_table, train_config};
 use anyhow::{Context as _, Result, bail};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use workbench::config::parse_device;
-use workbench::data::BadSampleReport;
+use workbench::config::{RunConfig, parse_device};
+use workbench::data::{BadSampleReport, open_dataset};
 use workbench::events::{EvalReport, Event, JsonlWriter};
 use workbench::loss::LossConfig;
+use workbench::pretrained::Pretrained;
 use workbench::train::{FitOutcome, Trainer};
 
 /// `runs/<base>`, or `runs/<base>-2`, `-3`, … — never an existing directory.
@@ -25,6 +27,45 @@ fn fresh_run_dir(base: &str) -> PathBuf {
     dir
 }
 
+/// A fresh run: its directory (created, with `config.toml` and `tokenizer.json`) and trainer, from
+/// a preset or configuration file, or from `--pretrained`.
+fn new_run(a: &TrainArgs) -> Result<(Trainer, PathBuf)> {
+    let pre = match &a.pretrained {
+        Some(dir) => Some(super::pretrained::load(dir, &Device::Cpu)?),
+        None => None,
+    };
+    let cfg = match &pre {
+        Some(pre) => pretrained_run_config(pre, a)?,
+        None => train_config(a)?,
+    };
+    let base = match &a.pretrained {
+        Some(dir) => dir
+            .file_name()
+            .map_or_else(|| "pretrained".into(), |n| n.to_string_lossy().into_owned()),
+        None => cfg.preset.clone(),
+    };
+    let run_dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&base));
+    if run_dir.exists() && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
+            run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let trainer = match &pre {
+        Some(pre) => {
+            let device = parse_device(&cfg.train.device)?;
+            let data = open_dataset(&cfg.data)?;
+            Trainer::from_pretrained(pre, cfg.clone(), data, device)?
+        }
+        None => Trainer::new(cfg.clone())?,
+    };
+    cfg.save(&run_dir.join("config.toml"))?;
+    trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
+    Ok((trainer, run_dir))
+}
+
 pub(super) fn train(a: &TrainArgs) -> Result<()> {
     let (mut trainer, run_dir) = if let Some(dir) = &a.resume {
         let device = a.device.as_deref().map(parse_device).transpose()?;
@@ -36,20 +77,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         };
         (trainer, run_dir)
     } else {
-        let cfg = train_config(a)?;
-        let run_dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
-        if run_dir.exists() && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            bail!(
-                "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
-                run_dir.display()
-            );
-        }
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-        cfg.save(&run_dir.join("config.toml"))?;
-        let trainer = Trainer::new(cfg)?;
-        trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
-        (trainer, run_dir)
+        new_run(a)?
     };
     trainer.set_run_dir(&run_dir);
     let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
@@ -117,6 +145,18 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
             run_dir.join("checkpoint").display()
         ),
     }
+}
+
+/// [`super::pretrained::pretrained_config`] for `--pretrained` with `--config`, then the command line's
+/// overrides.
+fn pretrained_run_config(pre: &Pretrained, a: &TrainArgs) -> Result<RunConfig> {
+    let mut cfg = super::pretrained::pretrained_config(pre, a.config.as_deref())?;
+    apply_overrides(&mut cfg, a);
+    if let Some(name) = &a.loss {
+        cfg.loss = LossConfig::by_name(name).context("--loss")?;
+    }
+    cfg.validate().context("invalid command-line value")?;
+    Ok(cfg)
 }
 
 /// Set by the first Ctrl-C: training stops after the current step and writes a checkpoint.
