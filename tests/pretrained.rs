@@ -5,6 +5,7 @@
 //!
 //! The fixtures and their references come from `tests/fixtures/hf/make_hf_fixtures.py`.
 
+mod commands;
 mod errors;
 
 use crate::util::{assert_close, tmpdir};
