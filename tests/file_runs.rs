@@ -167,6 +167,34 @@ fn open(path: &Path, augment: FileAugment) -> FileDataset {
     .unwrap()
 }
 
+/// The captions of every sample of `split`, in order.
+fn split_captions(ds: &FileDataset, split: Split) -> Vec<String> {
+    (0..ds.len(split))
+        .map(|i| ds.sample(split, i).unwrap().captions[0].text.clone())
+        .collect()
+}
+
+#[test]
+fn splits_follow_the_image_names_not_where_the_dataset_lives() {
+    // The same folder written at two places (one nested deeper) must split identically: the
+    // split hashes each image's path relative to the dataset, never the absolute path.
+    let a = tmpdir("files-split-a");
+    let b = tmpdir("files-split-b").join("moved").join("elsewhere");
+    let (ca, cb) = (captions_folder(&a, 40), captions_folder(&b, 40));
+    let (da, db) = (
+        open(&ca, FileAugment::default()),
+        open(&cb, FileAugment::default()),
+    );
+    for split in [Split::Train, Split::Val] {
+        assert_eq!(split_captions(&da, split), split_captions(&db, split));
+    }
+    let val = da.len(Split::Val);
+    assert!(
+        (4..=24).contains(&val),
+        "{val} of 39 readable images in val at 30 %"
+    );
+}
+
 #[test]
 fn training_crops_and_flips_come_from_the_seed_and_only_in_training() {
     let d = tmpdir("files-augment");

@@ -158,6 +158,34 @@ fn split_slot(split: Split) -> usize {
     }
 }
 
+/// Folders an image's path is taken relative to before it is hashed into a split: the images
+/// folder, else the dataset folder (or the folder of its captions file).
+fn split_roots(spec: &DatasetSpec) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = spec.images.iter().cloned().collect();
+    if spec.path.is_dir() {
+        roots.push(spec.path.clone());
+    }
+    if let Some(parent) = spec.path.parent() {
+        roots.push(parent.to_path_buf());
+    }
+    roots
+}
+
+/// The name an image is split by: its path relative to the first root that holds it, with `/`
+/// separators, so a dataset keeps its splits when it is moved or copied elsewhere. Shard
+/// members and in-memory images are named by their key already.
+fn split_key(name: &Path, roots: &[PathBuf]) -> String {
+    let relative = roots
+        .iter()
+        .find_map(|root| name.strip_prefix(root).ok())
+        .unwrap_or(name);
+    relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 impl FileDataset {
     /// Opens the dataset `spec` describes: parses its files, checks that image files exist,
     /// splits by name hash. Images are decoded later, on demand.
@@ -181,8 +209,10 @@ impl FileDataset {
             }
         } else {
             let mut splits: [Vec<PairRecord>; 3] = Default::default();
+            let roots = split_roots(spec);
             for r in records {
-                let u = (hash_str(&r.image.name().to_string_lossy()) % 1_000_000) as f64 / 1e6;
+                let key = split_key(r.image.name(), &roots);
+                let u = (hash_str(&key) % 1_000_000) as f64 / 1e6;
                 let slot = if u < spec.val_fraction {
                     1
                 } else if u < spec.val_fraction + spec.test_fraction {
