@@ -1,3 +1,4 @@
+//! `workbench bench losses`: every objective timed, and the warning on a busy machine.
 //! `workbench bench torch`: its arguments, our half of the comparison, and its errors. The
 //! PyTorch half needs an interpreter with torch and runs only on request:
 //! `WORKBENCH_TORCH_PYTHON=/path/to/python cargo test -p integration-tests --test integration -- bench:: --ignored`.
@@ -218,4 +219,66 @@ fn both_halves_agree_on_the_model_and_train() {
         c.losses
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_losses_times_every_objective_and_skips_filip_over_budget() {
+    let shapes = viz::bench::Shapes {
+        dim: 8,
+        patches: 4,
+        tokens: 6,
+        negatives: 2,
+    };
+    let names: Vec<String> = workbench::loss::LossConfig::builtins()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let mut seen = Vec::new();
+    let rows = viz::bench::run(&[8, 12], 2, 1 << 30, shapes, |r| {
+        seen.push((r.objective.clone(), r.batch));
+    })
+    .unwrap();
+    assert_eq!(rows.len(), 2 * names.len());
+    for (k, r) in rows.iter().enumerate() {
+        assert_eq!(
+            r.objective,
+            names[k % names.len()],
+            "rows keep the built-in order"
+        );
+        assert_eq!(r.batch, [8, 12][k / names.len()]);
+        assert!(r.skipped.is_none(), "{} skipped", r.objective);
+        assert!(
+            r.forward_ms.is_finite() && r.forward_ms > 0.0 && r.backward_ms.is_finite(),
+            "{}: {} + {} ms",
+            r.objective,
+            r.forward_ms,
+            r.backward_ms
+        );
+    }
+    assert_eq!(seen.len(), rows.len(), "every row is reported");
+
+    // FILIP's estimate at batch 8 is far above one byte.
+    let rows = viz::bench::run(&[8], 1, 1, shapes, |_| {}).unwrap();
+    let filip = rows.iter().find(|r| r.objective == "filip").unwrap();
+    let why = filip.skipped.as_deref().unwrap();
+    assert!(why.contains("--max-memory-gb"), "{why}");
+    assert!(viz::bench::line(filip, None).contains("skipped"));
+    assert!(rows.iter().filter(|r| r.skipped.is_none()).count() == names.len() - 1);
+}
+
+#[test]
+fn a_load_at_the_thread_count_is_warned_about() {
+    assert_eq!(viz::bench::busy_warning(1.5, 2), None);
+    assert_eq!(
+        viz::bench::busy_warning(5.0, 1),
+        None,
+        "one thread waits for nobody"
+    );
+    let w = viz::bench::busy_warning(6.25, 2).unwrap();
+    assert!(w.contains("load average 6.25 on 2 threads"), "{w}");
+    assert!(w.contains("RAYON_NUM_THREADS=1"), "{w}");
+    if std::path::Path::new("/proc/loadavg").exists() {
+        let load = viz::bench::load_average().unwrap();
+        assert!(load.is_finite() && load >= 0.0, "{load}");
+    }
 }

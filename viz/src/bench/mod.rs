@@ -6,9 +6,10 @@
 //! Inputs of `losses` and `infonce` are random L2-normalised embeddings shaped like the `tiny` preset's (embedding size
 //! 64, 16 patches, 12 text tokens, 3 hard negatives per image, groups of about 4 rows). Each
 //! measurement is the median of `repeats` runs after one warm-up, all objectives side by side in
-//! one process, so ratios are meaningful even on a noisy machine. Peak memory is what the process
-//! allocated on top of the inputs during forward and backward (the binary counts allocations;
-//! see [`kernels::alloc::CountingAllocator`]).
+//! one process, so ratios hold up under moderate noise. A machine whose load average reaches
+//! the thread count is another matter: see [`busy_warning`].
+//! Peak memory is what the process allocated on top of the inputs during forward and backward
+//! (the binary counts allocations; see [`kernels::alloc::CountingAllocator`]).
 
 pub mod torch;
 
@@ -171,6 +172,33 @@ pub fn run(
         }
     }
     Ok(rows)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), where the system reports one.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A warning when the load average reaches the number of threads (two or more) the benchmark
+/// uses: the CPU ops fork work onto every thread and join, so each join waits for whichever
+/// worker the scheduler has set aside for another process. On a 2-core machine at load average 4 the same
+/// binary timed focal at batch 256 at 5.5 ms in one run and 140 ms in the next, and a load of
+/// 5–9 made DCL 40× slower than on a quiet machine, while the fused CLIP loss barely moved and
+/// single-threaded runs stayed within 2× of each other.
+pub fn busy_warning(load: f64, threads: usize) -> Option<String> {
+    // One thread waits for nobody: it runs slower by the share it gets, not by a multiple.
+    (threads > 1 && load >= threads as f64).then(|| {
+        format!(
+            "warning: load average {load:.2} on {threads} threads: other processes hold the cores, \
+             and multi-threaded ops wait for descheduled workers, so times (and ×clip ratios) can \
+             be many times too high; measure on a quiet machine, or with RAYON_NUM_THREADS=1"
+        )
+    })
 }
 
 pub(crate) fn median(v: &mut [f64]) -> f64 {

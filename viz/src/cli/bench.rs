@@ -91,16 +91,23 @@ fn infonce(a: &BenchArgs) -> Result<()> {
 
 fn losses(a: &BenchArgs) -> Result<()> {
     let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // What the CPU ops use (`RAYON_NUM_THREADS` included).
+    let threads = rayon::current_num_threads();
     let batch = if a.batch.is_empty() {
         vec![256, 1024, 4096]
     } else {
         a.batch.clone()
     };
+    let load = crate::bench::load_average();
     say(&format!(
-        "forward + backward of every objective on random tiny-preset-shaped inputs; median of {} runs, CPU, {threads} threads",
-        a.repeats
+        "forward + backward of every objective on random tiny-preset-shaped inputs; one warm-up, then median of {} runs; CPU, {threads} thread{}; load average {} at start",
+        a.repeats,
+        if threads == 1 { "" } else { "s" },
+        load.map_or_else(|| "?".into(), |l| format!("{l:.2}"))
     ))?;
+    if let Some(w) = load.and_then(|l| crate::bench::busy_warning(l, threads)) {
+        say(&w)?;
+    }
     say(crate::bench::HEADER)?;
     let mut clip = std::collections::HashMap::new();
     let mut failed = None;
@@ -118,6 +125,15 @@ fn losses(a: &BenchArgs) -> Result<()> {
             }
         },
     )?;
+    if let Some(end) = crate::bench::load_average() {
+        say(&format!("load average {end:.2} at the end"))?;
+        // Warned once at the start already, or warned now.
+        if load.is_some_and(|l| l < threads as f64)
+            && let Some(w) = crate::bench::busy_warning(end, threads)
+        {
+            say(&w)?;
+        }
+    }
     failed.map_or(Ok(()), Err)
 }
 
