@@ -195,8 +195,8 @@ pub fn busy_warning(load: f64, threads: usize) -> Option<String> {
     (threads > 1 && load >= threads as f64).then(|| {
         format!(
             "warning: load average {load:.2} on {threads} threads: other processes hold the cores, \
-             and multi-threaded ops wait for descheduled workers, so times (and ×clip ratios) can \
-             be many times too high; measure on a quiet machine, or with RAYON_NUM_THREADS=1"
+             and multi-threaded ops wait for descheduled workers, so times (and the ratios between \
+             them) can be many times too high; measure on a quiet machine, or with RAYON_NUM_THREADS=1"
         )
     })
 }

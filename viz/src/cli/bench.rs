@@ -69,16 +69,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 
 fn infonce(a: &BenchArgs) -> Result<()> {
     let max_bytes = (a.max_memory_gb * f64::from(1u32 << 30)) as usize;
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = rayon::current_num_threads();
     let batch = if a.batch.is_empty() {
         vec![1024, 16384]
     } else {
         a.batch.clone()
     };
     say(&format!(
-        "forward + backward (all inputs, scale and bias included) of the fused pairwise losses and their B×B references; random unit rows, scale 100; median of {} runs, CPU, {threads} threads; ratios are reference / fused",
-        a.repeats
+        "forward + backward (all inputs, scale and bias included) of the fused pairwise losses and their B×B references; random unit rows, scale 100; median of {} runs, CPU, {}; ratios are reference / fused",
+        a.repeats,
+        threads_and_load(threads)
     ))?;
+    let load = warn_if_busy(threads)?;
     say(crate::bench::PAIRWISE_HEADER)?;
     let mut failed = None;
     crate::bench::run_pairwise(&batch, &a.dim, a.repeats.max(1), max_bytes, |row| {
@@ -86,7 +88,41 @@ fn infonce(a: &BenchArgs) -> Result<()> {
             failed.get_or_insert(e);
         }
     })?;
+    report_end_load(load, threads)?;
     failed.map_or(Ok(()), Err)
+}
+
+/// `"N threads; load average L at start"` (what the CPU ops use, `RAYON_NUM_THREADS` included).
+fn threads_and_load(threads: usize) -> String {
+    format!(
+        "{threads} thread{}; load average {} at start",
+        if threads == 1 { "" } else { "s" },
+        crate::bench::load_average().map_or_else(|| "?".into(), |l| format!("{l:.2}"))
+    )
+}
+
+/// Prints the busy-machine warning if the load already reaches the thread count; returns the
+/// load average at the start.
+fn warn_if_busy(threads: usize) -> Result<Option<f64>> {
+    let load = crate::bench::load_average();
+    if let Some(w) = load.and_then(|l| crate::bench::busy_warning(l, threads)) {
+        say(&w)?;
+    }
+    Ok(load)
+}
+
+/// Prints the load average at the end, and the warning if the machine became busy meanwhile.
+fn report_end_load(start: Option<f64>, threads: usize) -> Result<()> {
+    if let Some(end) = crate::bench::load_average() {
+        say(&format!("load average {end:.2} at the end"))?;
+        // Warned once at the start already, or warned now.
+        if start.is_some_and(|l| l < threads as f64)
+            && let Some(w) = crate::bench::busy_warning(end, threads)
+        {
+            say(&w)?;
+        }
+    }
+    Ok(())
 }
 
 fn losses(a: &BenchArgs) -> Result<()> {
@@ -98,16 +134,12 @@ fn losses(a: &BenchArgs) -> Result<()> {
     } else {
         a.batch.clone()
     };
-    let load = crate::bench::load_average();
     say(&format!(
-        "forward + backward of every objective on random tiny-preset-shaped inputs; one warm-up, then median of {} runs; CPU, {threads} thread{}; load average {} at start",
+        "forward + backward of every objective on random tiny-preset-shaped inputs; one warm-up, then median of {} runs; CPU, {}",
         a.repeats,
-        if threads == 1 { "" } else { "s" },
-        load.map_or_else(|| "?".into(), |l| format!("{l:.2}"))
+        threads_and_load(threads)
     ))?;
-    if let Some(w) = load.and_then(|l| crate::bench::busy_warning(l, threads)) {
-        say(&w)?;
-    }
+    let load = warn_if_busy(threads)?;
     say(crate::bench::HEADER)?;
     let mut clip = std::collections::HashMap::new();
     let mut failed = None;
@@ -125,15 +157,7 @@ fn losses(a: &BenchArgs) -> Result<()> {
             }
         },
     )?;
-    if let Some(end) = crate::bench::load_average() {
-        say(&format!("load average {end:.2} at the end"))?;
-        // Warned once at the start already, or warned now.
-        if load.is_some_and(|l| l < threads as f64)
-            && let Some(w) = crate::bench::busy_warning(end, threads)
-        {
-            say(&w)?;
-        }
-    }
+    report_end_load(load, threads)?;
     failed.map_or(Ok(()), Err)
 }
 
