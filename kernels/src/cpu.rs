@@ -57,6 +57,24 @@ pub fn tune_allocator() {
     }
 }
 
+/// The shared `(B, D)` of two pairwise-score operands: both must be matrices of one shape with
+/// `B ≥ 1` (the CPU and CUDA strip drivers check the same thing).
+pub fn pair_dims(op: &str, xl: &Layout, yl: &Layout) -> Result<(usize, usize)> {
+    match (xl.dims(), yl.dims()) {
+        (&[b, d], &[b2, d2]) if (b, d) == (b2, d2) && b > 0 => Ok((b, d)),
+        (&[_, _], &[_, _]) => bail!(
+            "{op}: operands {:?} and {:?} differ or are empty",
+            xl.dims(),
+            yl.dims()
+        ),
+        _ => bail!(
+            "{op}: expected two (B, D) matrices, got {:?} and {:?}",
+            xl.dims(),
+            yl.dims()
+        ),
+    }
+}
+
 /// The two `(B, D)` operands of pairwise scores `x·yᵀ` (image and text embeddings), as f32 CPU
 /// storage, walked in strips of rows so that the `B × B` matrix never exists at once.
 ///
@@ -98,20 +116,7 @@ impl<'a> Pairs<'a> {
     ) -> Result<Self> {
         slice_f32(x, xl, op)?;
         slice_f32(y, yl, op)?;
-        let (&[b, d], &[b2, d2]) = (xl.dims(), yl.dims()) else {
-            bail!(
-                "{op}: expected two (B, D) matrices, got {:?} and {:?}",
-                xl.dims(),
-                yl.dims()
-            );
-        };
-        if (b, d) != (b2, d2) || b == 0 {
-            bail!(
-                "{op}: operands {:?} and {:?} differ or are empty",
-                xl.dims(),
-                yl.dims()
-            );
-        }
+        let (b, d) = pair_dims(op, xl, yl)?;
         Ok(Self {
             x,
             xo: xl.start_offset(),

@@ -33,20 +33,7 @@ impl<'a> Pairs<'a> {
     ) -> Result<Self> {
         view_f32(x, xl, op)?;
         view_f32(y, yl, op)?;
-        let (&[b, d], &[b2, d2]) = (xl.dims(), yl.dims()) else {
-            bail!(
-                "{op}: expected two (B, D) matrices, got {:?} and {:?}",
-                xl.dims(),
-                yl.dims()
-            );
-        };
-        if (b, d) != (b2, d2) || b == 0 {
-            bail!(
-                "{op}: operands {:?} and {:?} differ or are empty",
-                xl.dims(),
-                yl.dims()
-            );
-        }
+        let (b, d) = crate::cpu::pair_dims(op, xl, yl)?;
         Ok(Self {
             x,
             xo: xl.start_offset(),
