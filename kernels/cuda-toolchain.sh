@@ -2,8 +2,10 @@
 # Prepares a CUDA 13.0 toolchain from NVIDIA's PyPI wheels, for building `--features cuda` on a
 # machine without a CUDA toolkit (and without a GPU), then prints the environment to export:
 #
-#   eval "$(kernels/cuda-toolchain.sh [DIR])"
-#   cargo build --release --features cuda
+#   eval "$(kernels/cuda-toolchain.sh [--nccl] [DIR])"
+#   cargo build --release --features cuda          # or --features viz/nccl with --nccl
+#
+# --nccl also installs NCCL (nvidia-nccl-cu13), for the `nccl` feature (multi-GPU data parallel).
 #
 # DIR (default: $XDG_CACHE_HOME or ~/.cache, then contrastive-workbench/cuda-13.0) receives a
 # Python virtual environment with the wheels (~3 GB) and `home/`, a stand-in CUDA_HOME whose
@@ -27,6 +29,8 @@
 # section for measured times).
 set -euo pipefail
 
+nccl=0
+if [ "${1:-}" = "--nccl" ]; then nccl=1; shift; fi
 dir="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/contrastive-workbench/cuda-13.0}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cudarc_version=0.19.10
@@ -45,6 +49,11 @@ if [ ! -f "$venv/.cuda-wheels-installed" ]; then
     nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 >&2
   touch "$venv/.cuda-wheels-installed"
 fi
+if [ "$nccl" = 1 ] && [ ! -f "$venv/.nccl-wheel-installed" ]; then
+  log "installing NCCL into $venv"
+  "$venv/bin/pip" install --quiet nvidia-nccl-cu13==2.27.7 >&2
+  touch "$venv/.nccl-wheel-installed"
+fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 cu="$site/nvidia/cu13"
 [ -x "$cu/bin/nvcc" ] || { log "no nvcc in $cu/bin: the wheel layout changed"; exit 1; }
@@ -53,6 +62,13 @@ home="$dir/home"
 mkdir -p "$home/lib"
 for l in cublas cublasLt cudart nvrtc; do ln -sf "$cu/lib/lib$l.so.13" "$home/lib/lib$l.so"; done
 ln -sf "$cu/lib/libcurand.so.10" "$home/lib/libcurand.so"
+nccl_path=""
+if [ "$nccl" = 1 ]; then
+  nc="$site/nvidia/nccl"
+  [ -f "$nc/lib/libnccl.so.2" ] || { log "no libnccl.so.2 in $nc/lib: the wheel layout changed"; exit 1; }
+  ln -sf "$nc/lib/libnccl.so.2" "$home/lib/libnccl.so"
+  nccl_path=":$nc/lib"
+fi
 
 # The link stub: every driver function of cudarc's bindings, returning CUDA_ERROR_NO_DEVICE.
 registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
@@ -69,7 +85,7 @@ grep -ohE 'pub unsafe fn cu[A-Za-z0-9_]+' "$sys" | awk '{print $4}' | sort -u |
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$home/lib/libcuda.so" "$home/lib/libcuda-stub.c"
 
 # At run time: the wheel's libraries; the stub only where no driver is installed.
-run_path="$cu/lib"
+run_path="$cu/lib$nccl_path"
 if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
   mkdir -p "$home/stub"
   ln -sf "$home/lib/libcuda.so" "$home/stub/libcuda.so.1"

@@ -4,6 +4,8 @@
 // The same comparisons with the fused op on a CUDA device (a `cuda` build with a GPU).
 #[cfg(feature = "cuda")]
 mod cuda;
+// The CUDA attention source run on the host with a C++ compiler (no GPU, no CUDA toolkit).
+mod cuda_host;
 
 use crate::util::assert_close;
 use candle_core::{DType, Device, Tensor, Var};

@@ -14,7 +14,11 @@
 //! this is one node. [`attention_weights`] returns `P` `(B, H, L, L)` for inspection, from the
 //! same inputs, without touching the output.
 //!
-//! CPU: f32, contiguous. Other devices and dtypes use the reference.
+//! CPU: f32, contiguous. CUDA (feature `cuda`): f32, `cuda/attention.cu`, one thread per
+//! (batch row, head, query) with an online softmax, and a backward in two kernels (queries, then
+//! keys and values) that recompute `P` from the saved log-sum-exps; heads wider than
+//! [`crate::cuda::attention::MAX_HEAD_DIM`] run the reference. Other devices and dtypes use the
+//! reference.
 
 use crate::cpu::slice_f32;
 use candle_core::{
@@ -75,14 +79,27 @@ pub fn attention_reference(qkv: &Tensor, heads: usize, causal: bool) -> Result<T
     )
 }
 
-fn fused_ok(qkv: &Tensor) -> bool {
-    matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32
+fn fused_ok(qkv: &Tensor, heads: usize) -> bool {
+    match qkv.device() {
+        Device::Cpu => qkv.dtype() == DType::F32,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            let d = qkv.dims().last().copied().unwrap_or(0) / 3;
+            crate::dispatch::fused(&[qkv])
+                && heads > 0
+                && d / heads <= crate::cuda::attention::MAX_HEAD_DIM
+        }
+        _ => {
+            let _ = heads;
+            false
+        }
+    }
 }
 
 /// Fused attention with a hand-written backward.
 pub fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     check(qkv, heads)?;
-    if fused_ok(qkv) {
+    if fused_ok(qkv, heads) {
         qkv.contiguous()?.apply_op1(AttentionOp { heads, causal })
     } else {
         attention_reference(qkv, heads, causal)
@@ -92,7 +109,7 @@ pub fn attention(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
 /// Attention weights `(B, H, L, L)` for inspection (not differentiable on the fused path).
 pub fn attention_weights(qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     check(qkv, heads)?;
-    if fused_ok(qkv) {
+    if fused_ok(qkv, heads) {
         qkv.contiguous()?
             .apply_op1_no_bwd(&WeightsOp { heads, causal })
     } else {
@@ -193,6 +210,15 @@ impl CustomOp1 for AttentionOp {
         Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention::attention_fwd(s, l, self.heads, self.causal, self.name())
+    }
+
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = AttentionBackward {
             heads: self.heads,
@@ -288,6 +314,23 @@ impl CustomOp2 for AttentionBackward {
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention::attention_bwd(
+            (s1, l1),
+            (s2, l2),
+            self.heads,
+            self.causal,
+            self.name(),
+        )
+    }
 }
 
 /// `a·b`, summed in 8 independent lanes so that the compiler vectorises it (a single running
@@ -348,5 +391,14 @@ impl CustomOp1 for WeightsOp {
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((b, self.heads, l, l))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention::attention_probs(s, l, self.heads, self.causal, self.name())
     }
 }

@@ -21,7 +21,9 @@
 //! - **Scope.** f32 and contiguous inputs (the public functions make inputs contiguous); other
 //!   dtypes never reach these kernels. The contrastive losses compute their strips of cosines
 //!   with candle's cuBLAS matmul exactly like the CPU path, and use kernels for the online
-//!   log-sum-exp, the losses and the score gradients. Attention on CUDA still runs its reference.
+//!   log-sum-exp, the losses and the score gradients. Attention (`attention.cu`) runs one thread
+//!   per (batch row, head, query or key) with an online softmax, for heads up to
+//!   [`attention::MAX_HEAD_DIM`] wide; wider heads run the reference.
 //! - **Verification.** `compile` needs only `libnvrtc` (no GPU): a unit test compiles every
 //!   source, so syntax and type errors show without a GPU. Parity with the references on a GPU
 //!   is tested by the integration tests, which report that they were skipped without one.
@@ -30,6 +32,7 @@
 // states why the arguments match the kernel's signature and the buffers are large enough.
 #![allow(unsafe_code)]
 
+pub mod attention;
 pub(crate) mod ops;
 pub(crate) mod pairs;
 
@@ -105,8 +108,27 @@ pub const CONTRASTIVE: Source = Source {
     ],
 };
 
+/// Fused multi-head attention: forward, inspection weights and the two backward kernels.
+pub const ATTENTION: Source = Source {
+    name: "attention",
+    code: include_str!("attention.cu"),
+    kernels: &[
+        "attention_fwd",
+        "attention_probs",
+        "attention_bwd_q",
+        "attention_bwd_kv",
+    ],
+};
+
 /// Every kernel source of the crate.
-pub const SOURCES: [&Source; 5] = [&GELU, &BIAS, &SOFTMAX, &LAYER_NORM, &CONTRASTIVE];
+pub const SOURCES: [&Source; 6] = [
+    &GELU,
+    &BIAS,
+    &SOFTMAX,
+    &LAYER_NORM,
+    &CONTRASTIVE,
+    &ATTENTION,
+];
 
 /// Virtual architectures NVRTC 13 compiles for, as `(major·10 + minor, name)`, oldest first.
 pub const ARCHITECTURES: [(i32, &str); 12] = [
