@@ -31,7 +31,8 @@
 //! | pairwise sigmoid (SigLIP), memory O(B) | [`sigmoid_pairwise()`] | [`sigmoid_pairwise_reference`] |
 //!
 //! With the `cuda` feature, `cuda` (compiled only then) holds the NVRTC kernels and their
-//! launch code: every op above has one except attention, which runs its reference on a GPU.
+//! launch code: every op above has one (attention for heads up to 128 wide; wider heads run the
+//! reference on a GPU).
 //!
 //! [`check`] holds numerical comparison and finite-difference gradient checking, shared by the
 //! kernel tests and the loss tests.

@@ -25,8 +25,11 @@
 //!   per (batch row, head, query or key) with an online softmax, for heads up to
 //!   [`attention::MAX_HEAD_DIM`] wide; wider heads run the reference.
 //! - **Verification.** `compile` needs only `libnvrtc` (no GPU): a unit test compiles every
-//!   source, so syntax and type errors show without a GPU. Parity with the references on a GPU
-//!   is tested by the integration tests, which report that they were skipped without one.
+//!   source, so syntax and type errors show without a GPU. The integration tests run every
+//!   source on the CPU through a C++ shim of the CUDA built-ins (`kernels::cuda_host`: real
+//!   threads per block, so barriers and warp shuffles behave), against the references. Parity
+//!   on a GPU is tested by the integration tests in `kernels::cuda`, which report that they
+//!   were skipped without one.
 
 // Kernel launches and uninitialised device buffers are `unsafe` in cudarc; every block below
 // states why the arguments match the kernel's signature and the buffers are large enough.
