@@ -22,6 +22,9 @@ mod export;
 mod checkpoints;
 // Every fused kernel equals its reference, forward and backward.
 mod kernels;
+// Training on a CUDA device against the CPU: first steps, objectives, swaps, checkpoints, maps.
+#[cfg(feature = "cuda")]
+mod gpu;
 // The two towers: attention weights, pooling, fused vs reference.
 mod model;
 // Objectives against hand-checked values, gradient checks, invariances.

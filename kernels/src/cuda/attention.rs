@@ -72,24 +72,7 @@ pub(crate) fn attention_fwd(
     causal: bool,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
-    let dev = &s.device;
-    let (b, len, d) = geometry(l, heads, op)?;
-    let qkv = view_f32(s, l, op)?;
-    // SAFETY: `attention_fwd` writes the dh values of every (batch row, head, query): all
-    // B·L·D elements.
-    let mut out = unsafe { uninit(dev, b * len * d) }?;
-    launch(
-        dev,
-        "attention_fwd",
-        &[&qkv],
-        &mut [&mut out],
-        (b, len, d, heads),
-        causal,
-    )?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from((b, len, d)),
-    ))
+    one_output(s, l, heads, causal, op, "attention_fwd")
 }
 
 /// The weights `(B, H, L, L)`.
@@ -100,24 +83,38 @@ pub(crate) fn attention_probs(
     causal: bool,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
+    one_output(s, l, heads, causal, op, "attention_probs")
+}
+
+/// Runs `attention_fwd` (output `(B, L, D)`) or `attention_probs` (output `(B, H, L, L)`): each
+/// writes every element of its output, the probabilities' zeros above a causal diagonal included.
+fn one_output(
+    s: &CudaStorage,
+    l: &Layout,
+    heads: usize,
+    causal: bool,
+    op: &str,
+    kernel: &'static str,
+) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
     let (b, len, d) = geometry(l, heads, op)?;
+    let shape = if kernel == "attention_probs" {
+        Shape::from((b, heads, len, len))
+    } else {
+        Shape::from((b, len, d))
+    };
     let qkv = view_f32(s, l, op)?;
-    // SAFETY: `attention_probs` writes all L values of every (batch row, head, query) row,
-    // zeros included.
-    let mut p = unsafe { uninit(dev, b * heads * len * len) }?;
+    // SAFETY: both kernels write every element of their output (see above).
+    let mut out = unsafe { uninit(dev, shape.elem_count()) }?;
     launch(
         dev,
-        "attention_probs",
+        kernel,
         &[&qkv],
-        &mut [&mut p],
+        &mut [&mut out],
         (b, len, d, heads),
         causal,
     )?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(p, dev.clone()),
-        Shape::from((b, heads, len, len)),
-    ))
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
 }
 
 /// The gradient `(B, L, 3D)` with respect to `qkv`, from `qkv` and the output's gradient `go`.

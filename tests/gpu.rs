@@ -1,0 +1,209 @@
+//! Training end to end on a CUDA device (a `cuda` build with a GPU): the first steps equal the
+//! CPU's from the same seed, every built-in objective trains, objectives swap live, checkpoints
+//! move between GPU and CPU in both directions, and inspection gives the CPU's maps. Without a
+//! usable GPU every test prints that it was skipped and why, and checks nothing.
+
+use crate::util::{tiny_config, tmpdir};
+use candle_core::Device;
+use serde_json::Value;
+use workbench::config::RunConfig;
+use workbench::data::Split;
+use workbench::loss::LossConfig;
+use workbench::train::Trainer;
+
+/// The first CUDA device, or `None` after printing why the test is skipped.
+fn gpu(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let e = e.to_string();
+            eprintln!(
+                "{test}: skipped, no usable CUDA device ({})",
+                e.lines().next().unwrap_or_default()
+            );
+            None
+        }
+    }
+}
+
+fn on(device: &str, mut cfg: RunConfig) -> Trainer {
+    cfg.train.device = device.into();
+    Trainer::new(cfg).unwrap()
+}
+
+/// One step of each; their losses.
+fn step_both(g: &mut Trainer, c: &mut Trainer) -> (f32, f32) {
+    (g.step().unwrap().loss, c.step().unwrap().loss)
+}
+
+fn assert_near(a: f32, b: f32, tol: f32, what: &str) {
+    assert!(
+        (a - b).abs() <= tol,
+        "{what}: GPU {a} vs CPU {b} (tolerance {tol})"
+    );
+}
+
+/// Largest absolute difference between the numbers of two JSON documents of the same shape.
+fn json_diff(a: &Value, b: &Value, path: &str) -> f64 {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs()
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}: lengths differ");
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .map(|(i, (x, y))| json_diff(x, y, &format!("{path}[{i}]")))
+                .fold(0.0, f64::max)
+        }
+        (Value::Object(x), Value::Object(y)) => x
+            .iter()
+            .map(|(k, v)| json_diff(v, &y[k], &format!("{path}.{k}")))
+            .fold(0.0, f64::max),
+        (x, y) => {
+            assert_eq!(x, y, "{path}");
+            0.0
+        }
+    }
+}
+
+#[test]
+fn first_steps_on_the_gpu_equal_the_cpu_from_the_same_seed() {
+    let Some(_) = gpu("first_steps_on_the_gpu_equal_the_cpu_from_the_same_seed") else {
+        return;
+    };
+    let (mut g, mut c) = (on("cuda", tiny_config()), on("cpu", tiny_config()));
+    assert!(g.device().is_cuda());
+    let (sg, sc) = (g.step().unwrap(), c.step().unwrap());
+    // The bound for the first step, f32.
+    assert_near(sg.loss, sc.loss, 1e-4, "first-step loss");
+    assert_near(
+        sg.grad_norm,
+        sc.grad_norm,
+        1e-3 * sc.grad_norm,
+        "first-step gradient norm",
+    );
+    for step in 2..=5 {
+        let (lg, lc) = step_both(&mut g, &mut c);
+        assert_near(lg, lc, 1e-3, &format!("loss at step {step}"));
+    }
+}
+
+#[test]
+fn every_builtin_objective_trains_on_the_gpu() {
+    let Some(_) = gpu("every_builtin_objective_trains_on_the_gpu") else {
+        return;
+    };
+    for loss in LossConfig::builtins() {
+        let name = loss.name();
+        let mut cfg = tiny_config();
+        cfg.loss = loss.clone();
+        let (mut g, mut c) = (on("cuda", cfg.clone()), on("cpu", cfg));
+        let (lg, lc) = step_both(&mut g, &mut c);
+        assert_near(
+            lg,
+            lc,
+            1e-4 * lc.abs().max(1.0),
+            &format!("{name}: first-step loss"),
+        );
+        for _ in 0..3 {
+            assert!(g.step().unwrap().loss.is_finite(), "{name} on the GPU");
+        }
+    }
+}
+
+#[test]
+fn objectives_swap_live_on_the_gpu() {
+    let Some(_) = gpu("objectives_swap_live_on_the_gpu") else {
+        return;
+    };
+    let (mut g, mut c) = (on("cuda", tiny_config()), on("cpu", tiny_config()));
+    for name in ["siglip", "cloob", "clip"] {
+        let loss = LossConfig::by_name(name).unwrap();
+        g.swap_objective(loss.clone()).unwrap();
+        c.swap_objective(loss).unwrap();
+        for _ in 0..2 {
+            let (lg, lc) = step_both(&mut g, &mut c);
+            assert_near(
+                lg,
+                lc,
+                1e-3 * lc.abs().max(1.0),
+                &format!("after swapping to {name}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn checkpoints_move_between_gpu_and_cpu_in_both_directions() {
+    let Some(dev) = gpu("checkpoints_move_between_gpu_and_cpu_in_both_directions") else {
+        return;
+    };
+    let dir = tmpdir("gpu-checkpoint");
+    // Written on the GPU, resumed on the CPU (and on the GPU): the next step agrees.
+    let mut g = on("cuda", tiny_config());
+    for _ in 0..3 {
+        g.step().unwrap();
+    }
+    g.save_checkpoint(&dir.join("from-gpu")).unwrap();
+    let mut on_cpu = Trainer::resume(&dir.join("from-gpu"), Some(Device::Cpu)).unwrap();
+    assert!(matches!(on_cpu.device(), Device::Cpu));
+    assert_eq!(on_cpu.completed_steps(), 3);
+    let (lg, lc) = step_both(&mut g, &mut on_cpu);
+    assert_near(lg, lc, 1e-4, "step 4 after a GPU → CPU resume");
+    // Written on the CPU, resumed on the GPU.
+    on_cpu.save_checkpoint(&dir.join("from-cpu")).unwrap();
+    let mut back = Trainer::resume(&dir.join("from-cpu"), Some(dev)).unwrap();
+    assert!(back.device().is_cuda());
+    let (lb, lc) = step_both(&mut back, &mut on_cpu);
+    assert_near(lb, lc, 1e-4, "step 5 after a CPU → GPU resume");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn inspection_and_evaluation_on_the_gpu_equal_the_cpu() {
+    let Some(_) = gpu("inspection_and_evaluation_on_the_gpu_equal_the_cpu") else {
+        return;
+    };
+    let (mut g, mut c) = (on("cuda", tiny_config()), on("cpu", tiny_config()));
+    for _ in 0..3 {
+        g.step().unwrap();
+        c.step().unwrap();
+    }
+    let sample = c.sample(Split::Val, 0).unwrap();
+    let text = sample.captions[0].text.clone();
+    let pairs = [
+        (
+            "attention",
+            serde_json::to_value(g.attention(&sample.image, &text).unwrap()).unwrap(),
+            serde_json::to_value(c.attention(&sample.image, &text).unwrap()).unwrap(),
+        ),
+        (
+            "alignment",
+            serde_json::to_value(g.align(&sample.image, &text).unwrap()).unwrap(),
+            serde_json::to_value(c.align(&sample.image, &text).unwrap()).unwrap(),
+        ),
+        (
+            "relevance",
+            serde_json::to_value(g.relevance(&sample.image, &text).unwrap()).unwrap(),
+            serde_json::to_value(c.relevance(&sample.image, &text).unwrap()).unwrap(),
+        ),
+    ];
+    for (what, a, b) in pairs {
+        let d = json_diff(&a, &b, what);
+        assert!(d <= 1e-3, "{what} on the GPU differs from the CPU by {d:e}");
+    }
+    let (eg, ec) = (
+        g.evaluate(Split::Val).unwrap(),
+        c.evaluate(Split::Val).unwrap(),
+    );
+    assert_near(eg.loss.unwrap(), ec.loss.unwrap(), 1e-3, "validation loss");
+    assert_near(eg.modality_gap, ec.modality_gap, 1e-4, "modality gap");
+    assert_near(
+        eg.image_to_text.r1,
+        ec.image_to_text.r1,
+        2.0 / eg.images as f32,
+        "image → text R@1",
+    );
+}
