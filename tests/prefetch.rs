@@ -258,7 +258,7 @@ fn dropping_the_trainer_stops_its_loading_thread() {
         let _ = done.send(());
     });
     finished
-        .recv_timeout(Duration::from_secs(60))
+        .recv_timeout(Duration::from_secs(30))
         .expect("dropping the trainer hung");
     assert_eq!(
         Arc::strong_count(&dataset),

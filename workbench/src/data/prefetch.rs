@@ -19,6 +19,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
+//! use workbench::data::loader::AugmentConfig;
 //! use workbench::data::{Extras, Loader, PairDataset, Prefetcher, Shapes, ShapesConfig, Tokenizer};
 //! let data: Arc<dyn PairDataset> = Arc::new(Shapes::new(ShapesConfig {
 //!     train_size: 64,
@@ -27,7 +28,7 @@
 //! let tok = Arc::new(Tokenizer::fit_word_level(&data.corpus(), 32)?);
 //! let loader = |seed| {
 //!     let cpu = candle_core::Device::Cpu;
-//!     Loader::new(data.clone(), tok.clone(), 8, seed, Default::default(), cpu)
+//!     Loader::new(data.clone(), tok.clone(), 8, seed, AugmentConfig::default(), cpu)
 //! };
 //! let mut sync = Prefetcher::new(loader(3)?, 0);
 //! let mut ahead = Prefetcher::new(loader(3)?, 2);
@@ -280,6 +281,7 @@ fn produce(mut loader: Loader, jobs: &Receiver<Job>, made: &SyncSender<Made>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::AugmentConfig;
     use crate::data::{PairDataset, Shapes, ShapesConfig, Tokenizer};
     use std::sync::Arc;
 
@@ -292,7 +294,7 @@ mod tests {
             .unwrap(),
         );
         let tok = Arc::new(Tokenizer::fit_word_level(&data.corpus(), 32).unwrap());
-        Loader::new(data, tok, batch, 5, Default::default(), Device::Cpu).unwrap()
+        Loader::new(data, tok, batch, 5, AugmentConfig::default(), Device::Cpu).unwrap()
     }
 
     fn pixels(b: &Batch) -> Vec<f32> {
