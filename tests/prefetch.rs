@@ -304,3 +304,43 @@ fn the_data_wait_is_recorded_and_old_metrics_still_read() {
     let e = bad.map_or_else(|e| e.to_string(), |c| c.validate().unwrap_err().to_string());
     assert!(e.contains("train.prefetch") && e.contains("64"), "{e}");
 }
+
+#[test]
+fn bench_loader_measures_both_sides() {
+    use clap::Parser as _;
+    let cli = viz::cli::Cli::try_parse_from(["workbench", "bench", "loader"]).unwrap();
+    let viz::cli::Command::Bench(a) = cli.command else {
+        panic!("not bench")
+    };
+    assert_eq!(
+        (a.what.as_str(), a.images, a.image_side),
+        ("loader", 512, 128)
+    );
+    assert_eq!(a.prefetch, 2);
+
+    let d = tmpdir("prefetch-bench");
+    let captions = viz::bench::loader::write_images(&d, 24, 40).unwrap();
+    let s = viz::bench::loader::Settings {
+        batch: 8,
+        steps: 2,
+        warmup: 1,
+        rounds: 2,
+        prefetch: 2,
+    };
+    let mut lines = Vec::new();
+    let c = viz::bench::loader::compare(&s, &captions, |l| {
+        lines.push(l.to_string());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for side in [&c.sync, &c.ahead] {
+        assert_eq!(side.steps_per_second.len(), 2);
+        assert!(side.steps_per_second.iter().all(|&v| v > 0.0));
+        assert!(side.data_fraction.iter().all(|f| (0.0..=1.0).contains(f)));
+    }
+    assert!(c.ratio() > 0.0);
+    assert!(c.summary().contains("prefetch 2 / prefetch 0"));
+    assert!(viz::bench::loader::write_images(&d, 2, 40).is_err());
+    let _ = std::fs::remove_dir_all(d);
+}
