@@ -18,6 +18,8 @@ mod datasets;
 mod file_runs;
 // Export: the .npy writer, embeddings of a model, `workbench export` of a run.
 mod export;
+// Loading ahead on a thread: identical batches, checkpoints, swaps, errors, shutdown, data wait.
+mod prefetch;
 // Malformed checkpoints and run configurations: errors name the file and tensor or field.
 mod checkpoints;
 // Every fused kernel equals its reference, forward and backward.

@@ -104,6 +104,11 @@ pub struct TrainConfig {
     pub device: String,
     /// Image augmentation.
     pub augment: AugmentConfig,
+    /// Batches a background thread builds ahead of the step, so that decoding and augmentation
+    /// overlap the model's compute (0: load each batch in the step; at most
+    /// [`MAX_PREFETCH`](crate::data::prefetch::MAX_PREFETCH)). Changes no number: the batches,
+    /// the checkpointed loader position and a resume are the same with any value.
+    pub prefetch: usize,
 }
 
 impl Default for TrainConfig {
@@ -127,6 +132,7 @@ impl Default for TrainConfig {
             probe_size: 256,
             device: "cpu".into(),
             augment: AugmentConfig::default(),
+            prefetch: 2,
         }
     }
 }
@@ -322,6 +328,16 @@ impl RunConfig {
             return Err(Error::config(
                 "train.grad_clip",
                 "must be >= 0 (0 turns clipping off)",
+            ));
+        }
+        if t.prefetch > crate::data::prefetch::MAX_PREFETCH {
+            return Err(Error::config(
+                "train.prefetch",
+                format!(
+                    "{} batches ahead is too many; expected 0 (load in the step) to {}",
+                    t.prefetch,
+                    crate::data::prefetch::MAX_PREFETCH
+                ),
             ));
         }
         parse_device(&t.device)?;

@@ -32,6 +32,11 @@ pub struct StepStats {
     pub objective: String,
     /// Wall time of the step (data, forward, backward, update), seconds.
     pub seconds: f64,
+    /// Of `seconds`, the time the step waited for its batch: the whole loading time without
+    /// prefetching, only what the background thread had not finished ahead with it. The device
+    /// idles for this long (0 in metrics written before it was recorded).
+    #[serde(default)]
+    pub data_seconds: f64,
 }
 
 /// Retrieval quality in one direction (open_clip definitions): `R@k = mean(rank < k)`,

@@ -1,7 +1,8 @@
 //! `workbench bench losses`: forward + backward time and peak memory of every objective;
 //! `workbench bench infonce`: the fused pairwise losses (InfoNCE, sigmoid) beside their `B × B`
 //! references; `workbench bench torch` ([`torch`]): our training step and embedding beside the
-//! same model in PyTorch.
+//! same model in PyTorch; `workbench bench loader` ([`loader`]): training on PNG files with the
+//! batches loaded in the step and built ahead on a thread.
 //!
 //! Inputs of `losses` and `infonce` are random L2-normalised embeddings shaped like the `tiny` preset's (embedding size
 //! 64, 16 patches, 12 text tokens, 3 hard negatives per image, groups of about 4 rows). Each
@@ -11,6 +12,7 @@
 //! Peak memory is what the process allocated on top of the inputs during forward and backward
 //! (the binary counts allocations; see [`kernels::alloc::CountingAllocator`]).
 
+pub mod loader;
 pub mod torch;
 
 use anyhow::Result;

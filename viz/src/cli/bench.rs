@@ -10,12 +10,13 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to measure: every objective (`losses`), the fused pairwise losses against their
-    /// references (`infonce`), or training and embedding throughput of our model beside the
-    /// same model in PyTorch (`torch`; needs a Python interpreter with torch).
-    #[arg(value_parser = ["losses", "infonce", "torch"])]
+    /// references (`infonce`), training and embedding throughput of our model beside the
+    /// same model in PyTorch (`torch`; needs a Python interpreter with torch), or training on
+    /// PNG files with the batches loaded in the step and built ahead on a thread (`loader`).
+    #[arg(value_parser = ["losses", "infonce", "torch", "loader"])]
     pub what: String,
     /// Batch sizes, comma-separated [default: 256,1024,4096 for losses, 1024,16384 for infonce,
-    /// 256 for torch].
+    /// 256 for torch, 128 for loader].
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
     /// Embedding sizes for `infonce`, comma-separated.
@@ -30,13 +31,14 @@ pub struct BenchArgs {
     /// `torch`: presets to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_string(), "small".to_string()])]
     pub preset: Vec<String>,
-    /// `torch`: timed rounds; each round times both sides, alternating which goes first.
+    /// `torch`, `loader`: timed rounds; each round times both sides, alternating which goes
+    /// first.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// `torch`: training steps per side and round.
+    /// `torch`, `loader`: timed training steps per side and round.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    /// `torch`: untimed warm-up steps per side.
+    /// `torch`, `loader`: untimed warm-up steps per side (`loader`: per side and round).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// `torch`: threads of both sides (rayon here, `torch.set_num_threads` there).
@@ -56,6 +58,15 @@ pub struct BenchArgs {
     /// about 3 GB; an existing environment that imports torch is reused as it is.
     #[arg(long, value_name = "DIR")]
     pub install_torch: Option<PathBuf>,
+    /// `loader`: PNG files written for the benchmark.
+    #[arg(long, default_value_t = 512)]
+    pub images: usize,
+    /// `loader`: side of each PNG in pixels (resized to the model's image size when loaded).
+    #[arg(long, default_value_t = 128)]
+    pub image_side: usize,
+    /// `loader`: batches the prefetching side builds ahead (the other side loads in the step).
+    #[arg(long, default_value_t = 2)]
+    pub prefetch: usize,
 }
 
 /// Runs `workbench bench`.
@@ -63,6 +74,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.what.as_str() {
         "torch" => torch(a),
         "infonce" => infonce(a),
+        "loader" => loader(a),
         _ => losses(a),
     }
 }
@@ -161,13 +173,45 @@ fn losses(a: &BenchArgs) -> Result<()> {
     failed.map_or(Ok(()), Err)
 }
 
+fn loader(a: &BenchArgs) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let s = crate::bench::loader::Settings {
+        batch: a.batch.first().copied().unwrap_or(128),
+        steps: a.steps,
+        warmup: a.warmup,
+        rounds: a.rounds,
+        prefetch: a.prefetch,
+    };
+    say(&format!(
+        "training steps of tiny at batch {} on {} PNGs of {}×{} px (decoded, resized, cropped and flipped per batch), batches loaded in the step (prefetch 0) and built ahead (prefetch {}); {} warm-up + {} timed steps per side and round, {} rounds alternating; CPU, {}",
+        s.batch,
+        a.images,
+        a.image_side,
+        a.image_side,
+        s.prefetch,
+        s.warmup,
+        s.steps,
+        s.rounds,
+        threads_and_load(threads)
+    ))?;
+    let load = warn_if_busy(threads)?;
+    let scratch = Scratch::new("loader")?;
+    let captions = crate::bench::loader::write_images(&scratch.0, a.images, a.image_side)?;
+    let c = crate::bench::loader::compare(&s, &captions, say)?;
+    say("")?;
+    for line in c.summary().lines() {
+        say(line)?;
+    }
+    report_end_load(load, threads)
+}
+
 /// A fresh scratch directory for the script and the batch files, removed when dropped.
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new() -> Result<Self> {
+    fn new(what: &str) -> Result<Self> {
         let dir =
-            std::env::temp_dir().join(format!("workbench-bench-torch-{}", std::process::id()));
+            std::env::temp_dir().join(format!("workbench-bench-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self(dir))
@@ -198,7 +242,7 @@ fn torch(a: &BenchArgs) -> Result<()> {
         "training steps (forward, loss, backward, clipping, AdamW) and forward-only embedding, ours beside PyTorch eager; CPU, {} threads each; batches pre-built (data generation excluded from both); {} warm-up steps, then {} rounds of {} steps per side, alternating; load average {load} at start",
         a.threads, a.warmup, a.rounds, a.steps
     ))?;
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("torch")?;
     let mut results: Vec<Comparison> = Vec::new();
     for preset in &a.preset {
         for &batch in &batches {

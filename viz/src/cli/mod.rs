@@ -25,6 +25,7 @@ pub use bench::BenchArgs;
 pub use dataset::CheckDataArgs;
 pub use export::ExportArgs;
 pub use inspect::{InspectArgs, load_image};
+pub use train::DataWait;
 
 /// Train small CLIP-like image–text models and look inside them.
 #[derive(Debug, Parser)]
@@ -48,7 +49,9 @@ pub enum Command {
     /// decode every image, report bad samples.
     CheckData(CheckDataArgs),
     /// Benchmarks: `bench losses` times every objective's forward + backward pass; `bench
-    /// infonce` the fused InfoNCE and sigmoid losses against their references.
+    /// infonce` the fused InfoNCE and sigmoid losses against their references; `bench torch` our
+    /// training step beside PyTorch's; `bench loader` training on PNG files with and without
+    /// batches built ahead.
     Bench(BenchArgs),
     /// Modality gap of a checkpoint: geometry of both embedding sets and the gap-shift sweep.
     Gap(GapArgs),
@@ -165,6 +168,9 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Batches built ahead on a background thread (0: load in the step; default 2).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -327,6 +333,9 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = &a.device {
         t.device.clone_from(v);
+    }
+    if let Some(v) = a.prefetch {
+        t.prefetch = v;
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use workbench::config::{RunConfig, parse_device};
 use workbench::data::{BadSampleReport, open_dataset};
-use workbench::events::{EvalReport, Event, JsonlWriter};
+use workbench::events::{EvalReport, Event, JsonlWriter, StepStats};
 use workbench::loss::LossConfig;
 use workbench::pretrained::Pretrained;
 use workbench::train::{FitOutcome, Trainer};
@@ -86,6 +86,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
     let mut last_eval: Option<EvalReport> = None;
     let mut write_err = None;
     let mut finished = None;
+    let mut wait = DataWait::default();
     let interrupted = interrupt_flag();
     let (commands, received) = std::sync::mpsc::channel();
     let mut swaps = a.swap.clone();
@@ -113,6 +114,9 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         {
             bar.println(format!("cannot swap: {e:#}"));
         }
+        if let Event::Step(s) = event {
+            wait.add(s);
+        }
         on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
         if interrupted.load(Ordering::SeqCst) {
             return ControlFlow::Break(());
@@ -129,6 +133,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         trainer.completed_steps(),
         last_eval.as_ref(),
         finished,
+        &wait,
         trainer.dataset().bad_samples().as_ref(),
     );
     match outcome {
@@ -290,11 +295,44 @@ fn print_line(bar: &ProgressBar, line: &str) {
     }
 }
 
+/// How long the steps of this invocation waited for their batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DataWait {
+    /// Steps counted.
+    pub steps: usize,
+    /// Their total time waiting for data, seconds.
+    pub data_seconds: f64,
+    /// Their total time, seconds.
+    pub seconds: f64,
+}
+
+impl DataWait {
+    /// Counts one step.
+    pub fn add(&mut self, s: &StepStats) {
+        self.steps += 1;
+        self.data_seconds += s.data_seconds;
+        self.seconds += s.seconds;
+    }
+
+    /// The summary line: mean wait per step and the share of step time spent waiting; `None`
+    /// before any step.
+    pub fn line(&self) -> Option<String> {
+        (self.steps > 0).then(|| {
+            let mean_ms = self.data_seconds / self.steps as f64 * 1e3;
+            let share = self.data_seconds / self.seconds.max(1e-12) * 100.0;
+            format!(
+                "data wait {mean_ms:.1} ms per step · {share:.1} % of step time (device idle waiting for data)"
+            )
+        })
+    }
+}
+
 fn summary(
     run_dir: &Path,
     step: usize,
     eval: Option<&EvalReport>,
     finished: Option<(f64, f64)>,
+    wait: &DataWait,
     bad: Option<&BadSampleReport>,
 ) {
     eprintln!("\n== run {} · step {step} ==", run_dir.display());
@@ -303,6 +341,9 @@ fn summary(
     }
     if let Some((secs, pps)) = finished {
         eprintln!("training time {secs:.1} s · {pps:.0} pairs/s");
+    }
+    if let Some(line) = wait.line() {
+        eprintln!("{line}");
     }
     // Datasets from files: how many samples were skipped and the first few reasons (also in
     // the `run_finished` line of metrics.jsonl).

@@ -68,7 +68,50 @@ pub struct SecondView {
     pub texts: Texts,
 }
 
+impl Texts {
+    /// The same texts with their tensors on `device` (the texts themselves are kept).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            tokens: self.tokens.to_device(device)?,
+            eos: self.eos.to_device(device)?,
+            mask: self.mask.to_device(device)?,
+            texts: self.texts.clone(),
+        })
+    }
+}
+
 impl Batch {
+    /// The same batch with every tensor on `device`; a batch already there is returned as it
+    /// is. The values are copied exactly, so a batch built on the CPU and moved equals one built
+    /// on the device.
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        if self.images.device().same_device(device) {
+            return Ok(self);
+        }
+        Ok(Self {
+            images: self.images.to_device(device)?,
+            tokens: self.tokens.to_device(device)?,
+            eos: self.eos.to_device(device)?,
+            text_mask: self.text_mask.to_device(device)?,
+            negatives: self
+                .negatives
+                .as_ref()
+                .map(|n| n.to_device(device))
+                .transpose()?,
+            second: self
+                .second
+                .as_ref()
+                .map(|s| -> Result<SecondView> {
+                    Ok(SecondView {
+                        images: s.images.to_device(device)?,
+                        texts: s.texts.to_device(device)?,
+                    })
+                })
+                .transpose()?,
+            ..self
+        })
+    }
+
     /// Number of pairs.
     pub fn len(&self) -> usize {
         self.indices.len()

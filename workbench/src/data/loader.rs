@@ -95,6 +95,7 @@ pub struct LoaderState {
 }
 
 /// Seeded batch loader over the training split of a [`PairDataset`].
+#[derive(Clone)]
 pub struct Loader {
     dataset: Arc<dyn PairDataset>,
     tokenizer: Arc<Tokenizer>,
@@ -142,6 +143,20 @@ impl Loader {
     /// Continues from a saved position.
     pub fn set_state(&mut self, state: LoaderState) {
         self.state = state;
+    }
+
+    /// The same loader (dataset, seed, position) building its tensors on `device`.
+    #[must_use]
+    pub fn on_device(&self, device: Device) -> Self {
+        Self {
+            device,
+            ..self.clone()
+        }
+    }
+
+    /// The device the batches' tensors are built on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Pairs per batch.

@@ -15,7 +15,9 @@
 
 use crate::config::{RunConfig, parse_device};
 use crate::control::{Command, RunHandle};
-use crate::data::{Batch, Extras, Loader, PairDataset, Split, Tokenizer, open_dataset};
+use crate::data::{
+    Batch, Extras, Loader, LoaderState, PairDataset, Prefetcher, Split, Tokenizer, open_dataset,
+};
 use crate::eval::{EvalContext, EvalSet, evaluate};
 use crate::events::{EvalReport, Event, StepStats};
 use crate::loss::{LossInputs, Needs, Objective};
@@ -70,7 +72,7 @@ pub struct Trainer {
     model: ClipModel,
     objective: Box<dyn Objective>,
     opt: AdamW,
-    loader: Loader,
+    loader: Prefetcher,
     step: usize,
     train_seconds: f64,
     eval_sets: BTreeMap<&'static str, EvalSet>,
@@ -151,6 +153,7 @@ impl Trainer {
             t.augment.clone(),
             device.clone(),
         )?;
+        let loader = Prefetcher::new(loader, t.prefetch);
         Ok(Self {
             cfg,
             device,
@@ -213,9 +216,14 @@ impl Trainer {
         self.train_seconds
     }
 
-    /// The next training batch (advances the loader).
+    /// The loader's position: the next batch a step takes, whatever was built ahead.
+    pub fn loader_state(&self) -> LoaderState {
+        self.loader.state()
+    }
+
+    /// The next training batch (advances the loader), without the extras of the objective.
     pub fn next_batch(&mut self) -> Result<Batch> {
-        self.loader.next_batch()
+        self.loader.next_batch_with(Extras::default())
     }
 
     /// Parameters the optimizer updates: the model's and the active objective's, sorted, less
@@ -236,13 +244,16 @@ impl Trainer {
         }
     }
 
-    /// One step on the next batch of the loader. On a non-finite loss or gradient nothing is
-    /// updated (the loader is rewound too) and [`Error::NonFinite`] names the step and term.
+    /// One step on the next batch of the loader (built ahead when `train.prefetch` > 0; the
+    /// wait is [`StepStats::data_seconds`]). On a non-finite loss or gradient nothing is updated
+    /// (the loader is rewound: the next step takes the same batch) and [`Error::NonFinite`]
+    /// names the step and term. A loader error comes from the step that would take the batch.
     pub fn step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
         let before = self.loader.state();
         let batch = self.loader.next_batch_with(self.extras())?;
-        let result = self.update(&batch, t0);
+        let data_seconds = t0.elapsed().as_secs_f64();
+        let result = self.update(&batch, t0, data_seconds);
         if result.is_err() {
             self.loader.set_state(before);
         }
@@ -251,10 +262,10 @@ impl Trainer {
 
     /// One step on a given batch (e.g. to overfit it).
     pub fn step_on(&mut self, batch: &Batch) -> Result<StepStats> {
-        self.update(batch, Instant::now())
+        self.update(batch, Instant::now(), 0.0)
     }
 
-    fn update(&mut self, batch: &Batch, t0: Instant) -> Result<StepStats> {
+    fn update(&mut self, batch: &Batch, t0: Instant, data_seconds: f64) -> Result<StepStats> {
         let t = &self.cfg.train;
         let next = self.step + 1;
         let lr = lr_at(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio);
@@ -327,6 +338,7 @@ impl Trainer {
             batch_size: batch.len(),
             objective: self.objective.name().to_string(),
             seconds,
+            data_seconds,
         })
     }
 

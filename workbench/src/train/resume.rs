@@ -19,7 +19,7 @@ pub struct CheckpointState {
     pub format: u32,
     /// Steps completed.
     pub step: usize,
-    /// Loader position.
+    /// Loader position: the next batch the trainer takes, whatever was built ahead of it.
     pub loader: LoaderState,
     /// AdamW step count per parameter.
     pub optimizer_steps: BTreeMap<String, u64>,
