@@ -12,6 +12,7 @@ use workbench::config::{RunConfig, parse_device};
 use workbench::data::Split;
 use workbench::events::EvalReport;
 use workbench::loss::LossConfig;
+use workbench::model::Precision;
 use workbench::train::Trainer;
 
 mod bench;
@@ -165,6 +166,9 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// f32, or bf16 (matrix products on bf16 operands, f32 master weights and losses).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -327,6 +331,9 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = &a.device {
         t.device.clone_from(v);
+    }
+    if let Some(v) = a.precision {
+        t.precision = v;
     }
 }
 
