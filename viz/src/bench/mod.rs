@@ -402,7 +402,7 @@ pub fn torch_line(c: &torch::Comparison) -> String {
     let mib = |b: Option<u64>| {
         b.map_or_else(
             || "—".to_string(),
-            |b| format!("{:.0}", b as f64 / 1048576.0),
+            |b| format!("{:.0}", b as f64 / f64::from(1u32 << 20)),
         )
     };
     let torch_peak = match c.torch_peak.reserved {

@@ -347,30 +347,15 @@ impl Comparison {
     }
 }
 
-/// Runs one comparison; `python` runs the script, `dir` (which must exist) receives the script,
-/// its specification and the batch files; progress lines go to `say`.
-pub fn compare(
+/// Writes the script and its specification to `dir`, starts the PyTorch side and checks that
+/// it built the same model with the same number of threads.
+fn start_torch(
     s: &Settings,
+    ours: &Ours,
     python: &Path,
     dir: &Path,
-    mut say: impl FnMut(&str) -> Result<()>,
-) -> Result<Comparison> {
-    if s.rounds == 0 || s.steps == 0 {
-        bail!("--rounds and --steps must be at least 1");
-    }
-    set_threads(s.threads)?;
-    // Device memory in use before our trainer exists (CUDA only; the context included).
-    let baseline = memory::device_used(&workbench::config::parse_device(&s.device)?)?;
-    let mut ours = Ours::on(
-        &s.preset,
-        s.batch,
-        s.embed_batch,
-        s.steps.clamp(1, 4),
-        &s.device,
-        s.precision,
-    )?;
-    // Our warm-up, measuring peak memory, before the PyTorch process holds any of the device.
-    let (_, ours_peak) = ours.train_measured(s.warmup.max(1), baseline)?;
+    say: &mut impl FnMut(&str) -> Result<()>,
+) -> Result<Torch> {
     let script = dir.join("torch_clip.py");
     std::fs::write(&script, SCRIPT)
         .with_context(|| format!("cannot write {}", script.display()))?;
@@ -378,7 +363,7 @@ pub fn compare(
     let spec = ours.spec(dir, s.threads)?;
     std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)
         .with_context(|| format!("cannot write {}", spec_path.display()))?;
-    let mut torch = Torch::start(python, &script, &spec_path)?;
+    let torch = Torch::start(python, &script, &spec_path)?;
     let counts = ours.parameter_counts();
     say(&format!(
         "{} at batch {}, {} on {}: ours {} parameters ({} weight-decayed), PyTorch {} ({}) — torch {}, {} threads each",
@@ -405,6 +390,35 @@ pub fn compare(
     if torch.threads != s.threads {
         bail!("PyTorch runs {} threads, not {}", torch.threads, s.threads);
     }
+    Ok(torch)
+}
+
+/// Runs one comparison; `python` runs the script, `dir` (which must exist) receives the script,
+/// its specification and the batch files; progress lines go to `say`.
+pub fn compare(
+    s: &Settings,
+    python: &Path,
+    dir: &Path,
+    mut say: impl FnMut(&str) -> Result<()>,
+) -> Result<Comparison> {
+    if s.rounds == 0 || s.steps == 0 {
+        bail!("--rounds and --steps must be at least 1");
+    }
+    set_threads(s.threads)?;
+    // Device memory in use before our trainer exists (CUDA only; the context included).
+    let baseline = memory::device_used(&workbench::config::parse_device(&s.device)?)?;
+    let mut ours = Ours::on(
+        &s.preset,
+        s.batch,
+        s.embed_batch,
+        s.steps.clamp(1, 4),
+        &s.device,
+        s.precision,
+    )?;
+    // Our warm-up, measuring peak memory, before the PyTorch process holds any of the device.
+    let (_, ours_peak) = ours.train_measured(s.warmup.max(1), baseline)?;
+    let mut torch = start_torch(s, &ours, python, dir, &mut say)?;
+    let counts = ours.parameter_counts();
     let (_, torch_peak) = torch.train_measured(s.warmup.max(1))?;
     let pairs = (s.batch * s.steps) as f64;
     let (mut ours_rate, mut torch_rate, mut losses) = (Vec::new(), Vec::new(), (0.0, 0.0));

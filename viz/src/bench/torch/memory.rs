@@ -113,6 +113,7 @@ impl DeviceSampler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
