@@ -256,3 +256,24 @@ fn bf16_attention_products_round_only_their_operands() {
         crate::util::assert_close(&out, &out_ref, 5e-2, "bf16 attention output");
     }
 }
+
+#[test]
+fn the_command_line_takes_a_precision_and_names_a_bad_one() {
+    use clap::Parser as _;
+    use viz::cli::{Cli, Command};
+    let cli = Cli::try_parse_from(["workbench", "train", "--precision", "bf16"]).unwrap();
+    let Command::Train(a) = cli.command else {
+        panic!("not train")
+    };
+    assert_eq!(a.precision, Some(Precision::Bf16));
+    let cli = Cli::try_parse_from(["workbench", "train"]).unwrap();
+    let Command::Train(a) = cli.command else {
+        panic!("not train")
+    };
+    assert_eq!(a.precision, None, "the configuration decides");
+    let e = Cli::try_parse_from(["workbench", "train", "--precision", "fp16"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("fp16") && e.contains("bf16"), "{e}");
+}
