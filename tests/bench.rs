@@ -6,8 +6,9 @@
 use crate::util::tmpdir;
 use clap::Parser;
 use std::path::{Path, PathBuf};
-use viz::bench::torch::{Ours, ParamCounts, Settings, Torch};
+use viz::bench::torch::{Ours, ParamCounts, Settings, Torch, memory};
 use viz::cli::{Cli, Command};
+use workbench::model::Precision;
 
 #[test]
 fn bench_torch_arguments_parse_with_their_defaults() {
@@ -22,6 +23,8 @@ fn bench_torch_arguments_parse_with_their_defaults() {
     assert_eq!((a.embed, a.embed_batch), (10_000, 500));
     assert_eq!(a.python, PathBuf::from("python3"));
     assert_eq!(a.install_torch, None);
+    assert_eq!(a.device, "cpu");
+    assert_eq!(a.precision, [Precision::F32]);
 
     let cli = Cli::try_parse_from([
         "workbench",
@@ -43,6 +46,10 @@ fn bench_torch_arguments_parse_with_their_defaults() {
         "/opt/py/bin/python",
         "--install-torch",
         "venv",
+        "--device",
+        "cuda:1",
+        "--precision",
+        "f32,bf16",
     ])
     .unwrap();
     let Command::Bench(a) = cli.command else {
@@ -53,7 +60,14 @@ fn bench_torch_arguments_parse_with_their_defaults() {
     assert_eq!((a.rounds, a.steps, a.threads, a.embed), (4, 1, 1, 0));
     assert_eq!(a.python, PathBuf::from("/opt/py/bin/python"));
     assert_eq!(a.install_torch, Some(PathBuf::from("venv")));
+    assert_eq!(a.device, "cuda:1");
+    assert_eq!(a.precision, [Precision::F32, Precision::Bf16]);
     assert!(Cli::try_parse_from(["workbench", "bench", "pytorch"]).is_err());
+    let e = Cli::try_parse_from(["workbench", "bench", "torch", "--precision", "f32,fp16"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("fp16") && e.contains("bf16"), "{e}");
 }
 
 /// The parameter count of a preset, written out from the architecture: per block
@@ -139,7 +153,27 @@ fn our_half_counts_parameters_writes_batches_and_times_a_step() {
         expected_counts(128, 4, 4, 128, 4, 128, vocab, context)
     );
     assert!(Ours::new("huge", 8, 8, 1).is_err());
+    assert!(Ours::on("tiny", 8, 8, 1, "tpu", Precision::F32).is_err());
     assert!(Ours::new("tiny", 0, 8, 1).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn our_half_trains_in_bf16_and_reports_its_peak_memory() {
+    let dir = tmpdir("bench-ours-bf16");
+    let mut ours = Ours::on("tiny", 8, 6, 1, "cpu", Precision::Bf16).unwrap();
+    let spec = ours.spec(&dir, 2).unwrap();
+    // What the script reads to choose its device and autocast.
+    assert_eq!(spec["train"]["precision"], "bf16");
+    assert_eq!(spec["train"]["device"], "cpu");
+    let (t, peak) = ours.train_measured(2, None).unwrap();
+    assert!(t.seconds > 0.0 && t.loss.is_finite(), "{t:?}");
+    if memory::reset_peak_rss() {
+        let peak = peak.unwrap();
+        assert!(peak > 16 << 20 && peak < 64 << 30, "{peak} bytes");
+    } else {
+        assert_eq!(peak, None, "no figure without a reset");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -209,15 +243,28 @@ fn both_halves_agree_on_the_model_and_train() {
         threads: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         embed: 12,
         embed_batch: 6,
+        device: "cpu".into(),
+        precision: Precision::F32,
     };
-    let c = viz::bench::torch::compare(&s, &python, &dir, |_| Ok(())).unwrap();
-    assert_eq!(c.ours.len(), 1);
-    assert!(c.ratio().is_finite() && c.embed_ratio().is_finite());
-    assert!(
-        c.losses.0.is_finite() && c.losses.1.is_finite(),
-        "{:?}",
-        c.losses
-    );
+    for precision in Precision::ALL {
+        let s = Settings {
+            precision,
+            ..s.clone()
+        };
+        let c = viz::bench::torch::compare(&s, &python, &dir, |_| Ok(())).unwrap();
+        assert_eq!(c.ours.len(), 1);
+        assert!(c.ratio().is_finite() && c.embed_ratio().is_finite());
+        assert!(
+            c.losses.0.is_finite() && c.losses.1.is_finite(),
+            "{precision}: {:?}",
+            c.losses
+        );
+        if memory::reset_peak_rss() {
+            assert!(c.ours_peak.unwrap() > 1 << 20 && c.torch_peak.allocated.unwrap() > 1 << 20);
+        }
+        assert_eq!(c.torch_peak.reserved, None, "no reserved memory on the CPU");
+        assert!(viz::bench::torch_line(&c).contains(precision.name()));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -9,6 +9,7 @@ use egui_kittest::kittest::Queryable as _;
 use viz::app::{Tab, WorkbenchApp};
 
 use crate::util::tiny_config;
+use workbench::model::Precision;
 
 fn app() -> Harness<'static, WorkbenchApp> {
     let mut cfg = tiny_config();
@@ -316,4 +317,19 @@ fn a_run_on_a_missing_device_reports_why() {
         a.messages().iter().any(|m| m.contains("without CUDA"))
     });
     assert_eq!(h.state().sessions().len(), 1, "the old run was dropped");
+}
+
+#[test]
+fn the_new_run_form_chooses_the_precision() {
+    let mut h = app();
+    h.run_steps(2);
+    let _ = h.get_by_label("precision");
+    assert_eq!(h.state().state().precision, Precision::F32);
+    h.state_mut().state_mut().precision = Precision::Bf16;
+    click(&mut h, "Reset");
+    wait(&mut h, "the bf16 run", |a| {
+        a.sessions()
+            .first()
+            .is_some_and(|s| s.config().train.precision == Precision::Bf16)
+    });
 }

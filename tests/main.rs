@@ -33,6 +33,8 @@ mod model;
 mod losses;
 // Training: overfitting, determinism, checkpoints, resume, non-finite values.
 mod training;
+// Mixed precision: bf16 against f32, f32 master weights, resume, errors, inspection.
+mod amp;
 // Live control: objective swaps, edits, probe, resume after a swap.
 mod swap;
 // Analyses: the modality gap and the gap-shift sweep.

@@ -79,6 +79,52 @@ pub fn attention_reference(qkv: &Tensor, heads: usize, causal: bool) -> Result<T
     )
 }
 
+/// [`attention_weights_reference`] with the product `q·kᵀ` taken on operands cast to `compute`
+/// (bf16 for mixed precision) and widened back; the mask and the softmax run in `qkv`'s dtype,
+/// so the weights come back in it. With `compute == qkv.dtype()` this is the reference itself.
+pub fn attention_weights_in(
+    qkv: &Tensor,
+    heads: usize,
+    causal: bool,
+    compute: DType,
+) -> Result<Tensor> {
+    if compute == qkv.dtype() {
+        return attention_weights_reference(qkv, heads, causal);
+    }
+    let (_, l, d) = check(qkv, heads)?;
+    let q = (split_heads(qkv, 0, heads)? * ((d / heads) as f64).powf(-0.5))?;
+    let k = split_heads(qkv, 1, heads)?;
+    let mut scores = q
+        .to_dtype(compute)?
+        .matmul(&k.to_dtype(compute)?.t()?)?
+        .to_dtype(qkv.dtype())?;
+    if causal {
+        scores = scores.broadcast_add(&causal_mask(l, qkv.device())?.to_dtype(scores.dtype())?)?;
+    }
+    crate::softmax_last(&scores)
+}
+
+/// [`apply_weights`] with the product `P·v` taken on operands cast to `compute` and widened
+/// back to `qkv`'s dtype. With `compute == qkv.dtype()` this is [`apply_weights`] itself.
+pub fn apply_weights_in(
+    weights: &Tensor,
+    qkv: &Tensor,
+    heads: usize,
+    compute: DType,
+) -> Result<Tensor> {
+    if compute == qkv.dtype() {
+        return apply_weights(weights, qkv, heads);
+    }
+    let (b, l, d) = check(qkv, heads)?;
+    let v = split_heads(qkv, 2, heads)?.to_dtype(compute)?;
+    weights
+        .to_dtype(compute)?
+        .matmul(&v)?
+        .to_dtype(qkv.dtype())?
+        .transpose(1, 2)?
+        .reshape((b, l, d))
+}
+
 fn fused_ok(qkv: &Tensor, heads: usize) -> bool {
     match qkv.device() {
         Device::Cpu => qkv.dtype() == DType::F32,

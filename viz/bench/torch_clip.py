@@ -11,6 +11,12 @@ clamped to [0, ln 100] after every step; the optimiser is `torch.optim.AdamW` wi
 tensors of two or more dimensions only, global gradient-norm clipping and the warmup + cosine
 learning-rate schedule of the workbench.
 
+Device and precision come from the run (`train.device`, `train.precision`): the model and the
+batches live on `torch.device(train.device)`; with "bf16" both towers run under
+`torch.autocast(device_type, dtype=torch.bfloat16)` (parameters, gradients and AdamW state stay
+f32), and the L2 normalisation and the loss run in f32 on the towers' outputs, as the workbench
+does. On CUDA the device is synchronised before the clock is read.
+
 Usage: python torch_clip.py SPEC.json
 
 SPEC.json (written by the runner) holds every dimension and hyper-parameter of the Rust run, the
@@ -19,7 +25,12 @@ EOS positions) so that both implementations see the same tensors. The script pri
 when ready (parameter counts, torch version, threads), then answers one JSON command per line on
 standard input with one JSON line on standard output:
 
-    {"op": "train", "steps": N}   ->  {"seconds": S, "loss": L}   N training steps, cycling batches
+    {"op": "train", "steps": N}   ->  {"seconds": S, "loss": L, "peak_bytes": P, "reserved_bytes": R}
+                                      N training steps, cycling batches; P: peak memory over them
+                                      (CUDA: torch.cuda.max_memory_allocated after
+                                      reset_peak_memory_stats; CPU: this process's peak resident
+                                      set after a reset through /proc/self/clear_refs, null where
+                                      refused); R: torch.cuda.max_memory_reserved (CUDA only)
     {"op": "embed", "chunks": N}  ->  {"seconds": S}              N forward-only passes of both towers
     {"op": "quit"}                    exits
 
@@ -150,19 +161,19 @@ class TextTower(nn.Module):
         self.text_projection = Head(projection, w, embed)
         self.masks = {}
 
-    def causal_mask(self, t):
+    def causal_mask(self, t, device):
         if t not in self.masks:
-            self.masks[t] = torch.full((t, t), float("-inf")).triu(1)
+            self.masks[t] = torch.full((t, t), float("-inf"), device=device).triu(1)
         return self.masks[t]
 
     def forward(self, tokens, eos):
         t = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:t]
-        mask = self.causal_mask(t)
+        mask = self.causal_mask(t, tokens.device)
         for block in self.transformer:
             x = block(x, attn_mask=mask)
         x = self.ln_final(x)
-        pooled = x[torch.arange(x.shape[0]), eos]
+        pooled = x[torch.arange(x.shape[0], device=x.device), eos]
         return self.text_projection(pooled)
 
 
@@ -176,16 +187,19 @@ class Clip(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.max_log_scale = math.log(100.0)
 
-    def encode(self, images, tokens, eos):
+    def encode(self, images, tokens, eos, autocast):
+        """Both towers under `autocast`, then the L2 normalisation in f32 outside it."""
+        with autocast():
+            image, text = self.visual(images), self.text(tokens, eos)
         return (
-            F.normalize(self.visual(images), dim=-1),
-            F.normalize(self.text(tokens, eos), dim=-1),
+            F.normalize(image.float(), dim=-1),
+            F.normalize(text.float(), dim=-1),
         )
 
-    def loss(self, images, tokens, eos):
-        image, text = self.encode(images, tokens, eos)
+    def loss(self, images, tokens, eos, autocast):
+        image, text = self.encode(images, tokens, eos, autocast)
         logits = self.logit_scale.exp() * image @ text.t()
-        labels = torch.arange(logits.shape[0])
+        labels = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
@@ -200,15 +214,38 @@ def lr_at(step, base, warmup, total, min_ratio):
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (base - min_lr)
 
 
-def load_batch(b):
+def load_batch(b, device):
     def read(key, dtype, shape):
         n = math.prod(shape)
-        return torch.from_file(b[key], shared=False, size=n, dtype=dtype).reshape(shape)
+        t = torch.from_file(b[key], shared=False, size=n, dtype=dtype).reshape(shape)
+        return t.to(device)
 
     images = read("images", torch.float32, b["images_shape"])
     tokens = read("tokens", torch.int64, b["tokens_shape"])
     eos = read("eos", torch.int64, [b["tokens_shape"][0]])
     return images, tokens, eos
+
+
+def reset_peak_rss():
+    """Resets this process's peak resident set (Linux); False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss():
+    """This process's peak resident set (VmHWM), bytes, or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class Bench:
@@ -217,9 +254,17 @@ class Bench:
         torch.manual_seed(spec["seed"])
         if spec["loss"] != "clip":
             fail(f"loss: only 'clip' is implemented here, the run uses {spec['loss']!r}")
-        self.spec = spec
-        self.model = Clip(spec)
         t = spec["train"]
+        self.device = torch.device(t.get("device", "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            fail(f"train.device: {t['device']!r}, but this torch has no CUDA device")
+        self.cuda = self.device.type == "cuda"
+        precision = t.get("precision", "f32")
+        if precision not in ("f32", "bf16"):
+            fail(f"train.precision: {precision!r}; expected 'f32' or 'bf16'")
+        self.bf16 = precision == "bf16"
+        self.spec = spec
+        self.model = Clip(spec).to(self.device)
         params = list(self.model.parameters())
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -235,17 +280,32 @@ class Bench:
         )
         self.train_cfg = t
         self.step = 0
-        self.batches = [load_batch(b) for b in spec["batches"]]
-        self.embed_chunk = load_batch(spec["embed"])
+        self.batches = [load_batch(b, self.device) for b in spec["batches"]]
+        self.embed_chunk = load_batch(spec["embed"], self.device)
         self.counts = {
             "params": sum(p.numel() for p in params),
             "decayed": sum(p.numel() for p in decay),
         }
 
+    def autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16
+        )
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
     def train(self, steps):
         t = self.train_cfg
         self.model.train()
         loss = float("nan")
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            rss_reset = False
+        else:
+            rss_reset = reset_peak_rss()
+        self.sync()
         start = time.perf_counter()
         for _ in range(steps):
             images, tokens, eos = self.batches[self.step % len(self.batches)]
@@ -253,7 +313,7 @@ class Bench:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
-            out = self.model.loss(images, tokens, eos)
+            out = self.model.loss(images, tokens, eos, self.autocast)
             loss = out.item()
             out.backward()
             if t["grad_clip"] > 0:
@@ -262,17 +322,26 @@ class Bench:
             with torch.no_grad():
                 self.model.logit_scale.clamp_(0.0, self.model.max_log_scale)
             self.step += 1
-        return {"seconds": time.perf_counter() - start, "loss": loss}
+        self.sync()
+        seconds = time.perf_counter() - start
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(self.device)
+            reserved = torch.cuda.max_memory_reserved(self.device)
+        else:
+            peak, reserved = (peak_rss() if rss_reset else None), None
+        return {"seconds": seconds, "loss": loss, "peak_bytes": peak, "reserved_bytes": reserved}
 
     def embed(self, chunks):
         images, tokens, eos = self.embed_chunk
         self.model.eval()
+        self.sync()
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(chunks):
-                image, text = self.model.encode(images, tokens, eos)
+                image, text = self.model.encode(images, tokens, eos, self.autocast)
                 # Materialise both, as the Rust side does.
                 float(image[0, 0]) + float(text[0, 0])
+        self.sync()
         return {"seconds": time.perf_counter() - start}
 
 

@@ -16,7 +16,7 @@
 use crate::data::ShapesConfig;
 use crate::data::loader::AugmentConfig;
 use crate::loss::LossConfig;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Precision};
 use crate::{Error, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,9 @@ pub struct TrainConfig {
     pub probe_size: usize,
     /// `"cpu"`, `"cuda"` or `"cuda:N"`.
     pub device: String,
+    /// `"f32"`, or `"bf16"`: the model's matrix products on bf16 operands with f32 master
+    /// weights, optimizer state and loss reductions ([`Precision`]).
+    pub precision: Precision,
     /// Image augmentation.
     pub augment: AugmentConfig,
     /// Batches a background thread builds ahead of the step, so that decoding and augmentation
@@ -131,6 +134,7 @@ impl Default for TrainConfig {
             probe_every: 50,
             probe_size: 256,
             device: "cpu".into(),
+            precision: Precision::F32,
             augment: AugmentConfig::default(),
             prefetch: 2,
         }

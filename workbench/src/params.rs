@@ -9,6 +9,7 @@
 //! variable (with its trained value). That is how swapping an objective away and back restores
 //! its temperature, and how a checkpoint's values are picked up by a freshly built model.
 
+use crate::model::Precision;
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -75,6 +76,7 @@ impl Params {
         Scope {
             params: self.clone(),
             prefix: prefix.to_string(),
+            precision: Precision::F32,
         }
     }
 
@@ -230,10 +232,14 @@ impl Params {
 }
 
 /// A prefixed view of [`Params`], handed to layer constructors (`model.vision.blocks.0.attn`).
+///
+/// It also carries the [`Precision`] of the matrix products of the layers built from it (like
+/// the dtype of a `candle_nn::VarBuilder`); the variables it creates are f32 whatever it says.
 #[derive(Clone, Debug)]
 pub struct Scope {
     params: Params,
     prefix: String,
+    precision: Precision,
 }
 
 impl Scope {
@@ -243,7 +249,21 @@ impl Scope {
         Self {
             params: self.params.clone(),
             prefix: self.path(&name.to_string()),
+            precision: self.precision,
         }
+    }
+
+    /// This scope with layers computing their matrix products in `precision` (children
+    /// inherit it).
+    #[must_use]
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision of the matrix products of layers built from this scope.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The full name of `name` in this scope.

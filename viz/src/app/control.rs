@@ -6,6 +6,7 @@ use workbench::control::Command;
 use workbench::data::shapes::render::{COLOUR_NAMES, SHAPE_NAMES};
 use workbench::loss::LossConfig;
 use workbench::loss::composite::{SumConfig, SumPart};
+use workbench::model::Precision;
 
 use super::WorkbenchApp;
 use crate::session::Request;
@@ -441,6 +442,20 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             } else {
                 "this binary has no CUDA: build with `--features cuda` to train on a GPU"
             });
+        ui.end_row();
+        let l = ui.label("precision");
+        egui::ComboBox::from_id_salt("precision")
+            .selected_text(s.precision.name())
+            .show_ui(ui, |ui| {
+                for p in Precision::ALL {
+                    ui.selectable_value(&mut s.precision, p, p.name());
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text(
+                "bf16: matrix products on bf16 operands; weights, optimizer and losses stay f32",
+            );
         ui.end_row();
     });
     egui::CollapsingHeader::new("Dataset (synthetic shapes)")

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use workbench::analysis::Direction;
 use workbench::config::RunConfig;
 use workbench::data::ShapesConfig;
+use workbench::model::Precision;
 
 use crate::session::{Request, Session};
 use run::Run;
@@ -120,6 +121,8 @@ pub struct UiState {
     pub steps: usize,
     /// New run: the device (`cpu`, `cuda:N`).
     pub device: String,
+    /// New run: f32, or bf16 matrix products with f32 master weights.
+    pub precision: Precision,
     /// New run: the synthetic dataset.
     pub data: ShapesConfig,
     /// New run: the held-out pairs as typed (parsed into `data.holdout`).
@@ -174,6 +177,7 @@ impl UiState {
             seed: cfg.train.seed,
             steps: cfg.train.steps,
             device: cfg.train.device.clone(),
+            precision: cfg.train.precision,
             data: cfg.data.clone(),
             holdout_text: cfg.data.holdout.join(", "),
             tau: 0.07,
@@ -371,6 +375,7 @@ impl WorkbenchApp {
         cfg.train.seed = s.seed;
         cfg.train.steps = s.steps;
         cfg.train.device.clone_from(&s.device);
+        cfg.train.precision = s.precision;
         cfg.data = s.data.clone();
         Ok(cfg)
     }

@@ -385,9 +385,10 @@ pub fn pairwise_line(r: &KernelRow) -> String {
 }
 
 /// The header of the `bench torch` summary.
-pub const TORCH_HEADER: &str = "preset   batch   train ours  train torch  ×torch   embed ours  embed torch  ×torch   (pairs/s, medians over rounds)";
+pub const TORCH_HEADER: &str = "preset   batch  prec    train ours  train torch  ×torch   embed ours  embed torch  ×torch   peak ours  peak torch  (pairs/s, medians over rounds; peak MiB)";
 
-/// One summary line: median throughputs and the ratios ours / PyTorch.
+/// One summary line: median throughputs and the ratios ours / PyTorch, and each side's peak
+/// memory over the warm-up steps (PyTorch on CUDA: allocated / reserved).
 pub fn torch_line(c: &torch::Comparison) -> String {
     let med = |v: &[f64]| median(&mut v.to_vec());
     let embed = if c.ours_embed.is_empty() {
@@ -400,12 +401,25 @@ pub fn torch_line(c: &torch::Comparison) -> String {
             c.embed_ratio()
         )
     };
+    let mib = |b: Option<u64>| {
+        b.map_or_else(
+            || "—".to_string(),
+            |b| format!("{:.0}", b as f64 / f64::from(1u32 << 20)),
+        )
+    };
+    let torch_peak = match c.torch_peak.reserved {
+        Some(r) => format!("{}/{}", mib(c.torch_peak.allocated), mib(Some(r))),
+        None => mib(c.torch_peak.allocated),
+    };
     format!(
-        "{:<7} {:>6} {:>12.0} {:>12.0} {:>7.2} {embed}",
+        "{:<7} {:>6}  {:<5} {:>12.0} {:>12.0} {:>7.2} {embed} {:>11} {:>11}",
         c.settings.preset,
         c.settings.batch,
+        c.settings.precision.name(),
         med(&c.ours),
         med(&c.torch),
-        c.ratio()
+        c.ratio(),
+        mib(c.ours_peak),
+        torch_peak
     )
 }

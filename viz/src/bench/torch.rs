@@ -15,6 +15,15 @@
 //!   `torch.set_num_threads` there). After warm-up steps on each side, rounds alternate the two
 //!   (ours, PyTorch; then PyTorch, ours; …) so that drift in machine load hits both.
 //!
+//! - **Same device and precision.** `--device cuda:N` puts our trainer on that candle device and
+//!   the script's model on `torch.device("cuda:N")`; both synchronise the device before reading
+//!   the clock. `--precision bf16` trains ours with `[train] precision = "bf16"` and runs the
+//!   script's towers under `torch.autocast(device_type, dtype=torch.bfloat16)`, with f32 master
+//!   weights, the same AdamW, and the L2 normalisation and loss in f32 on both sides.
+//! - **Peak memory** is measured over the warm-up steps of each side ([`memory`]): on CUDA ours
+//!   from the driver's used memory, PyTorch's from its allocator's statistics; on the CPU the
+//!   peak resident set of each process.
+//!
 //! The embedding measurement times `chunks` forward passes of both towers over a pre-built chunk
 //! of images and captions, with no autograd (our evaluation path; `torch.inference_mode()` on
 //! the other side).
@@ -31,17 +40,19 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod memory;
+mod process;
+
 use anyhow::{Context, Result, bail};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+pub use process::{Torch, TorchPeak, install_torch};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use workbench::config::RunConfig;
 use workbench::data::{Batch, Loader};
-use workbench::model::Capture;
+use workbench::model::{Capture, Precision};
 use workbench::train::Trainer;
 
 /// The PyTorch reference, written next to the run's batch files when the benchmark starts.
@@ -74,9 +85,21 @@ pub struct Ours {
 }
 
 impl Ours {
-    /// A trainer on `preset` (built-in synthetic data, CPU) at `batch` pairs per step, with
-    /// `prebuilt` training batches and one embedding chunk of `embed_batch` pairs made now.
+    /// A trainer on `preset` (built-in synthetic data, CPU, f32) at `batch` pairs per step,
+    /// with `prebuilt` training batches and one embedding chunk of `embed_batch` pairs made now.
     pub fn new(preset: &str, batch: usize, embed_batch: usize, prebuilt: usize) -> Result<Self> {
+        Self::on(preset, batch, embed_batch, prebuilt, "cpu", Precision::F32)
+    }
+
+    /// [`Ours::new`] on `device` (`cpu`, `cuda`, `cuda:N`) in `precision`.
+    pub fn on(
+        preset: &str,
+        batch: usize,
+        embed_batch: usize,
+        prebuilt: usize,
+        device: &str,
+        precision: Precision,
+    ) -> Result<Self> {
         if batch == 0 || embed_batch == 0 || prebuilt == 0 {
             bail!(
                 "batch ({batch}), embedding batch ({embed_batch}) and pre-built batches ({prebuilt}) must be at least 1"
@@ -84,7 +107,8 @@ impl Ours {
         }
         let mut cfg = RunConfig::preset(preset)?;
         cfg.train.batch_size = batch;
-        cfg.train.device = "cpu".into();
+        cfg.train.device = device.into();
+        cfg.train.precision = precision;
         let mut trainer = Trainer::new(cfg)?;
         let batches = (0..prebuilt)
             .map(|_| trainer.next_batch())
@@ -128,19 +152,42 @@ impl Ours {
     }
 
     /// `steps` full training steps (forward, loss, backward, clipping, AdamW), cycling through
-    /// the pre-built batches.
+    /// the pre-built batches. The device is synchronised before the clock starts and stops.
     pub fn train(&mut self, steps: usize) -> Result<Timed> {
+        let device = self.trainer.device().clone();
         let mut loss = f32::NAN;
+        device.synchronize()?;
         let start = Instant::now();
         for _ in 0..steps {
             let b = &self.batches[self.next % self.batches.len()];
             self.next += 1;
             loss = self.trainer.step_on(b)?.loss;
         }
+        device.synchronize()?;
         Ok(Timed {
             seconds: start.elapsed().as_secs_f64(),
             loss,
         })
+    }
+
+    /// [`Ours::train`] with the peak memory over the steps ([`memory`]): on the CPU this
+    /// process's peak resident set, on CUDA the peak of the device's used memory minus
+    /// `baseline` (a [`memory::device_used`] reading taken before this trainer was built).
+    pub fn train_measured(
+        &mut self,
+        steps: usize,
+        baseline: Option<u64>,
+    ) -> Result<(Timed, Option<u64>)> {
+        let device = self.trainer.device().clone();
+        if matches!(device, Device::Cpu) {
+            let reset = memory::reset_peak_rss();
+            let t = self.train(steps)?;
+            return Ok((t, reset.then(memory::peak_rss).flatten()));
+        }
+        let sampler = memory::DeviceSampler::start(&device);
+        let t = self.train(steps);
+        let peak = sampler.stop()?;
+        Ok((t?, peak.map(|p| p.saturating_sub(baseline.unwrap_or(0)))))
     }
 
     /// `chunks` forward passes of both towers over the embedding chunk, without gradients
@@ -148,6 +195,8 @@ impl Ours {
     pub fn embed(&self, chunks: usize) -> Result<f64> {
         let model = self.trainer.model();
         let b = &self.embed;
+        let device = self.trainer.device();
+        device.synchronize()?;
         let start = Instant::now();
         for _ in 0..chunks {
             let image = model
@@ -160,6 +209,7 @@ impl Ours {
                 .detach();
             std::hint::black_box((image, text));
         }
+        device.synchronize()?;
         Ok(start.elapsed().as_secs_f64())
     }
 
@@ -217,190 +267,6 @@ fn write_batch(b: &Batch, dir: &Path, name: &str) -> Result<Value> {
     }))
 }
 
-/// The PyTorch side: the script running in a child process, answering one command per line.
-pub struct Torch {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    python: PathBuf,
-    /// Its parameter counts.
-    pub counts: ParamCounts,
-    /// `torch.__version__`.
-    pub version: String,
-    /// `torch.get_num_threads()`.
-    pub threads: usize,
-}
-
-impl Torch {
-    /// Starts `script` under `python` with the specification file `spec`; waits until the model
-    /// is built. Errors say whether the interpreter is missing or torch cannot be imported.
-    pub fn start(python: &Path, script: &Path, spec: &Path) -> Result<Self> {
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(spec)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot run the Python interpreter `{}`: {e}; pass --python PATH to one that has torch, or --install-torch DIR to create one",
-                    python.display()
-                )
-            })?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            bail!("the pipes to `{}` were not opened", python.display());
-        };
-        let mut torch = Self {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
-            python: python.to_path_buf(),
-            counts: ParamCounts {
-                total: 0,
-                decayed: 0,
-            },
-            version: String::new(),
-            threads: 0,
-        };
-        let ready = torch.read().map_err(|e| {
-            if e.to_string().contains("torch is not importable") {
-                e.context(format!(
-                    "`{}` has no torch; pass --python PATH to an interpreter that has it, or --install-torch DIR",
-                    python.display()
-                ))
-            } else {
-                e
-            }
-        })?;
-        let field = |k: &str| {
-            ready
-                .get(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("the PyTorch script's first answer lacks `{k}`: {ready}")
-                })
-        };
-        torch.counts = ParamCounts {
-            total: field("params")?,
-            decayed: field("decayed")?,
-        };
-        torch.threads = field("threads")?;
-        torch.version = ready
-            .get("torch")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
-        Ok(torch)
-    }
-
-    /// Reads one JSON answer; `{"error": …}`, a closed pipe or other text are errors.
-    fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        let n = self.stdout.read_line(&mut line)?;
-        if n == 0 {
-            let status = self.child.wait()?;
-            bail!(
-                "`{}` exited ({status}) without answering the PyTorch script",
-                self.python.display()
-            );
-        }
-        let v: Value = serde_json::from_str(line.trim()).with_context(|| {
-            format!(
-                "`{}` answered {:?}, not a JSON line of the PyTorch script",
-                self.python.display(),
-                line.trim()
-            )
-        })?;
-        if let Some(msg) = v.get("error").and_then(Value::as_str) {
-            bail!(
-                "the PyTorch script under `{}`: {msg}",
-                self.python.display()
-            );
-        }
-        Ok(v)
-    }
-
-    fn call(&mut self, cmd: &Value) -> Result<Value> {
-        writeln!(self.stdin, "{cmd}")?;
-        self.stdin.flush()?;
-        self.read()
-    }
-
-    fn seconds(v: &Value) -> Result<f64> {
-        v.get("seconds")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| anyhow::anyhow!("the PyTorch script's answer lacks `seconds`: {v}"))
-    }
-
-    /// `steps` training steps, timed inside the script.
-    pub fn train(&mut self, steps: usize) -> Result<Timed> {
-        let v = self.call(&json!({"op": "train", "steps": steps}))?;
-        Ok(Timed {
-            seconds: Self::seconds(&v)?,
-            loss: v.get("loss").and_then(Value::as_f64).unwrap_or(f64::NAN) as f32,
-        })
-    }
-
-    /// `chunks` forward passes of both towers under `torch.inference_mode()`; seconds.
-    pub fn embed(&mut self, chunks: usize) -> Result<f64> {
-        let v = self.call(&json!({"op": "embed", "chunks": chunks}))?;
-        Self::seconds(&v)
-    }
-}
-
-impl Drop for Torch {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
-        let _ = self.stdin.flush();
-        if !matches!(self.child.wait(), Ok(s) if s.success()) {
-            let _ = self.child.kill();
-        }
-    }
-}
-
-/// Creates a virtual environment in `dir` with `base` (e.g. `python3`) and installs torch from
-/// PyPI into it, unless it already imports torch. Returns the environment's interpreter.
-pub fn install_torch(dir: &Path, base: &Path) -> Result<PathBuf> {
-    let python = dir.join("bin").join("python");
-    let has_torch = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import torch"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && has_torch(&python) {
-        return Ok(python);
-    }
-    let run = |cmd: &mut Command, what: &str| -> Result<()> {
-        let status = cmd
-            .status()
-            .with_context(|| format!("cannot run {what} ({cmd:?})"))?;
-        if !status.success() {
-            bail!("{what} failed ({status}): {cmd:?}");
-        }
-        Ok(())
-    };
-    if !python.exists() {
-        run(
-            Command::new(base).args(["-m", "venv"]).arg(dir),
-            "creating the virtual environment",
-        )?;
-    }
-    run(
-        Command::new(&python).args(["-m", "pip", "install", "torch"]),
-        "installing torch from PyPI",
-    )?;
-    if !has_torch(&python) {
-        bail!(
-            "torch was installed into {} but does not import",
-            dir.display()
-        );
-    }
-    Ok(python)
-}
-
 /// Makes rayon's global pool (our CPU ops and matrix products) use `threads` threads.
 pub fn set_threads(threads: usize) -> Result<()> {
     if threads == 0 {
@@ -429,10 +295,15 @@ pub struct Settings {
     pub rounds: usize,
     /// Steps per side and round.
     pub steps: usize,
-    /// Untimed steps per side before the first round.
+    /// Untimed steps per side before the first round (at least one runs: peak memory is
+    /// measured over them).
     pub warmup: usize,
     /// Threads of both sides.
     pub threads: usize,
+    /// `cpu`, `cuda` or `cuda:N`: our candle device, and the PyTorch side's `torch.device`.
+    pub device: String,
+    /// f32, or bf16 matrix products (ours: `[train] precision`; PyTorch: `torch.autocast`).
+    pub precision: Precision,
     /// Images and captions to embed per side and round (0: no embedding measurement).
     pub embed: usize,
     /// Pairs per embedding chunk.
@@ -458,6 +329,10 @@ pub struct Comparison {
     pub ours_embed: Vec<f64>,
     /// PyTorch's embedding throughput per round.
     pub torch_embed: Vec<f64>,
+    /// Our peak memory over the warm-up steps, bytes ([`memory`] says what it measures).
+    pub ours_peak: Option<u64>,
+    /// PyTorch's peak memory over the warm-up steps.
+    pub torch_peak: TorchPeak,
 }
 
 impl Comparison {
@@ -472,19 +347,15 @@ impl Comparison {
     }
 }
 
-/// Runs one comparison; `python` runs the script, `dir` (which must exist) receives the script,
-/// its specification and the batch files; progress lines go to `say`.
-pub fn compare(
+/// Writes the script and its specification to `dir`, starts the PyTorch side and checks that
+/// it built the same model with the same number of threads.
+fn start_torch(
     s: &Settings,
+    ours: &Ours,
     python: &Path,
     dir: &Path,
-    mut say: impl FnMut(&str) -> Result<()>,
-) -> Result<Comparison> {
-    if s.rounds == 0 || s.steps == 0 {
-        bail!("--rounds and --steps must be at least 1");
-    }
-    set_threads(s.threads)?;
-    let mut ours = Ours::new(&s.preset, s.batch, s.embed_batch, s.steps.clamp(1, 4))?;
+    say: &mut impl FnMut(&str) -> Result<()>,
+) -> Result<Torch> {
     let script = dir.join("torch_clip.py");
     std::fs::write(&script, SCRIPT)
         .with_context(|| format!("cannot write {}", script.display()))?;
@@ -492,12 +363,14 @@ pub fn compare(
     let spec = ours.spec(dir, s.threads)?;
     std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)
         .with_context(|| format!("cannot write {}", spec_path.display()))?;
-    let mut torch = Torch::start(python, &script, &spec_path)?;
+    let torch = Torch::start(python, &script, &spec_path)?;
     let counts = ours.parameter_counts();
     say(&format!(
-        "{} at batch {}: ours {} parameters ({} weight-decayed), PyTorch {} ({}) — torch {}, {} threads each",
+        "{} at batch {}, {} on {}: ours {} parameters ({} weight-decayed), PyTorch {} ({}) — torch {}, {} threads each",
         s.preset,
         s.batch,
+        s.precision,
+        s.device,
         counts.total,
         counts.decayed,
         torch.counts.total,
@@ -517,10 +390,36 @@ pub fn compare(
     if torch.threads != s.threads {
         bail!("PyTorch runs {} threads, not {}", torch.threads, s.threads);
     }
-    if s.warmup > 0 {
-        ours.train(s.warmup)?;
-        torch.train(s.warmup)?;
+    Ok(torch)
+}
+
+/// Runs one comparison; `python` runs the script, `dir` (which must exist) receives the script,
+/// its specification and the batch files; progress lines go to `say`.
+pub fn compare(
+    s: &Settings,
+    python: &Path,
+    dir: &Path,
+    mut say: impl FnMut(&str) -> Result<()>,
+) -> Result<Comparison> {
+    if s.rounds == 0 || s.steps == 0 {
+        bail!("--rounds and --steps must be at least 1");
     }
+    set_threads(s.threads)?;
+    // Device memory in use before our trainer exists (CUDA only; the context included).
+    let baseline = memory::device_used(&workbench::config::parse_device(&s.device)?)?;
+    let mut ours = Ours::on(
+        &s.preset,
+        s.batch,
+        s.embed_batch,
+        s.steps.clamp(1, 4),
+        &s.device,
+        s.precision,
+    )?;
+    // Our warm-up, measuring peak memory, before the PyTorch process holds any of the device.
+    let (_, ours_peak) = ours.train_measured(s.warmup.max(1), baseline)?;
+    let mut torch = start_torch(s, &ours, python, dir, &mut say)?;
+    let counts = ours.parameter_counts();
+    let (_, torch_peak) = torch.train_measured(s.warmup.max(1))?;
     let pairs = (s.batch * s.steps) as f64;
     let (mut ours_rate, mut torch_rate, mut losses) = (Vec::new(), Vec::new(), (0.0, 0.0));
     for r in 0..s.rounds {
@@ -574,5 +473,7 @@ pub fn compare(
         losses,
         ours_embed,
         torch_embed,
+        ours_peak,
+        torch_peak,
     })
 }

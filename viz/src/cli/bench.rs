@@ -5,6 +5,7 @@ use crate::bench::torch::{Comparison, Settings};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use std::path::PathBuf;
+use workbench::model::Precision;
 
 /// `workbench bench`.
 #[derive(Debug, Args)]
@@ -38,9 +39,18 @@ pub struct BenchArgs {
     /// `torch`, `loader`: timed training steps per side and round.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    /// `torch`, `loader`: untimed warm-up steps per side (`loader`: per side and round).
+    /// `torch`, `loader`: untimed warm-up steps per side (`loader`: per side and round;
+    /// `torch`: at least one runs, peak memory is measured over them).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// `torch`: the device of both sides: cpu, cuda or cuda:N (ours needs a build with
+    /// `--features cuda`, PyTorch a CUDA build of torch).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// `torch`: precisions to compare, comma-separated: f32, bf16 (ours `[train] precision`,
+    /// PyTorch `torch.autocast` to bfloat16; f32 master weights on both sides).
+    #[arg(long, value_delimiter = ',', default_values_t = [Precision::F32])]
+    pub precision: Vec<Precision>,
     /// `torch`: threads of both sides (rayon here, `torch.set_num_threads` there).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -239,24 +249,32 @@ fn torch(a: &BenchArgs) -> Result<()> {
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into());
     say(&format!(
-        "training steps (forward, loss, backward, clipping, AdamW) and forward-only embedding, ours beside PyTorch eager; CPU, {} threads each; batches pre-built (data generation excluded from both); {} warm-up steps, then {} rounds of {} steps per side, alternating; load average {load} at start",
-        a.threads, a.warmup, a.rounds, a.steps
+        "training steps (forward, loss, backward, clipping, AdamW) and forward-only embedding, ours beside PyTorch eager; device {}, {} CPU threads each; batches pre-built (data generation excluded from both); {} warm-up steps (peak memory measured over them), then {} rounds of {} steps per side, alternating; load average {load} at start",
+        a.device,
+        a.threads,
+        a.warmup.max(1),
+        a.rounds,
+        a.steps
     ))?;
     let scratch = Scratch::new("torch")?;
     let mut results: Vec<Comparison> = Vec::new();
     for preset in &a.preset {
         for &batch in &batches {
-            let s = Settings {
-                preset: preset.clone(),
-                batch,
-                rounds: a.rounds,
-                steps: a.steps,
-                warmup: a.warmup,
-                threads: a.threads,
-                embed: a.embed,
-                embed_batch: a.embed_batch,
-            };
-            results.push(crate::bench::torch::compare(&s, &python, &scratch.0, say)?);
+            for &precision in &a.precision {
+                let s = Settings {
+                    preset: preset.clone(),
+                    batch,
+                    rounds: a.rounds,
+                    steps: a.steps,
+                    warmup: a.warmup,
+                    threads: a.threads,
+                    embed: a.embed,
+                    embed_batch: a.embed_batch,
+                    device: a.device.clone(),
+                    precision,
+                };
+                results.push(crate::bench::torch::compare(&s, &python, &scratch.0, say)?);
+            }
         }
     }
     say("")?;
@@ -264,5 +282,10 @@ fn torch(a: &BenchArgs) -> Result<()> {
     for c in &results {
         say(&crate::bench::torch_line(c))?;
     }
+    say(if a.device == "cpu" {
+        "peak: each process's peak resident set over the warm-up steps"
+    } else {
+        "peak: ours = peak of the device's used memory (driver total − free, sampled every ms) over the warm-up steps minus the reading before our trainer was built; PyTorch = torch.cuda.max_memory_allocated / max_memory_reserved over its warm-up steps"
+    })?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use workbench::config::{RunConfig, parse_device};
 use workbench::data::Split;
 use workbench::events::EvalReport;
 use workbench::loss::LossConfig;
+use workbench::model::Precision;
 use workbench::train::Trainer;
 
 mod bench;
@@ -171,6 +172,9 @@ pub struct TrainArgs {
     /// Batches built ahead on a background thread (0: load in the step; default 2).
     #[arg(long)]
     pub prefetch: Option<usize>,
+    /// f32, or bf16 (matrix products on bf16 operands, f32 master weights and losses).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -336,6 +340,9 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.prefetch {
         t.prefetch = v;
+    }
+    if let Some(v) = a.precision {
+        t.precision = v;
     }
 }
 

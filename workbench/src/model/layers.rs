@@ -4,16 +4,18 @@
 //! `softmax_last_dim` have no backward pass). Attention is explicit — `softmax(QKᵀ/√d + mask)·V`
 //! — so each layer can hand back its attention weights without changing the numbers.
 
-use super::{Activation, Kernels};
+use super::{Activation, Kernels, Precision};
 use crate::Result;
 use crate::params::{Init, Scope};
 use candle_core::{D, Tensor, Var};
 
-/// `y = x·Wᵀ + b`, with `W` of shape `(out, in)` like `torch.nn.Linear`.
+/// `y = x·Wᵀ + b`, with `W` of shape `(out, in)` like `torch.nn.Linear`; `x·Wᵀ` in the
+/// scope's [`Precision`], the bias added in f32.
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    precision: Precision,
 }
 
 impl Linear {
@@ -25,7 +27,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            precision: s.precision(),
+        })
     }
 
     /// Applies the layer to the last dimension of `xs` (any rank ≥ 2).
@@ -33,7 +39,9 @@ impl Linear {
         let dims = xs.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let ys = self
+            .precision
+            .matmul(&xs.reshape((rows, in_dim))?, &self.weight.t()?)?;
         let ys = match &self.bias {
             Some(b) => kernels::add_bias(&ys, b)?,
             None => ys,
@@ -125,6 +133,7 @@ pub struct Attention {
     proj: Linear,
     heads: usize,
     fused: bool,
+    precision: Precision,
 }
 
 impl Attention {
@@ -144,6 +153,7 @@ impl Attention {
             proj: Linear::new(width, width, proj_std, true, &s.pp("proj"))?,
             heads,
             fused: kernels == Kernels::Fused,
+            precision: s.precision(),
         })
     }
 
@@ -158,7 +168,9 @@ impl Attention {
     /// With fused kernels the output is computed by one fused op and the weights, when asked
     /// for, by a second op on the same inputs, so asking for weights never changes the output;
     /// with reference kernels the output is computed from the returned weights (which are then
-    /// part of the autograd graph, for gradient-based relevance).
+    /// part of the autograd graph, for gradient-based relevance). In bf16 the products take
+    /// bf16 operands and the softmax runs in f32 ([`kernels::attention::attention_weights_in`]);
+    /// the weights handed back are f32.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -167,7 +179,12 @@ impl Attention {
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let qkv = self.qkv.forward(xs)?; // (B, L, 3D)
         let h = self.heads;
-        let (out, weights) = if self.fused {
+        let (out, weights) = if self.precision != Precision::F32 {
+            let dt = self.precision.compute_dtype();
+            let w = kernels::attention::attention_weights_in(&qkv, h, causal, dt)?;
+            let out = kernels::attention::apply_weights_in(&w, &qkv, h, dt)?;
+            (out, want_weights.then_some(w))
+        } else if self.fused {
             let w = if want_weights {
                 Some(kernels::attention::attention_weights(&qkv, h, causal)?)
             } else {
@@ -193,9 +210,9 @@ impl Attention {
         offset: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let qkv = self.qkv.forward(xs)?;
-        let w =
-            (kernels::attention::attention_weights_reference(&qkv, self.heads, causal)? + offset)?;
-        let out = kernels::attention::apply_weights(&w, &qkv, self.heads)?;
+        let dt = self.precision.compute_dtype();
+        let w = (kernels::attention::attention_weights_in(&qkv, self.heads, causal, dt)? + offset)?;
+        let out = kernels::attention::apply_weights_in(&w, &qkv, self.heads, dt)?;
         Ok((self.proj.forward(&out)?, w))
     }
 

@@ -19,6 +19,7 @@
 mod config;
 pub mod layers;
 pub mod pool;
+mod precision;
 pub mod text;
 pub mod vision;
 
@@ -31,6 +32,7 @@ pub use config::{
     VisionConfig,
 };
 use layers::{Linear, Probes};
+pub use precision::Precision;
 pub use text::TextTransformer;
 pub use vision::{TowerOutput, VisionTransformer};
 

@@ -7,6 +7,7 @@
 //! `(3D,)` laid out like `torch.nn.MultiheadAttention`'s `in_proj` (query, key, value rows),
 //! `attn.proj`, `ln`, `mlp.{fc,proj}`.
 
+use super::Precision;
 use super::layers::{LayerNorm, Linear, Mlp, Spec, log_softmax_last};
 use crate::Result;
 use crate::params::{Init, Scope};
@@ -22,6 +23,7 @@ pub struct AttentionPool {
     ln: LayerNorm,
     mlp: Mlp,
     heads: usize,
+    precision: Precision,
 }
 
 impl AttentionPool {
@@ -39,6 +41,7 @@ impl AttentionPool {
             ln: LayerNorm::with_eps(w, spec.eps, spec.kernels, &s.pp("ln"))?,
             mlp: Mlp::new(spec, &s.pp("mlp"))?,
             heads: spec.heads,
+            precision: s.precision(),
         })
     }
 
@@ -46,18 +49,20 @@ impl AttentionPool {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (b, n, d) = xs.dims3()?;
         let (h, dh) = (self.heads, d / self.heads);
-        let q = self
-            .probe
-            .reshape((1, d))?
-            .matmul(&self.in_weight.narrow(0, 0, d)?.t()?)?
-            .broadcast_add(&self.in_bias.narrow(0, 0, d)?)?; // (1, D)
+        let mm = |a: &Tensor, b: &Tensor| self.precision.matmul(a, b);
+        let q = mm(
+            &self.probe.reshape((1, d))?,
+            &self.in_weight.narrow(0, 0, d)?.t()?,
+        )?
+        .broadcast_add(&self.in_bias.narrow(0, 0, d)?)?; // (1, D)
         let q = (q.reshape((1, h, 1, dh))? * (dh as f64).powf(-0.5))?
             .broadcast_as((b, h, 1, dh))?
             .contiguous()?;
-        let kv = xs
-            .reshape((b * n, d))?
-            .matmul(&self.in_weight.narrow(0, d, 2 * d)?.t()?)?
-            .broadcast_add(&self.in_bias.narrow(0, d, 2 * d)?)?; // (B·N, 2D)
+        let kv = mm(
+            &xs.reshape((b * n, d))?,
+            &self.in_weight.narrow(0, d, 2 * d)?.t()?,
+        )?
+        .broadcast_add(&self.in_bias.narrow(0, d, 2 * d)?)?; // (B·N, 2D)
         let split = |at: usize| {
             kv.narrow(1, at * d, d)?
                 .reshape((b, n, h, dh))?
@@ -65,9 +70,8 @@ impl AttentionPool {
                 .contiguous() // (B, H, N, dh)
         };
         let (k, v) = (split(0)?, split(1)?);
-        let weights = log_softmax_last(&q.matmul(&k.t()?)?)?.exp()?; // (B, H, 1, N)
-        let out = weights
-            .matmul(&v)? // (B, H, 1, dh)
+        let weights = log_softmax_last(&mm(&q, &k.t()?)?)?.exp()?; // (B, H, 1, N)
+        let out = mm(&weights, &v)? // (B, H, 1, dh)
             .transpose(1, 2)?
             .reshape((b, 1, d))?;
         let out = self.proj.forward(&out)?;

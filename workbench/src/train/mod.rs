@@ -130,7 +130,7 @@ impl Trainer {
             dataset.image_size(),
             vocab,
             tokenizer.context_length(),
-            &params.scope("model"),
+            &params.scope("model").with_precision(cfg.train.precision),
         )?;
         let objective = match make_objective {
             Some(make) => make(&params.scope("loss"))?,
