@@ -249,3 +249,77 @@ fn a_rank_that_fails_to_start_stops_the_others_with_its_error() {
         .to_string();
     assert!(e.contains("train.lr"), "{e}");
 }
+
+#[test]
+fn workbench_train_devices_runs_resumes_and_matches_one_process() {
+    use clap::Parser as _;
+    let dir = crate::util::tmpdir("parallel-cli");
+    let mut cfg = tiny_config();
+    cfg.train.steps = 4;
+    cfg.train.probe_every = 0;
+    let config = dir.join("config.toml");
+    std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
+    let out = dir.join("run");
+    let (config_s, out_s) = (config.to_string_lossy(), out.to_string_lossy());
+    let run = |args: &[&str]| {
+        let argv = std::iter::once("workbench").chain(args.iter().copied());
+        match viz::cli::Cli::try_parse_from(argv) {
+            Err(e) => Err(e.to_string()),
+            Ok(cli) => viz::cli::run(cli).map_err(|e| format!("{e:#}")),
+        }
+    };
+    let base = ["train", "--config", &config_s, "--out", &out_s, "--quiet"];
+    run(&[&base[..], &["--devices", "cpu,cpu"]].concat()).unwrap();
+    // Resumed on two ranks to step 6: the same parameters as one process run the same way
+    // (in both, the learning-rate schedule of the first part ends at step 4).
+    let resume = |dir: &str, extra: &[&str]| {
+        let args = ["train", "--resume", dir, "--steps", "6", "--quiet"];
+        run(&[&args[..], extra].concat()).unwrap();
+    };
+    resume(&out_s, &["--devices", "cpu,cpu"]);
+    let single_dir = dir.join("single");
+    let single_s = single_dir.to_string_lossy();
+    run(&[
+        "train", "--config", &config_s, "--out", &single_s, "--quiet",
+    ])
+    .unwrap();
+    resume(&single_s, &[]);
+    let resumed = workbench::train::Trainer::resume(&out, None).unwrap();
+    let single = workbench::train::Trainer::resume(&single_dir, None).unwrap();
+    assert_eq!(resumed.completed_steps(), 6);
+    let (a, b) = (
+        crate::util::snapshot(&resumed),
+        crate::util::snapshot(&single),
+    );
+    let d = a
+        .iter()
+        .zip(&b)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    assert!(d <= 1e-5, "parameters differ by {d:e}");
+    let events = workbench::events::read_jsonl(&out.join("metrics.jsonl")).unwrap();
+    let steps = events
+        .iter()
+        .filter(|e| matches!(e, workbench::events::Event::Step(_)))
+        .count();
+    assert_eq!(steps, 6, "rank 0 alone logs each step once");
+    // Bad input through the command line: named field, named feature, conflicting flags.
+    let other = dir.join("other").to_string_lossy().into_owned();
+    let e = run(&[
+        "train",
+        "--config",
+        &config_s,
+        "--out",
+        &other,
+        "--devices",
+        "cpu,cpu,cpu",
+    ]);
+    assert!(e.unwrap_err().contains("train.batch_size"));
+    let e = run(&["train", "--devices", "cpu,cpu", "--device", "cpu"]).unwrap_err();
+    assert!(e.contains("--device"), "{e}");
+    if !cfg!(feature = "nccl") {
+        let e = run(&["train", "--devices", "cuda:0,cuda:1"]).unwrap_err();
+        assert!(e.contains("--features nccl"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -120,8 +120,8 @@ fn w_ranks_train_exactly_like_one_process_with_the_global_batch() {
 }
 
 /// One rank's gradients of the first batch, through the trainer's building blocks.
-fn gradients(mut t: Trainer, comm: Option<Arc<dyn Communicator>>) -> (f32, Vec<(String, Tensor)>) {
-    if let Some(c) = &comm {
+fn gradients(mut t: Trainer, comm: Option<&Arc<dyn Communicator>>) -> (f32, Vec<(String, Tensor)>) {
+    if let Some(c) = comm {
         t.set_communicator(c.clone()).unwrap();
     }
     let batch = t.next_batch().unwrap();
@@ -139,9 +139,7 @@ fn gradients(mut t: Trainer, comm: Option<Arc<dyn Communicator>>) -> (f32, Vec<(
         text_ids: Some(&batch.text_ids),
         ..LossInputs::new(&emb.image.embedding, &emb.text.embedding)
     };
-    let gathered = comm
-        .as_ref()
-        .map(|c| GatheredInputs::new(&local, c).unwrap());
+    let gathered = comm.map(|c| GatheredInputs::new(&local, c).unwrap());
     let out = match &gathered {
         Some(g) => t.objective().forward(&g.inputs(&local)),
         None => t.objective().forward(&local),
@@ -149,7 +147,7 @@ fn gradients(mut t: Trainer, comm: Option<Arc<dyn Communicator>>) -> (f32, Vec<(
     .unwrap();
     let mut grads = out.loss.backward().unwrap();
     let trainable = t.trainable();
-    if let Some(c) = &comm {
+    if let Some(c) = comm {
         all_reduce_gradients(c.as_ref(), &trainable, &mut grads).unwrap();
     }
     let g = trainable
@@ -171,7 +169,7 @@ fn gathered_gradients_equal_the_single_process_gradients() {
         let (want_loss, want) = gradients(Trainer::new(cfg.clone()).unwrap(), None);
         for w in [2, 4] {
             let ranks = on_ranks(w, |comm| {
-                gradients(Trainer::new(cfg.clone()).unwrap(), Some(comm))
+                gradients(Trainer::new(cfg.clone()).unwrap(), Some(&comm))
             });
             let mut worst = 0f32;
             for (rank, (l, grads)) in ranks.iter().enumerate() {
