@@ -3,6 +3,8 @@
 //! one process in `parallel/equivalence.rs`.
 
 mod equivalence;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 use crate::util::tiny_config;
 use candle_core::{Device, Tensor, Var};

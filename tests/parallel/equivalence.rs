@@ -25,7 +25,7 @@ const PARAM_ATOL: f32 = 1e-5;
 /// Relative to the largest |∂L/∂θ| of the parameter.
 const GRAD_RTOL: f32 = 1e-5;
 
-fn config(loss: &str) -> RunConfig {
+pub(super) fn config(loss: &str) -> RunConfig {
     let mut cfg = tiny_config(); // global batch 16, 512 training images
     cfg.train.steps = 3;
     cfg.train.probe_every = 0;
@@ -33,7 +33,7 @@ fn config(loss: &str) -> RunConfig {
     cfg
 }
 
-fn plain_run(cfg: &RunConfig) -> (Vec<StepStats>, Trainer) {
+pub(super) fn plain_run(cfg: &RunConfig) -> (Vec<StepStats>, Trainer) {
     let mut t = Trainer::new(cfg.clone()).unwrap();
     let stats = (0..cfg.train.steps).map(|_| t.step().unwrap()).collect();
     (stats, t)
@@ -54,7 +54,7 @@ fn parallel_run(cfg: &RunConfig, w: usize) -> (Vec<StepStats>, Vec<Trainer>, Fit
 }
 
 /// Largest |Δ| over every parameter of two snapshots.
-fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+pub(super) fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
     assert_eq!(a.len(), b.len());
     let mut d = 0f32;
     for ((na, va), (nb, vb)) in a.iter().zip(b) {

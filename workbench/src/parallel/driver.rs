@@ -9,6 +9,9 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 
+/// Rank 0's event callback; the other ranks have none.
+type OnEvent<'a> = Option<&'a mut dyn FnMut(&Event) -> ControlFlow<()>>;
+
 /// What a rank's communicator error says when another rank is gone; such an error is a
 /// consequence, and the driver reports the cause instead.
 pub(crate) const LEFT_THE_GROUP: &str = "left the group";
@@ -119,7 +122,7 @@ impl DataParallel {
         on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<ParallelOutcome> {
         let world = self.world_size();
-        if cfg.train.batch_size % world != 0 {
+        if !cfg.train.batch_size.is_multiple_of(world) {
             return Err(Error::config(
                 "train.batch_size",
                 format!(
@@ -155,29 +158,28 @@ impl DataParallel {
         let backend = Backend::new(&self.devices)?;
         let built = Barrier::new(world);
         let failed = Mutex::new(false);
-        let rank_main =
-            |rank: usize, on_event: Option<&mut dyn FnMut(&Event) -> ControlFlow<()>>| {
-                let trainer = build(rank, &self.devices[rank]);
-                // No rank connects before all are built: NCCL would wait forever for a rank that
-                // failed to build.
-                if trainer.is_err() {
-                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-                }
-                built.wait();
-                let mut trainer = trainer?;
-                if *failed.lock().unwrap_or_else(PoisonError::into_inner) {
-                    return Err(Error::Data(format!(
-                        "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
-                    )));
-                }
-                let comm = backend.communicator(rank, &trainer)?;
-                trainer.set_communicator(comm)?;
-                if rank > 0 {
-                    trainer.quiet_rank();
-                }
-                let outcome = run_rank(&mut trainer, on_event)?;
-                Ok((outcome, trainer))
-            };
+        let rank_main = |rank: usize, on_event: OnEvent<'_>| {
+            let trainer = build(rank, &self.devices[rank]);
+            // No rank connects before all are built: NCCL would wait forever for a rank that
+            // failed to build.
+            if trainer.is_err() {
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            }
+            built.wait();
+            let mut trainer = trainer?;
+            if *failed.lock().unwrap_or_else(PoisonError::into_inner) {
+                return Err(Error::Data(format!(
+                    "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
+                )));
+            }
+            let comm = backend.communicator(rank, &trainer)?;
+            trainer.set_communicator(comm)?;
+            if rank > 0 {
+                trainer.quiet_rank();
+            }
+            let outcome = run_rank(&mut trainer, on_event)?;
+            Ok((outcome, trainer))
+        };
         let results: Vec<Result<(FitOutcome, Trainer)>> = std::thread::scope(|scope| {
             let others: Vec<_> = (1..world)
                 .map(|rank| {
@@ -280,10 +282,7 @@ impl Backend {
 
 /// One rank's loop: the steps of [`Trainer::fit`], with a stop that every rank agrees on
 /// before each step. Only rank 0 has `on_event`.
-fn run_rank(
-    trainer: &mut Trainer,
-    mut on_event: Option<&mut dyn FnMut(&Event) -> ControlFlow<()>>,
-) -> Result<FitOutcome> {
+fn run_rank(trainer: &mut Trainer, mut on_event: OnEvent<'_>) -> Result<FitOutcome> {
     let comm = trainer
         .communicator()
         .cloned()
@@ -328,11 +327,7 @@ fn run_rank(
     }
 }
 
-fn end(
-    trainer: &mut Trainer,
-    on_event: Option<&mut dyn FnMut(&Event) -> ControlFlow<()>>,
-    outcome: FitOutcome,
-) -> Result<FitOutcome> {
+fn end(trainer: &mut Trainer, on_event: OnEvent<'_>, outcome: FitOutcome) -> Result<FitOutcome> {
     match (on_event, outcome) {
         (Some(f), FitOutcome::Paused(reason)) => trainer.pause(&mut |e: &Event| f(e), reason),
         (_, outcome) => Ok(outcome),

@@ -33,7 +33,12 @@ impl NcclComm {
                 format!("NCCL rank {rank} needs a CUDA device, got {device:?}"),
             ));
         };
-        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
+        let stream = cuda.cuda_stream();
+        // NCCL joins on the thread's current device: make it this rank's.
+        stream.context().bind_to_thread().map_err(|e| {
+            Error::Data(format!("NCCL: rank {rank} cannot select its device: {e:?}"))
+        })?;
+        let comm = Comm::from_rank(stream, rank, world, id)
             .map_err(|e| Error::Data(format!("NCCL: rank {rank} of {world} cannot join: {e:?}")))?;
         Ok(Self {
             comm: SharedComm::new(comm),
@@ -96,7 +101,7 @@ impl CustomOp1 for Op<'_> {
         match self.what {
             Collective::AllGather => dims[0] *= w,
             Collective::ReduceScatter => {
-                if dims[0] % w != 0 {
+                if !dims[0].is_multiple_of(w) {
                     candle_core::bail!(
                         "{}: {} rows do not split evenly over {w} ranks",
                         self.name(),

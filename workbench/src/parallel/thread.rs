@@ -166,7 +166,7 @@ impl Communicator for ThreadComm {
     fn reduce_scatter(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.shared.world;
         let rows = x.dims()[0];
-        if rows % w != 0 {
+        if !rows.is_multiple_of(w) {
             candle_core::bail!(
                 "reduce_scatter: {rows} rows do not split evenly over {w} ranks (shape {:?})",
                 x.dims()

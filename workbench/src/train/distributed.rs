@@ -24,7 +24,7 @@ impl Trainer {
             ));
         }
         let batch = self.cfg.train.batch_size;
-        if batch % world != 0 {
+        if !batch.is_multiple_of(world) {
             return Err(Error::config(
                 "train.batch_size",
                 format!(
