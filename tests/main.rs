@@ -55,5 +55,7 @@ mod notebook;
 mod notebooks;
 // `bench torch`: arguments, our half of the PyTorch comparison, missing interpreters.
 mod bench;
+// Data parallel: collectives, gather with gradient, W ranks against one process.
+mod parallel;
 // The desktop app, driven by widget labels: play, pause, step, swap, word maps, fork.
 mod gui;

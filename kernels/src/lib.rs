@@ -50,6 +50,8 @@ mod dispatch;
 pub mod gelu;
 pub mod infonce;
 pub mod layer_norm;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod sigmoid_pairwise;
 pub mod softmax;
 

@@ -48,6 +48,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod pretrained;
 pub mod rng;

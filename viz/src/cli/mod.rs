@@ -19,6 +19,7 @@ mod bench;
 mod dataset;
 mod export;
 mod inspect;
+mod parallel;
 mod pretrained;
 mod train;
 
@@ -175,6 +176,10 @@ pub struct TrainArgs {
     /// f32, or bf16 (matrix products on bf16 operands, f32 master weights and losses).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Data parallel: one rank per device, e.g. `cpu,cpu` or `cuda:0,cuda:1` (NCCL, feature
+    /// `nccl`). The batch size is the global batch and must divide by the number of devices.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["device", "swap", "pretrained"])]
+    pub devices: Vec<String>,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -280,6 +285,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(a) if !a.devices.is_empty() => parallel::train(&a),
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => eval(&a),
         Command::Data(a) => dataset::data(&a),

@@ -16,7 +16,7 @@ use workbench::pretrained::Pretrained;
 use workbench::train::{FitOutcome, Trainer};
 
 /// `runs/<base>`, or `runs/<base>-2`, `-3`, … — never an existing directory.
-fn fresh_run_dir(base: &str) -> PathBuf {
+pub(super) fn fresh_run_dir(base: &str) -> PathBuf {
     let root = Path::new("runs");
     let mut dir = root.join(base);
     let mut n = 2;
@@ -166,7 +166,7 @@ fn pretrained_run_config(pre: &Pretrained, a: &TrainArgs) -> Result<RunConfig> {
 
 /// Set by the first Ctrl-C: training stops after the current step and writes a checkpoint.
 /// A second Ctrl-C exits at once.
-fn interrupt_flag() -> &'static AtomicBool {
+pub(super) fn interrupt_flag() -> &'static AtomicBool {
     static FLAG: AtomicBool = AtomicBool::new(false);
     static HANDLER: std::sync::Once = std::sync::Once::new();
     HANDLER.call_once(|| {
@@ -182,7 +182,7 @@ fn interrupt_flag() -> &'static AtomicBool {
     &FLAG
 }
 
-fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
+pub(super) fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
     }
@@ -197,7 +197,7 @@ fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-fn on_event(
+pub(super) fn on_event(
     event: &Event,
     bar: &ProgressBar,
     quiet: bool,
@@ -327,7 +327,7 @@ impl DataWait {
     }
 }
 
-fn summary(
+pub(super) fn summary(
     run_dir: &Path,
     step: usize,
     eval: Option<&EvalReport>,

@@ -105,6 +105,8 @@ pub struct Loader {
     device: Device,
     state: LoaderState,
     epoch_perm: Option<(u64, Vec<usize>)>,
+    /// `(rank, world)`: this loader yields rows `rank·b .. (rank+1)·b` of each global batch.
+    shard: (usize, usize),
 }
 
 impl Loader {
@@ -132,6 +134,7 @@ impl Loader {
             device,
             state: LoaderState::default(),
             epoch_perm: None,
+            shard: (0, 1),
         })
     }
 
@@ -159,9 +162,18 @@ impl Loader {
         &self.device
     }
 
-    /// Pairs per batch.
+    /// Pairs per batch (the global batch when the loader is sharded).
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// Makes the loader rank `rank` of `world` data-parallel ranks: each batch is its
+    /// `batch_size / world` rows `rank·b .. (rank+1)·b` of the global batch the unsharded
+    /// loader yields, and the position still advances by the global batch, so the shards of
+    /// all ranks together are exactly that batch and a checkpoint's position means the same
+    /// thing in either run. The caller checks that `world` divides the batch size.
+    pub fn set_shard(&mut self, rank: usize, world: usize) {
+        self.shard = (rank, world.max(1));
     }
 
     /// Items per epoch.
@@ -191,8 +203,10 @@ impl Loader {
     /// The next batch with `extras`. Extras draw from their own random streams, so asking for
     /// them never changes the images and captions of the batch itself.
     pub fn next_batch_with(&mut self, extras: Extras) -> Result<Batch> {
-        let start = self.state.position;
-        let positions: Vec<(u64, usize)> = (start..start + self.batch_size as u64)
+        let (rank, world) = self.shard;
+        let local = (self.batch_size / world) as u64;
+        let start = self.state.position + rank as u64 * local;
+        let positions: Vec<(u64, usize)> = (start..start + local)
             .map(|p| (p, self.index_at(p)))
             .collect();
         let view2 = self.augment.for_second_view();

@@ -81,6 +81,13 @@ impl Prefetcher {
         self.loader.set_state(state);
     }
 
+    /// Makes the loader rank `rank` of `world` data-parallel ranks (see [`Loader::set_shard`]);
+    /// batches built ahead for the unsharded loader are discarded.
+    pub fn set_shard(&mut self, rank: usize, world: usize) {
+        self.loader.set_shard(rank, world);
+        self.worker = None;
+    }
+
     /// Batches kept ahead (0: none, loading happens in the request).
     pub fn depth(&self) -> usize {
         self.depth

@@ -23,6 +23,7 @@ use crate::events::{EvalReport, Event, StepStats};
 use crate::loss::{LossInputs, Needs, Objective};
 use crate::model::{Capture, ClipModel};
 use crate::optim::{AdamW, AdamWParams, clip_factor, grad_norm, lr_at};
+use crate::parallel::Communicator;
 use crate::params::{Params, Scope};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Instant;
 
+mod distributed;
 mod inspect;
 mod live;
 mod pretrained;
@@ -80,6 +82,7 @@ pub struct Trainer {
     frozen: BTreeSet<String>,
     clamps: BTreeMap<String, [f64; 2]>,
     probe: Option<Batch>,
+    comm: Option<Arc<dyn Communicator>>,
 }
 
 impl Trainer {
@@ -171,6 +174,7 @@ impl Trainer {
             frozen: BTreeSet::new(),
             clamps: BTreeMap::new(),
             probe: None,
+            comm: None,
         })
     }
 
@@ -289,27 +293,28 @@ impl Trainer {
             step: self.step,
             ..LossInputs::new(&emb.image.embedding, &emb.text.embedding)
         };
-        let out = self.objective.forward(&inputs)?;
+        let gathered = self.gather_inputs(&inputs)?;
+        let out = match &gathered {
+            Some(g) => self.objective.forward(&g.inputs(&inputs))?,
+            None => self.objective.forward(&inputs)?,
+        };
         let mut terms = BTreeMap::new();
+        let mut bad = None;
         for (name, value) in &out.terms {
             let v = value.to_scalar::<f32>()?;
-            if !v.is_finite() {
-                return Err(Error::NonFinite {
-                    step: next,
-                    term: name.clone(),
-                });
+            if !v.is_finite() && bad.is_none() {
+                bad = Some(name.clone());
             }
             terms.insert(name.clone(), v);
         }
         let loss = out.loss.to_scalar::<f32>()?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                step: next,
-                term: "loss".into(),
-            });
+        let bad = bad.or_else(|| (!loss.is_finite()).then(|| "loss".to_string()));
+        if let Some(term) = self.agree_non_finite(bad)? {
+            return Err(Error::NonFinite { step: next, term });
         }
-        let grads = out.loss.backward()?;
+        let mut grads = out.loss.backward()?;
         let trainable = self.trainable();
+        self.reduce_gradients(&trainable, &mut grads)?;
         let (norm, bad) = grad_norm(&trainable, &grads)?;
         if let Some(which) = bad {
             return Err(Error::NonFinite {
@@ -335,7 +340,7 @@ impl Trainer {
             scalars: self.objective.scalars()?.into_iter().collect(),
             lr,
             grad_norm: norm as f32,
-            batch_size: batch.len(),
+            batch_size: batch.len() * self.world_size(),
             objective: self.objective.name().to_string(),
             seconds,
             data_seconds,
@@ -552,7 +557,7 @@ impl Trainer {
         RunHandle::new(command_tx, event_rx, thread)
     }
 
-    fn pause(
+    pub(crate) fn pause(
         &mut self,
         on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
         reason: String,

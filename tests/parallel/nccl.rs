@@ -1,0 +1,104 @@
+//! NCCL on GPUs (feature `nccl`): world size 1 through the same code path as more ranks, and
+//! with two or more GPUs, W ranks against one process. Without a usable GPU every test prints
+//! that it was skipped and why, and checks nothing.
+
+use super::equivalence::{config, max_param_diff, plain_run};
+use crate::util::snapshot;
+use candle_core::{Device, Tensor, Var};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use workbench::events::Event;
+use workbench::parallel::{Communicator, DataParallel, NcclComm, gather_with_grad};
+
+/// The number of usable GPUs (at most 8), printing why a test is skipped when below `need`.
+fn gpus(test: &str, need: usize) -> usize {
+    let n = (0..8).take_while(|&i| Device::new_cuda(i).is_ok()).count();
+    if n < need {
+        eprintln!("{test}: skipped, needs {need} usable CUDA device(s), found {n}");
+    }
+    n
+}
+
+#[test]
+fn nccl_on_one_gpu_is_the_identity_and_gather_keeps_the_gradient() {
+    if gpus("nccl_on_one_gpu", 1) < 1 {
+        return;
+    }
+    let dev = Device::new_cuda(0).unwrap();
+    let id = NcclComm::unique_id().unwrap();
+    let comm: Arc<dyn Communicator> = Arc::new(NcclComm::new(&dev, 0, 1, id).unwrap());
+    assert_eq!((comm.rank(), comm.world_size()), (0, 1));
+    let x = Tensor::new(&[[1f32, -2.0], [3.5, 4.0], [0.25, 6.0]], &dev).unwrap();
+    let want = x.to_vec2::<f32>().unwrap();
+    assert_eq!(comm.all_gather(&x).unwrap().to_vec2::<f32>().unwrap(), want);
+    assert_eq!(
+        comm.reduce_scatter(&x).unwrap().to_vec2::<f32>().unwrap(),
+        want
+    );
+    assert_eq!(comm.all_reduce(&x).unwrap().to_vec2::<f32>().unwrap(), want);
+    // A CPU tensor is refused with the reason, not sent.
+    let cpu = Tensor::new(&[[1f32]], &Device::Cpu).unwrap();
+    assert!(
+        comm.all_reduce(&cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("CUDA")
+    );
+    let v = Var::from_tensor(&x).unwrap();
+    let g = gather_with_grad(v.as_tensor(), &comm).unwrap();
+    let grads = (g * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = grads.get(&v).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(grad, vec![vec![3.0; 2]; 3]);
+}
+
+/// W GPU ranks (NCCL) against one process on GPU 0 with the global batch.
+fn gpu_ranks_against_one_process(w: usize) {
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.device = "cuda:0".into();
+    let (single, reference) = plain_run(&cfg);
+    let devices: Vec<String> = (0..w).map(|i| format!("cuda:{i}")).collect();
+    let mut stats = Vec::new();
+    let run = DataParallel::new(&devices)
+        .unwrap()
+        .fit(&cfg, None, |e| {
+            if let Event::Step(s) = e {
+                stats.push(s.clone());
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(stats.len(), single.len());
+    for (s, p) in stats.iter().zip(&single) {
+        let d = (s.loss - p.loss).abs() / p.loss.abs();
+        assert!(
+            d <= 1e-5,
+            "W={w} step {}: loss {} vs {}",
+            s.step,
+            s.loss,
+            p.loss
+        );
+    }
+    let want = snapshot(&reference);
+    let ranks: Vec<_> = run.trainers.iter().map(snapshot).collect();
+    let dp = max_param_diff(&ranks[0], &want);
+    eprintln!("NCCL W={w}: parameters after 3 steps within {dp:e} of one GPU");
+    assert!(dp <= 1e-4, "W={w}: parameters differ by {dp:e}");
+    for (r, snap) in ranks.iter().enumerate() {
+        assert!(*snap == ranks[0], "W={w}: rank {r} differs from rank 0");
+    }
+}
+
+#[test]
+fn one_gpu_rank_trains_like_a_plain_gpu_run() {
+    if gpus("one_gpu_rank", 1) >= 1 {
+        gpu_ranks_against_one_process(1);
+    }
+}
+
+#[test]
+fn several_gpu_ranks_train_like_one_gpu() {
+    let n = gpus("several_gpu_ranks", 2);
+    if n >= 2 {
+        gpu_ranks_against_one_process(if n >= 4 { 4 } else { 2 });
+    }
+}

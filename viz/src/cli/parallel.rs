@@ -1,0 +1,118 @@
+//! `workbench train --devices cpu,cpu`: the same run, one rank per device
+//! ([`workbench::parallel::DataParallel`]). Rank 0 writes the run directory exactly as a
+//! single-process run does, so `--resume`, `eval`, `inspect` and `export` read it alike.
+
+use super::train::{DataWait, fresh_run_dir, interrupt_flag, on_event, progress_bar, summary};
+use super::{TrainArgs, apply_overrides, train_config};
+use anyhow::{Context as _, Result, bail};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use workbench::config::parse_device;
+use workbench::events::{EvalReport, JsonlWriter};
+use workbench::parallel::DataParallel;
+use workbench::train::{FitOutcome, Trainer};
+
+pub(super) fn train(a: &TrainArgs) -> Result<()> {
+    let ddp = DataParallel::new(&a.devices).context("--devices")?;
+    let (run_dir, fresh) = match &a.resume {
+        Some(dir) if dir.join("state.json").is_file() => (
+            dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf),
+            None,
+        ),
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let mut cfg = train_config(a)?;
+            cfg.train.device.clone_from(&a.devices[0]);
+            let dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
+            if dir.exists() && dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+                bail!(
+                    "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
+                    dir.display()
+                );
+            }
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create run directory {}", dir.display()))?;
+            cfg.save(&dir.join("config.toml"))?;
+            (dir, Some(cfg))
+        }
+    };
+    let build = |rank: usize, device: &str| -> workbench::Result<Trainer> {
+        let trainer = match (&a.resume, &fresh) {
+            (Some(dir), _) => {
+                Trainer::resume_with(dir, Some(parse_device(device)?), |c| apply_overrides(c, a))?
+            }
+            (None, Some(cfg)) => {
+                let mut cfg = cfg.clone();
+                cfg.train.device = device.to_string();
+                Trainer::new(cfg)?
+            }
+            (None, None) => {
+                return Err(workbench::Error::Data(
+                    "a new run without a configuration".into(),
+                ));
+            }
+        };
+        let mut trainer = trainer;
+        if rank == 0 {
+            trainer.set_run_dir(&run_dir);
+            if fresh.is_some() {
+                trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
+            }
+        }
+        Ok(trainer)
+    };
+    let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
+    let steps = match &fresh {
+        Some(cfg) => cfg.train.steps,
+        None => a.steps.unwrap_or(0),
+    };
+    let bar = progress_bar(steps as u64, 0, a.quiet);
+    let (mut last_eval, mut finished): (Option<EvalReport>, _) = (None, None);
+    let mut write_err = None;
+    let interrupted = interrupt_flag();
+    let mut wait = DataWait::default();
+    let run = ddp.fit_with(build, |event| {
+        if let Err(e) = log.write(event) {
+            write_err = Some(e);
+            return ControlFlow::Break(());
+        }
+        if let workbench::events::Event::RunStarted { config, step, .. } = event {
+            bar.set_length(config.train.steps as u64);
+            bar.set_position(*step as u64);
+        }
+        if let workbench::events::Event::Step(s) = event {
+            wait.add(s);
+        }
+        on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
+        if interrupted.load(Ordering::SeqCst) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    let run = run?;
+    let Some(rank0) = run.trainers.first() else {
+        bail!("data-parallel run returned no trainer");
+    };
+    eprintln!("{} ranks on {}", ddp.world_size(), ddp.devices().join(", "));
+    summary(
+        &run_dir,
+        rank0.completed_steps(),
+        last_eval.as_ref(),
+        finished,
+        &wait,
+        rank0.dataset().bad_samples().as_ref(),
+    );
+    match run.outcome {
+        FitOutcome::Finished => Ok(()),
+        FitOutcome::Paused(reason) => bail!(
+            "training paused at step {}: {reason}\n  last good state: {}",
+            rank0.completed_steps(),
+            run_dir.join("checkpoint").display()
+        ),
+    }
+}

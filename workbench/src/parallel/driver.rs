@@ -1,0 +1,335 @@
+//! [`DataParallel`]: one thread per device, the ranks stepping in lock-step.
+
+use super::{Communicator, ThreadComm, ThreadGroup, any_rank};
+use crate::config::RunConfig;
+use crate::events::Event;
+use crate::train::{FitOutcome, Tick, Trainer};
+use crate::{Error, Result};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
+
+/// Rank 0's event callback; the other ranks have none.
+type OnEvent<'a> = Option<&'a mut dyn FnMut(&Event) -> ControlFlow<()>>;
+
+/// What a rank's communicator error says when another rank is gone; such an error is a
+/// consequence, and the driver reports the cause instead.
+pub(crate) const LEFT_THE_GROUP: &str = "left the group";
+
+/// Trains one model on several devices: one rank per device, each on its shard of every
+/// global batch (`train.batch_size` pairs, split evenly), the loss on the gathered global
+/// batch, the gradients averaged over the ranks — the update of a single process with the
+/// whole batch. `cpu` devices run as threads exchanging through memory ([`ThreadGroup`]);
+/// `cuda:N` devices through NCCL (feature `nccl`). Rank 0 emits the events, evaluates, probes
+/// and writes checkpoints; the other ranks only train.
+///
+/// ```no_run
+/// use std::ops::ControlFlow;
+/// use workbench::{config::RunConfig, parallel::DataParallel};
+/// let mut cfg = RunConfig::preset("tiny")?;
+/// cfg.train.steps = 100;
+/// let ddp = DataParallel::new(&["cpu", "cpu"])?;
+/// let run = ddp.fit(&cfg, None, |event| {
+///     println!("{}", serde_json::to_string(event).unwrap());
+///     ControlFlow::Continue(())
+/// })?;
+/// assert_eq!(run.trainers.len(), 2);
+/// # Ok::<(), workbench::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct DataParallel {
+    devices: Vec<String>,
+}
+
+/// How a data-parallel run ended.
+pub struct ParallelOutcome {
+    /// Rank 0's outcome (all ranks end alike).
+    pub outcome: FitOutcome,
+    /// Every rank's trainer, in rank order; their parameters are identical.
+    pub trainers: Vec<Trainer>,
+}
+
+impl DataParallel {
+    /// One rank per device (`"cpu"` or `"cuda:N"`, all of one kind; `"cpu"` may repeat).
+    pub fn new(devices: &[impl AsRef<str>]) -> Result<Self> {
+        let devices: Vec<String> = devices
+            .iter()
+            .map(|d| d.as_ref().trim().to_string())
+            .collect();
+        if devices.is_empty() {
+            return Err(Error::config("train.devices", "needs at least one device"));
+        }
+        let cuda = devices.iter().filter(|d| d.starts_with("cuda")).count();
+        if cuda > 0 && cuda < devices.len() {
+            return Err(Error::config(
+                "train.devices",
+                format!(
+                    "{devices:?} mixes cpu and cuda devices; data-parallel ranks must all be \
+                     \"cpu\" or all \"cuda:N\""
+                ),
+            ));
+        }
+        for d in &devices {
+            if d != "cpu" && d != "cuda" && !d.starts_with("cuda:") {
+                return Err(Error::config(
+                    "train.devices",
+                    format!("{d:?}: expected \"cpu\" or \"cuda:N\""),
+                ));
+            }
+        }
+        if cuda > 0 {
+            let mut seen: Vec<&str> = devices
+                .iter()
+                .map(|d| if d == "cuda" { "cuda:0" } else { d })
+                .collect();
+            seen.sort_unstable();
+            if seen.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Error::config(
+                    "train.devices",
+                    format!("{devices:?} names a GPU twice; NCCL needs one rank per GPU"),
+                ));
+            }
+            if !cfg!(feature = "nccl") {
+                return Err(Error::config(
+                    "train.devices",
+                    format!(
+                        "{devices:?}: data parallel on CUDA devices goes through NCCL; this build \
+                         lacks it — rebuild with `--features nccl`"
+                    ),
+                ));
+            }
+        }
+        Ok(Self { devices })
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// The devices, in rank order.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
+    }
+
+    /// Trains `cfg` (its `train.device` replaced by each rank's device) until `train.steps`;
+    /// rank 0 writes checkpoints under `run_dir/checkpoint` when given. `on_event` sees rank
+    /// 0's events, and may stop every rank by returning `Break`.
+    pub fn fit(
+        &self,
+        cfg: &RunConfig,
+        run_dir: Option<&Path>,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<ParallelOutcome> {
+        let world = self.world_size();
+        if !cfg.train.batch_size.is_multiple_of(world) {
+            return Err(Error::config(
+                "train.batch_size",
+                format!(
+                    "the global batch of {} pairs does not split evenly over {world} devices; \
+                     make it a multiple of {world}",
+                    cfg.train.batch_size
+                ),
+            ));
+        }
+        self.fit_with(
+            |rank, device| {
+                let mut cfg = cfg.clone();
+                cfg.train.device = device.to_string();
+                let mut trainer = Trainer::new(cfg)?;
+                if let (0, Some(dir)) = (rank, run_dir) {
+                    trainer.set_run_dir(dir);
+                }
+                Ok(trainer)
+            },
+            on_event,
+        )
+    }
+
+    /// [`DataParallel::fit`] with trainers made by `build(rank, device)` — resumed ones,
+    /// pretrained ones, any dataset. Every rank's trainer must come from the same
+    /// configuration and be at the same step; the driver gives each its communicator.
+    pub fn fit_with(
+        &self,
+        build: impl Fn(usize, &str) -> Result<Trainer> + Sync,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<ParallelOutcome> {
+        let world = self.world_size();
+        let backend = Backend::new(&self.devices)?;
+        let built = Barrier::new(world);
+        let failed = Mutex::new(false);
+        let rank_main = |rank: usize, on_event: OnEvent<'_>| {
+            let trainer = build(rank, &self.devices[rank]);
+            // No rank connects before all are built: NCCL would wait forever for a rank that
+            // failed to build.
+            if trainer.is_err() {
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            }
+            built.wait();
+            let mut trainer = trainer?;
+            if *failed.lock().unwrap_or_else(PoisonError::into_inner) {
+                return Err(Error::Data(format!(
+                    "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
+                )));
+            }
+            let comm = backend.communicator(rank, &trainer)?;
+            trainer.set_communicator(comm)?;
+            if rank > 0 {
+                trainer.quiet_rank();
+            }
+            let outcome = run_rank(&mut trainer, on_event)?;
+            Ok((outcome, trainer))
+        };
+        let results: Vec<Result<(FitOutcome, Trainer)>> = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..world)
+                .map(|rank| {
+                    let rank_main = &rank_main;
+                    scope.spawn(move || rank_main(rank, None))
+                })
+                .collect();
+            let mut on_event = on_event;
+            let mut all = vec![rank_main(0, Some(&mut on_event))];
+            for (i, h) in others.into_iter().enumerate() {
+                all.push(
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Data(format!("rank {} panicked", i + 1)))),
+                );
+            }
+            all
+        });
+        let mut trainers = Vec::with_capacity(world);
+        let mut outcome = None;
+        let mut errors = Vec::new();
+        for (rank, r) in results.into_iter().enumerate() {
+            match r {
+                Ok((o, t)) => {
+                    outcome.get_or_insert(o);
+                    trainers.push(t);
+                }
+                Err(e) => errors.push((rank, e)),
+            }
+        }
+        if !errors.is_empty() {
+            // The cause, not the ranks that found their partner gone.
+            let i = errors
+                .iter()
+                .position(|(_, e)| !e.to_string().contains(LEFT_THE_GROUP))
+                .unwrap_or(0);
+            let (rank, e) = errors.swap_remove(i);
+            return Err(match e {
+                Error::Candle(c) => Error::Data(format!("rank {rank}: {c}")),
+                e => e,
+            });
+        }
+        let outcome = outcome.unwrap_or(FitOutcome::Finished);
+        Ok(ParallelOutcome { outcome, trainers })
+    }
+}
+
+/// Where each rank's communicator comes from.
+enum Backend {
+    Threads(Vec<Mutex<Option<ThreadComm>>>),
+    #[cfg(feature = "nccl")]
+    Nccl {
+        id: candle_core::cuda_backend::cudarc::nccl::safe::Id,
+        world: usize,
+    },
+}
+
+impl Backend {
+    fn new(devices: &[String]) -> Result<Self> {
+        if devices.iter().all(|d| d == "cpu") {
+            let comms = ThreadGroup::new(devices.len());
+            return Ok(Self::Threads(
+                comms.into_iter().map(|c| Mutex::new(Some(c))).collect(),
+            ));
+        }
+        #[cfg(feature = "nccl")]
+        {
+            Ok(Self::Nccl {
+                id: super::NcclComm::unique_id()?,
+                world: devices.len(),
+            })
+        }
+        #[cfg(not(feature = "nccl"))]
+        Err(Error::config(
+            "train.devices",
+            format!("{devices:?}: CUDA ranks need the `nccl` feature"),
+        ))
+    }
+
+    #[cfg_attr(not(feature = "nccl"), allow(clippy::unused_self, unused_variables))]
+    fn communicator(&self, rank: usize, trainer: &Trainer) -> Result<Arc<dyn Communicator>> {
+        match self {
+            Self::Threads(comms) => {
+                let comm = comms[rank]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .ok_or_else(|| Error::Data(format!("rank {rank} started twice")))?;
+                Ok(Arc::new(comm))
+            }
+            #[cfg(feature = "nccl")]
+            Self::Nccl { id, world } => Ok(Arc::new(super::NcclComm::new(
+                trainer.device(),
+                rank,
+                *world,
+                *id,
+            )?)),
+        }
+    }
+}
+
+/// One rank's loop: the steps of [`Trainer::fit`], with a stop that every rank agrees on
+/// before each step. Only rank 0 has `on_event`.
+fn run_rank(trainer: &mut Trainer, mut on_event: OnEvent<'_>) -> Result<FitOutcome> {
+    let comm = trainer
+        .communicator()
+        .cloned()
+        .ok_or_else(|| Error::Data("a data-parallel rank without a communicator".into()))?;
+    let device = trainer.device().clone();
+    let steps = trainer.config().train.steps;
+    let mut stop = false;
+    if let Some(f) = on_event.as_mut() {
+        stop = f(&trainer.started_event()).is_break();
+        if !stop && trainer.config().train.probe_every > 0 && trainer.completed_steps() < steps {
+            stop = f(&Event::Probe(trainer.probe()?)).is_break();
+        }
+    }
+    let caller = "stopped by the caller".to_string();
+    loop {
+        if any_rank(comm.as_ref(), stop, &device)? {
+            return end(trainer, on_event, FitOutcome::Paused(caller));
+        }
+        if trainer.completed_steps() >= steps {
+            break;
+        }
+        let mut broke = false;
+        let tick = match on_event.as_mut() {
+            Some(f) => trainer.tick(|e| {
+                let flow = f(e);
+                broke |= flow.is_break();
+                flow
+            })?,
+            None => trainer.tick(|_| ControlFlow::Continue(()))?,
+        };
+        match tick {
+            Tick::Stepped => {}
+            // The caller's stop: the step was taken on every rank; all stop at the next check.
+            Tick::Paused(_) if broke => stop = true,
+            // A non-finite value: every rank saw it at the same step (the check is agreed).
+            Tick::Paused(reason) => return end(trainer, on_event, FitOutcome::Paused(reason)),
+        }
+    }
+    match on_event {
+        Some(f) => trainer.finish(f),
+        None => Ok(FitOutcome::Finished),
+    }
+}
+
+fn end(trainer: &mut Trainer, on_event: OnEvent<'_>, outcome: FitOutcome) -> Result<FitOutcome> {
+    match (on_event, outcome) {
+        (Some(f), FitOutcome::Paused(reason)) => trainer.pause(&mut |e: &Event| f(e), reason),
+        (_, outcome) => Ok(outcome),
+    }
+}

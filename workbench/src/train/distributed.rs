@@ -1,0 +1,87 @@
+//! The trainer's side of data parallelism (see [`crate::parallel`]): a rank's shard of the
+//! loader, the gathered loss inputs, the agreed non-finite check and the averaged gradients.
+
+use super::Trainer;
+use crate::loss::LossInputs;
+use crate::parallel::{Communicator, GatheredInputs, all_reduce_gradients, any_rank};
+use crate::{Error, Result};
+use candle_core::Var;
+use candle_core::backprop::GradStore;
+use std::sync::Arc;
+
+impl Trainer {
+    /// Makes this trainer rank `comm.rank()` of `comm.world_size()`: its loader yields rows
+    /// `r·b .. (r+1)·b` of every global batch of `train.batch_size` pairs (`b` = batch size / `W`),
+    /// the objective sees the whole global batch, and gradients are averaged over the ranks
+    /// before clipping and the optimizer step. Every rank must be built from the same
+    /// configuration and step together ([`crate::parallel::DataParallel`] does both).
+    pub fn set_communicator(&mut self, comm: Arc<dyn Communicator>) -> Result<()> {
+        let (rank, world) = (comm.rank(), comm.world_size());
+        if rank >= world {
+            return Err(Error::config(
+                "train.devices",
+                format!("rank {rank} is outside a world of {world} ranks"),
+            ));
+        }
+        let batch = self.cfg.train.batch_size;
+        if !batch.is_multiple_of(world) {
+            return Err(Error::config(
+                "train.batch_size",
+                format!(
+                    "the global batch of {batch} pairs does not split evenly over {world} ranks; \
+                     make it a multiple of {world}"
+                ),
+            ));
+        }
+        self.loader.set_shard(rank, world);
+        self.comm = Some(comm);
+        Ok(())
+    }
+
+    /// A rank other than 0 trains only: no evaluation, probe or checkpoint of its own.
+    pub(crate) fn quiet_rank(&mut self) {
+        let t = &mut self.cfg.train;
+        (t.eval_every, t.probe_every, t.checkpoint_every) = (0, 0, 0);
+        self.run_dir = None;
+    }
+
+    /// The communicator, when this trainer is one rank of a data-parallel run.
+    pub fn communicator(&self) -> Option<&Arc<dyn Communicator>> {
+        self.comm.as_ref()
+    }
+
+    /// The number of ranks training together (1 without a communicator).
+    pub fn world_size(&self) -> usize {
+        self.comm.as_ref().map_or(1, |c| c.world_size())
+    }
+
+    /// The global batch gathered from every rank, or `None` in a plain run.
+    pub(super) fn gather_inputs(&self, local: &LossInputs<'_>) -> Result<Option<GatheredInputs>> {
+        Ok(match &self.comm {
+            Some(comm) => Some(GatheredInputs::new(local, comm)?),
+            None => None,
+        })
+    }
+
+    /// The non-finite term of this step as all ranks agree on it: when any rank saw one,
+    /// every rank stops the step (naming its own term, or another rank's loss).
+    pub(super) fn agree_non_finite(&self, bad: Option<String>) -> Result<Option<String>> {
+        let Some(comm) = &self.comm else {
+            return Ok(bad);
+        };
+        let any = any_rank(comm.as_ref(), bad.is_some(), &self.device)?;
+        Ok(bad.or_else(|| any.then(|| "loss (non-finite on another rank)".to_string())))
+    }
+
+    /// Averages the gradients of `trainable` over the ranks (nothing in a plain run).
+    pub(super) fn reduce_gradients(
+        &self,
+        trainable: &[(String, Var)],
+        grads: &mut GradStore,
+    ) -> Result<()> {
+        if let Some(comm) = &self.comm {
+            all_reduce_gradients(comm.as_ref(), trainable, grads)?;
+        }
+        Ok(())
+    }
+}
