@@ -569,21 +569,6 @@ impl Trainer {
         });
         Ok(FitOutcome::Paused(reason))
     }
-
-    fn checkpoint_event(
-        &mut self,
-        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
-    ) -> Result<()> {
-        if let Some(dir) = &self.run_dir {
-            let path = dir.join("checkpoint");
-            self.save_checkpoint(&path)?;
-            let _ = on_event(&Event::Checkpoint {
-                step: self.step,
-                path,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// Every caption and prompt of the dataset must fit the context; truncation would silently cut

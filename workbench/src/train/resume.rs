@@ -4,12 +4,14 @@ use super::{ObjectiveFactory, Trainer};
 use crate::checkpoint::{self, FORMAT_VERSION};
 use crate::config::{RunConfig, parse_device};
 use crate::data::{LoaderState, open_dataset};
+use crate::events::Event;
 use crate::loss::Objective;
 use crate::params::Scope;
 use crate::{Error, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// What `state.json` of a checkpoint holds.
@@ -81,6 +83,22 @@ impl CheckpointState {
 }
 
 impl Trainer {
+    /// Saves the checkpoint into the run directory (if any) and reports it.
+    pub(crate) fn checkpoint_event(
+        &mut self,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<()> {
+        if let Some(dir) = &self.run_dir {
+            let path = dir.join("checkpoint");
+            self.save_checkpoint(&path)?;
+            let _ = on_event(&Event::Checkpoint {
+                step: self.step,
+                path,
+            });
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint directory (atomically; see [`crate::checkpoint`]).
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         let state = CheckpointState {
