@@ -107,11 +107,15 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         &wait,
         rank0.dataset().bad_samples().as_ref(),
     );
-    match run.outcome {
+    outcome(run.outcome, rank0.completed_steps(), &run_dir)
+}
+
+/// The command's result: `Ok` when the schedule finished, the pause reason otherwise.
+fn outcome(outcome: FitOutcome, step: usize, run_dir: &Path) -> Result<()> {
+    match outcome {
         FitOutcome::Finished => Ok(()),
         FitOutcome::Paused(reason) => bail!(
-            "training paused at step {}: {reason}\n  last good state: {}",
-            rank0.completed_steps(),
+            "training paused at step {step}: {reason}\n  last good state: {}",
             run_dir.join("checkpoint").display()
         ),
     }
