@@ -17,7 +17,7 @@
 //! CPU: f32, contiguous. CUDA (feature `cuda`): f32, `cuda/attention.cu`, one thread per
 //! (batch row, head, query) with an online softmax, and a backward in two kernels (queries, then
 //! keys and values) that recompute `P` from the saved log-sum-exps; heads wider than
-//! [`crate::cuda::attention::MAX_HEAD_DIM`] run the reference. Other devices and dtypes use the
+//! `kernels::cuda::attention::MAX_HEAD_DIM` (128) run the reference. Other devices and dtypes use the
 //! reference.
 
 use crate::cpu::slice_f32;
