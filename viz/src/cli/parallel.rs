@@ -2,14 +2,14 @@
 //! ([`workbench::parallel::DataParallel`]). Rank 0 writes the run directory exactly as a
 //! single-process run does, so `--resume`, `eval`, `inspect` and `export` read it alike.
 
-use super::train::{DataWait, fresh_run_dir, interrupt_flag, on_event, progress_bar, summary};
+use super::train::{Seen, fresh_run_dir, interrupt_flag, on_event, progress_bar, summary};
 use super::{TrainArgs, apply_overrides, train_config};
 use anyhow::{Context as _, Result, bail};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use workbench::config::parse_device;
-use workbench::events::{EvalReport, JsonlWriter};
+use workbench::events::JsonlWriter;
 use workbench::parallel::DataParallel;
 use workbench::train::{FitOutcome, Trainer};
 
@@ -68,10 +68,9 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         None => a.steps.unwrap_or(0),
     };
     let bar = progress_bar(steps as u64, 0, a.quiet);
-    let (mut last_eval, mut finished): (Option<EvalReport>, _) = (None, None);
+    let mut seen = Seen::default();
     let mut write_err = None;
     let interrupted = interrupt_flag();
-    let mut wait = DataWait::default();
     let run = ddp.fit_with(build, |event| {
         if let Err(e) = log.write(event) {
             write_err = Some(e);
@@ -81,10 +80,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
             bar.set_length(config.train.steps as u64);
             bar.set_position(*step as u64);
         }
-        if let workbench::events::Event::Step(s) = event {
-            wait.add(s);
-        }
-        on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
+        on_event(event, &bar, a.quiet, &mut seen);
         if interrupted.load(Ordering::SeqCst) {
             return ControlFlow::Break(());
         }
@@ -102,9 +98,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
     summary(
         &run_dir,
         rank0.completed_steps(),
-        last_eval.as_ref(),
-        finished,
-        &wait,
+        &seen,
         rank0.dataset().bad_samples().as_ref(),
     );
     outcome(run.outcome, rank0.completed_steps(), &run_dir)

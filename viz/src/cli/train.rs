@@ -83,10 +83,8 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
     let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
     let steps = trainer.config().train.steps as u64;
     let bar = progress_bar(steps, trainer.completed_steps() as u64, a.quiet);
-    let mut last_eval: Option<EvalReport> = None;
+    let mut seen = Seen::default();
     let mut write_err = None;
-    let mut finished = None;
-    let mut wait = DataWait::default();
     let interrupted = interrupt_flag();
     let (commands, received) = std::sync::mpsc::channel();
     let mut swaps = a.swap.clone();
@@ -114,10 +112,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         {
             bar.println(format!("cannot swap: {e:#}"));
         }
-        if let Event::Step(s) = event {
-            wait.add(s);
-        }
-        on_event(event, &bar, a.quiet, &mut last_eval, &mut finished);
+        on_event(event, &bar, a.quiet, &mut seen);
         if interrupted.load(Ordering::SeqCst) {
             return ControlFlow::Break(());
         }
@@ -131,9 +126,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
     summary(
         &run_dir,
         trainer.completed_steps(),
-        last_eval.as_ref(),
-        finished,
-        &wait,
+        &seen,
         trainer.dataset().bad_samples().as_ref(),
     );
     match outcome {
@@ -197,13 +190,21 @@ pub(super) fn progress_bar(len: u64, pos: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-pub(super) fn on_event(
-    event: &Event,
-    bar: &ProgressBar,
-    quiet: bool,
-    last_eval: &mut Option<EvalReport>,
-    finished: &mut Option<(f64, f64)>,
-) {
+/// What the summary at the end of a run reports, gathered from its events.
+#[derive(Default)]
+pub(super) struct Seen {
+    /// The last evaluation.
+    last_eval: Option<EvalReport>,
+    /// Training seconds and pairs per second, when the run finished.
+    finished: Option<(f64, f64)>,
+    /// Time the steps waited for data.
+    wait: DataWait,
+}
+
+pub(super) fn on_event(event: &Event, bar: &ProgressBar, quiet: bool, seen: &mut Seen) {
+    if let Event::Step(s) = event {
+        seen.wait.add(s);
+    }
     match event {
         Event::RunStarted {
             step,
@@ -242,14 +243,14 @@ pub(super) fn on_event(
             } else {
                 bar.println(line);
             }
-            *last_eval = Some(r.clone());
+            seen.last_eval = Some(r.clone());
         }
         Event::Paused { step, reason } => eprintln!("paused at step {step}: {reason}"),
         Event::RunFinished {
             train_seconds,
             pairs_per_second,
             ..
-        } => *finished = Some((*train_seconds, *pairs_per_second)),
+        } => seen.finished = Some((*train_seconds, *pairs_per_second)),
         Event::ObjectiveSwapped {
             step,
             from,
@@ -327,14 +328,8 @@ impl DataWait {
     }
 }
 
-pub(super) fn summary(
-    run_dir: &Path,
-    step: usize,
-    eval: Option<&EvalReport>,
-    finished: Option<(f64, f64)>,
-    wait: &DataWait,
-    bad: Option<&BadSampleReport>,
-) {
+pub(super) fn summary(run_dir: &Path, step: usize, seen: &Seen, bad: Option<&BadSampleReport>) {
+    let (eval, finished, wait) = (seen.last_eval.as_ref(), seen.finished, &seen.wait);
     eprintln!("\n== run {} · step {step} ==", run_dir.display());
     if let Some(r) = eval {
         eprintln!("{}", report_table(r));

@@ -210,9 +210,13 @@ impl Loader {
             .map(|p| (p, self.index_at(p)))
             .collect();
         let view2 = self.augment.for_second_view();
+        // Every row is decoded, and the first failing row in batch order is the error: rayon's
+        // short-circuiting collect would return whichever failure its scheduling met first.
         let rows = positions
             .par_iter()
             .map(|&(p, index)| self.row(p, index, extras, &view2))
+            .collect::<Vec<_>>()
+            .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<(usize, &RgbImage, &str)> = rows
             .iter()
