@@ -228,47 +228,34 @@ fn layer_norm_shapes(op: &str, lx: &Layout, others: &[&Layout]) -> Result<(usize
     Ok((rows, d))
 }
 
-/// LayerNorm forward: `(x − μ)·r·w + b` per row.
+/// LayerNorm forward: `(x − μ)·r·w + b` per row, from `x`, `w` and the bias `b`.
 pub(crate) fn layer_norm_fwd(
-    (s1, l1): (&CudaStorage, &Layout),
-    (s2, l2): (&CudaStorage, &Layout),
-    (s3, l3): (&CudaStorage, &Layout),
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
     eps: f32,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
-    let dev = &s1.device;
-    let (x, w, bias) = (
-        view_f32(s1, l1, op)?,
-        view_f32(s2, l2, op)?,
-        view_f32(s3, l3, op)?,
-    );
-    let (rows, d) = layer_norm_shapes(op, l1, &[l2, l3])?;
-    // SAFETY: `layer_norm_fwd` writes every element of every row.
-    let mut y = unsafe { uninit(dev, rows * d) }?;
-    if rows > 0 {
-        let f = function(dev, &LAYER_NORM, "layer_norm_fwd")?;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        let (rows64, d64) = (rows as u64, d as u64);
-        b.arg(&x)
-            .arg(&w)
-            .arg(&bias)
-            .arg(&mut y)
-            .arg(&rows64)
-            .arg(&d64)
-            .arg(&eps);
-        // SAFETY: layer_norm_fwd(const float* x, const float* w, const float* b, float* y,
-        // u64 rows, u64 d, float eps); `x`, `y` hold rows·d floats, `w`, `b` hold d.
-        unsafe { b.launch(per_row(rows, d)) }.map_err(|e| failed("layer_norm_fwd", e))?;
-    }
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        l1.shape().clone(),
-    ))
+    layer_norm_rows("layer_norm_fwd", x, w, b, eps, op)
 }
 
 /// LayerNorm input gradient from `x`, `w` and the incoming gradient `g`.
 pub(crate) fn layer_norm_dx(
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    eps: f32,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    layer_norm_rows("layer_norm_dx", x, w, g, eps, op)
+}
+
+/// Runs `kernel`, `layer_norm_fwd` or `layer_norm_dx`: both take
+/// `(const float* x, const float* w, const float* third, float* out, u64 rows, u64 d, float eps)`
+/// with one block per row, where `third` is the bias (`d` values) or the incoming gradient
+/// (`rows·d` values), and write every element of `out` (`rows·d`, shaped like `x`).
+fn layer_norm_rows(
+    kernel: &'static str,
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
     (s3, l3): (&CudaStorage, &Layout),
@@ -276,39 +263,44 @@ pub(crate) fn layer_norm_dx(
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &s1.device;
-    let (x, w, g) = (
+    let (x, w, third) = (
         view_f32(s1, l1, op)?,
         view_f32(s2, l2, op)?,
         view_f32(s3, l3, op)?,
     );
     let (rows, d) = layer_norm_shapes(op, l1, &[l2])?;
-    if l3.shape().elem_count() != rows * d {
+    let third_len = if kernel == "layer_norm_dx" {
+        rows * d
+    } else {
+        d
+    };
+    if l3.shape().elem_count() != third_len {
         bail!(
-            "{op}: gradient {:?} does not match input {:?}",
+            "{op}: bias/gradient {:?} does not match input {:?}",
             l3.dims(),
             l1.dims()
         );
     }
-    // SAFETY: `layer_norm_dx` writes every element of every row.
-    let mut dx = unsafe { uninit(dev, rows * d) }?;
+    // SAFETY: both kernels write every element of every row.
+    let mut out = unsafe { uninit(dev, rows * d) }?;
     if rows > 0 {
-        let f = function(dev, &LAYER_NORM, "layer_norm_dx")?;
+        let f = function(dev, &LAYER_NORM, kernel)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         let (rows64, d64) = (rows as u64, d as u64);
         b.arg(&x)
             .arg(&w)
-            .arg(&g)
-            .arg(&mut dx)
+            .arg(&third)
+            .arg(&mut out)
             .arg(&rows64)
             .arg(&d64)
             .arg(&eps);
-        // SAFETY: layer_norm_dx(const float* x, const float* w, const float* g, float* dx,
-        // u64 rows, u64 d, float eps); `x`, `g`, `dx` hold rows·d floats, `w` holds d.
-        unsafe { b.launch(per_row(rows, d)) }.map_err(|e| failed("layer_norm_dx", e))?;
+        // SAFETY: the signature above; `x` and `out` hold rows·d floats, `w` d, `third` the
+        // length checked above.
+        unsafe { b.launch(per_row(rows, d)) }.map_err(|e| failed(kernel, e))?;
     }
     Ok((
-        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
         l1.shape().clone(),
     ))
 }
