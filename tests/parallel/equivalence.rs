@@ -14,8 +14,9 @@ use candle_core::Tensor;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use workbench::config::RunConfig;
+use workbench::control::Command;
 use workbench::events::{Event, StepStats};
-use workbench::loss::{LossInputs, LossOutput, Objective};
+use workbench::loss::{LossConfig, LossInputs, LossOutput, Objective};
 use workbench::model::Capture;
 use workbench::parallel::{Communicator, DataParallel, GatheredInputs, Solo, all_reduce_gradients};
 use workbench::train::{FitOutcome, Trainer};
@@ -284,5 +285,161 @@ fn a_non_finite_loss_pauses_every_rank_at_the_same_step() {
         "{reason}"
     );
     assert!(run.trainers.iter().all(|t| t.completed_steps() == 1));
+    assert!(snapshot(&run.trainers[0]) == snapshot(&run.trainers[1]));
+}
+
+/// The live commands both runs below receive, by the step after which they are sent: a swap
+/// and a temperature, a swap to an objective with extra batch inputs (hard-negative captions),
+/// then a freeze and a command that cannot apply.
+fn script(step: usize) -> Vec<Command> {
+    let loss = |name| LossConfig::by_name(name).unwrap();
+    match step {
+        1 => vec![
+            Command::Swap {
+                loss: loss("siglip"),
+            },
+            Command::SetTemperature {
+                objective: "siglip".into(),
+                tau: 0.05,
+            },
+        ],
+        2 => vec![Command::Swap {
+            loss: loss("hard_negatives"),
+        }],
+        3 => vec![
+            Command::Freeze {
+                prefix: "model.vision".into(),
+                frozen: true,
+            },
+            Command::SetWeight {
+                part: "clip".into(),
+                weight: 0.5,
+            },
+        ],
+        _ => Vec::new(),
+    }
+}
+
+fn send_script(send: &std::sync::mpsc::Sender<Command>, step: usize) {
+    for command in script(step) {
+        send.send(command).unwrap();
+    }
+}
+
+/// What the events of a live run say happened, step and kind, without the numbers.
+fn command_log(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ObjectiveSwapped { step, to, .. } => Some(format!("{step} swap {to}")),
+            Event::Edited { step, command, .. } => Some(format!("{step} edit {command:?}")),
+            Event::CommandRejected { step, reason, .. } => Some(format!("{step} reject {reason}")),
+            Event::Paused { step, reason } => Some(format!("{step} paused {reason}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn live_commands_change_every_rank_as_they_change_one_process() {
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.steps = 5;
+    let (send, commands) = std::sync::mpsc::channel();
+    let mut single_events = Vec::new();
+    let mut single = Trainer::new(cfg.clone()).unwrap();
+    single
+        .fit_with(&commands, |e| {
+            if let Event::Step(s) = e {
+                send_script(&send, s.step);
+            }
+            single_events.push(e.clone());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let mut events = Vec::new();
+    let run = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .fit_live(
+            |_, _| Trainer::new(cfg.clone()),
+            &commands,
+            |e| {
+                if let Event::Step(s) = e {
+                    send_script(&send, s.step);
+                }
+                events.push(e.clone());
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert!(matches!(run.outcome, FitOutcome::Finished));
+    let log = command_log(&events);
+    assert_eq!(log, command_log(&single_events));
+    assert_eq!(log.len(), 5, "{log:?}");
+    assert!(log[4].contains("not a sum"), "{log:?}");
+    let losses = |ev: &[Event]| -> Vec<f32> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Step(s) => Some(s.loss),
+                _ => None,
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&events), losses(&single_events));
+    assert_eq!(a.len(), 5);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= LOSS_RTOL * y.abs(), "{a:?} vs {b:?}");
+    }
+    let ranks: Vec<_> = run.trainers.iter().map(snapshot).collect();
+    let dp = max_param_diff(&ranks[0], &snapshot(&single));
+    assert!(dp <= PARAM_ATOL, "parameters differ by {dp:e}");
+    assert!(ranks[1] == ranks[0], "rank 1 differs from rank 0");
+    for t in &run.trainers {
+        assert_eq!(t.objective().name(), "hard_negatives");
+        assert!(t.frozen().contains("model.vision"));
+    }
+}
+
+#[test]
+fn a_stop_command_pauses_every_rank_at_the_same_step() {
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.steps = 10;
+    let (send, commands) = std::sync::mpsc::channel();
+    let mut paused = None;
+    let run = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .fit_live(
+            |_, _| Trainer::new(cfg.clone()),
+            &commands,
+            |e| {
+                match e {
+                    Event::Step(s) if s.step == 2 => {
+                        // Applied before the stop, as in one process.
+                        send.send(Command::SetTemperature {
+                            objective: "clip".into(),
+                            tau: 0.1,
+                        })
+                        .unwrap();
+                        send.send(Command::Stop).unwrap();
+                    }
+                    Event::Paused { reason, .. } => paused = Some(reason.clone()),
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert!(matches!(run.outcome, FitOutcome::Paused(ref r) if r.contains("command")));
+    assert!(paused.unwrap().contains("command"));
+    for t in &run.trainers {
+        assert_eq!(t.completed_steps(), 2);
+        let scale = t.params().get("loss.clip.logit_scale").unwrap();
+        let v = scale
+            .as_tensor()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((v - 10f32.ln()).abs() < 1e-6, "{v}");
+    }
     assert!(snapshot(&run.trainers[0]) == snapshot(&run.trainers[1]));
 }

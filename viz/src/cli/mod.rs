@@ -178,7 +178,7 @@ pub struct TrainArgs {
     pub precision: Option<Precision>,
     /// Data parallel: one rank per device, e.g. `cpu,cpu` or `cuda:0,cuda:1` (NCCL, feature
     /// `nccl`). The batch size is the global batch and must divide by the number of devices.
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["device", "swap", "pretrained"])]
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<String>,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]

@@ -2,8 +2,8 @@
 //! ([`workbench::parallel::DataParallel`]). Rank 0 writes the run directory exactly as a
 //! single-process run does, so `--resume`, `eval`, `inspect` and `export` read it alike.
 
-use super::train::{Seen, fresh_run_dir, interrupt_flag, on_event, progress_bar, summary};
-use super::{TrainArgs, apply_overrides, train_config};
+use super::train::{NewRun, Seen, SwapSchedule, interrupt_flag, on_event, progress_bar, summary};
+use super::{TrainArgs, apply_overrides};
 use anyhow::{Context as _, Result, bail};
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -22,56 +22,39 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         ),
         Some(dir) => (dir.clone(), None),
         None => {
-            let mut cfg = train_config(a)?;
-            cfg.train.device.clone_from(&a.devices[0]);
-            let dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
-            if dir.exists() && dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-                bail!(
-                    "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
-                    dir.display()
-                );
-            }
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create run directory {}", dir.display()))?;
-            cfg.save(&dir.join("config.toml"))?;
-            (dir, Some(cfg))
+            let run = NewRun::create(a, Some(&a.devices[0]))?;
+            (run.dir.clone(), Some(run))
         }
     };
     let build = |rank: usize, device: &str| -> workbench::Result<Trainer> {
-        let trainer = match (&a.resume, &fresh) {
+        let mut trainer = match (&a.resume, &fresh) {
             (Some(dir), _) => {
                 Trainer::resume_with(dir, Some(parse_device(device)?), |c| apply_overrides(c, a))?
             }
-            (None, Some(cfg)) => {
-                let mut cfg = cfg.clone();
-                cfg.train.device = device.to_string();
-                Trainer::new(cfg)?
-            }
+            (None, Some(run)) => run.trainer(device, rank == 0)?,
             (None, None) => {
                 return Err(workbench::Error::Data(
                     "a new run without a configuration".into(),
                 ));
             }
         };
-        let mut trainer = trainer;
         if rank == 0 {
             trainer.set_run_dir(&run_dir);
-            if fresh.is_some() {
-                trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
-            }
         }
         Ok(trainer)
     };
     let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
     let steps = match &fresh {
-        Some(cfg) => cfg.train.steps,
+        Some(run) => run.cfg.train.steps,
         None => a.steps.unwrap_or(0),
     };
     let bar = progress_bar(steps as u64, 0, a.quiet);
     let mut seen = Seen::default();
     let mut write_err = None;
     let interrupted = interrupt_flag();
-    let run = ddp.fit_with(build, |event| {
+    let (commands, received) = std::sync::mpsc::channel();
+    let mut swaps = SwapSchedule::new(&a.swap, commands);
+    let run = ddp.fit_live(build, &received, |event| {
         if let Err(e) = log.write(event) {
             write_err = Some(e);
             return ControlFlow::Break(());
@@ -79,7 +62,12 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         if let workbench::events::Event::RunStarted { config, step, .. } = event {
             bar.set_length(config.train.steps as u64);
             bar.set_position(*step as u64);
+            // Swaps due at the starting step go before its first step, as in one process.
+            if let Err(e) = swaps.due(*step) {
+                bar.println(format!("cannot swap: {e:#}"));
+            }
         }
+        swaps.on_event(event, &bar);
         on_event(event, &bar, a.quiet, &mut seen);
         if interrupted.load(Ordering::SeqCst) {
             return ControlFlow::Break(());

@@ -8,7 +8,9 @@ use std::io::IsTerminal as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use workbench::config::{RunConfig, parse_device};
+use workbench::control::Command;
 use workbench::data::{BadSampleReport, open_dataset};
 use workbench::events::{EvalReport, Event, JsonlWriter, StepStats};
 use workbench::loss::LossConfig;
@@ -27,43 +29,105 @@ pub(super) fn fresh_run_dir(base: &str) -> PathBuf {
     dir
 }
 
-/// A fresh run: its directory (created, with `config.toml` and `tokenizer.json`) and trainer, from
-/// a preset or configuration file, or from `--pretrained`.
-fn new_run(a: &TrainArgs) -> Result<(Trainer, PathBuf)> {
-    let pre = match &a.pretrained {
-        Some(dir) => Some(super::pretrained::load(dir, &Device::Cpu)?),
-        None => None,
-    };
-    let cfg = match &pre {
-        Some(pre) => pretrained_run_config(pre, a)?,
-        None => train_config(a)?,
-    };
-    let base = match &a.pretrained {
-        Some(dir) => dir
-            .file_name()
-            .map_or_else(|| "pretrained".into(), |n| n.to_string_lossy().into_owned()),
-        None => cfg.preset.clone(),
-    };
-    let run_dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&base));
-    if run_dir.exists() && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        bail!(
-            "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
-            run_dir.display()
-        );
-    }
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let trainer = match &pre {
-        Some(pre) => {
-            let device = parse_device(&cfg.train.device)?;
-            let data = open_dataset(&cfg.data)?;
-            Trainer::from_pretrained(pre, cfg.clone(), data, device)?
+/// A fresh run before its trainer exists: the configuration (from a preset or configuration
+/// file, or from `--pretrained`), the loaded pretrained model, and the run directory, created
+/// with `config.toml`.
+pub(super) struct NewRun {
+    pub cfg: RunConfig,
+    pre: Option<Pretrained>,
+    pub dir: PathBuf,
+}
+
+impl NewRun {
+    /// Loads `--pretrained` if given, makes the configuration (its `train.device` set to
+    /// `device` when given) and creates the run directory.
+    pub fn create(a: &TrainArgs, device: Option<&str>) -> Result<Self> {
+        let pre = match &a.pretrained {
+            Some(dir) => Some(super::pretrained::load(dir, &Device::Cpu)?),
+            None => None,
+        };
+        let mut cfg = match &pre {
+            Some(pre) => pretrained_run_config(pre, a)?,
+            None => train_config(a)?,
+        };
+        if let Some(device) = device {
+            cfg.train.device = device.to_string();
         }
-        None => Trainer::new(cfg.clone())?,
-    };
-    cfg.save(&run_dir.join("config.toml"))?;
-    trainer.tokenizer().save(run_dir.join("tokenizer.json"))?;
-    Ok((trainer, run_dir))
+        let base = match &a.pretrained {
+            Some(dir) => dir
+                .file_name()
+                .map_or_else(|| "pretrained".into(), |n| n.to_string_lossy().into_owned()),
+            None => cfg.preset.clone(),
+        };
+        let dir = a.out.clone().unwrap_or_else(|| fresh_run_dir(&base));
+        if dir.exists() && dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{}: directory exists and is not empty; pass --resume {0} to continue it, or another --out",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create run directory {}", dir.display()))?;
+        cfg.save(&dir.join("config.toml"))?;
+        Ok(Self { cfg, pre, dir })
+    }
+
+    /// A trainer of this run on `device`; the first one made (`save_tokenizer`) writes
+    /// `tokenizer.json` into the run directory.
+    pub fn trainer(&self, device: &str, save_tokenizer: bool) -> workbench::Result<Trainer> {
+        let mut cfg = self.cfg.clone();
+        cfg.train.device = device.to_string();
+        let trainer = match &self.pre {
+            Some(pre) => {
+                let device = parse_device(device)?;
+                let data = open_dataset(&cfg.data)?;
+                Trainer::from_pretrained(pre, cfg, data, device)?
+            }
+            None => Trainer::new(cfg)?,
+        };
+        if save_tokenizer {
+            trainer.tokenizer().save(self.dir.join("tokenizer.json"))?;
+        }
+        Ok(trainer)
+    }
+}
+
+/// `--swap STEP:NAME`: each swap is sent as a live command once the run has completed `STEP`
+/// steps (at once for a step already passed).
+pub(super) struct SwapSchedule {
+    pending: Vec<(usize, String)>,
+    commands: Sender<Command>,
+}
+
+impl SwapSchedule {
+    pub fn new(swaps: &[(usize, String)], commands: Sender<Command>) -> Self {
+        let mut pending = swaps.to_vec();
+        pending.sort_by_key(|s| s.0);
+        Self { pending, commands }
+    }
+
+    /// Sends the swaps due after `step` completed steps.
+    pub fn due(&mut self, step: usize) -> Result<()> {
+        while let Some((at, name)) = self.pending.first().cloned() {
+            if at > step {
+                break;
+            }
+            self.pending.remove(0);
+            let loss = LossConfig::by_name(&name)?;
+            // The receiver lives as long as the fit; a send cannot fail while it runs.
+            let _ = self.commands.send(Command::Swap { loss });
+        }
+        Ok(())
+    }
+
+    /// [`SwapSchedule::due`] for a step event, printing (not failing on) a swap that cannot be made.
+    pub fn on_event(&mut self, event: &Event, bar: &ProgressBar) {
+        if let Event::Step(s) = event
+            && let Err(e) = self.due(s.step)
+        {
+            bar.println(format!("cannot swap: {e:#}"));
+        }
+    }
 }
 
 pub(super) fn train(a: &TrainArgs) -> Result<()> {
@@ -77,7 +141,9 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         };
         (trainer, run_dir)
     } else {
-        new_run(a)?
+        let run = NewRun::create(a, None)?;
+        let trainer = run.trainer(&run.cfg.train.device, true)?;
+        (trainer, run.dir)
     };
     trainer.set_run_dir(&run_dir);
     let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
@@ -87,31 +153,14 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
     let mut write_err = None;
     let interrupted = interrupt_flag();
     let (commands, received) = std::sync::mpsc::channel();
-    let mut swaps = a.swap.clone();
-    swaps.sort_by_key(|s| s.0);
-    let swap_due = |step: usize, swaps: &mut Vec<(usize, String)>| -> Result<()> {
-        while let Some((at, name)) = swaps.first().cloned() {
-            if at > step {
-                break;
-            }
-            swaps.remove(0);
-            let loss = LossConfig::by_name(&name)?;
-            // The receiver lives as long as the fit; a send cannot fail while it runs.
-            let _ = commands.send(workbench::control::Command::Swap { loss });
-        }
-        Ok(())
-    };
-    swap_due(trainer.completed_steps(), &mut swaps)?;
+    let mut swaps = SwapSchedule::new(&a.swap, commands);
+    swaps.due(trainer.completed_steps())?;
     let outcome = trainer.fit_with(&received, |event| {
         if let Err(e) = log.write(event) {
             write_err = Some(e);
             return ControlFlow::Break(());
         }
-        if let Event::Step(s) = event
-            && let Err(e) = swap_due(s.step, &mut swaps)
-        {
-            bar.println(format!("cannot swap: {e:#}"));
-        }
+        swaps.on_event(event, &bar);
         on_event(event, &bar, a.quiet, &mut seen);
         if interrupted.load(Ordering::SeqCst) {
             return ControlFlow::Break(());

@@ -2,15 +2,23 @@
 
 use super::{Communicator, ThreadComm, ThreadGroup, any_rank};
 use crate::config::RunConfig;
+use crate::control::Command;
 use crate::events::Event;
 use crate::train::{FitOutcome, Tick, Trainer};
 use crate::{Error, Result};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 
 /// Rank 0's event callback; the other ranks have none.
 type OnEvent<'a> = Option<&'a mut dyn FnMut(&Event) -> ControlFlow<()>>;
+
+/// The live commands rank 0 received, by the step before which every rank applies them. Rank 0
+/// posts a step's commands before the collective that opens the step, and the other ranks read
+/// them after it, so each rank finds them there; only steps with commands have an entry.
+type Board = Mutex<BTreeMap<usize, Vec<Command>>>;
 
 /// What a rank's communicator error says when another rank is gone; such an error is a
 /// consequence, and the driver reports the cause instead.
@@ -154,41 +162,81 @@ impl DataParallel {
         build: impl Fn(usize, &str) -> Result<Trainer> + Sync,
         on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<ParallelOutcome> {
+        let (_keep, commands) = mpsc::channel();
+        self.fit_live(build, &commands, on_event)
+    }
+
+    /// [`DataParallel::fit_with`] steered by live [`Command`]s, as [`Trainer::fit_with`] is:
+    /// before each step rank 0 drains `commands`, and every rank applies the same commands in
+    /// the same order before that step, so the ranks stay identical (an objective swap, a new
+    /// temperature, a freeze or a clamp changes all of them at once). Rank 0's events report
+    /// each one (`objective_swapped` followed by a probe, `edited`, or `command_rejected`, which
+    /// leaves every rank unchanged); [`Command::Stop`] pauses every rank at that step.
+    ///
+    /// ```no_run
+    /// use std::ops::ControlFlow;
+    /// use workbench::{config::RunConfig, control::Command, loss::LossConfig};
+    /// use workbench::{parallel::DataParallel, train::Trainer};
+    /// let mut cfg = RunConfig::preset("tiny")?;
+    /// cfg.train.steps = 600;
+    /// let (send, commands) = std::sync::mpsc::channel();
+    /// send.send(Command::Swap { loss: LossConfig::by_name("siglip")? }).unwrap(); // before step 1
+    /// let ddp = DataParallel::new(&["cpu", "cpu"])?;
+    /// let run = ddp.fit_live(|_, device| {
+    ///     let mut cfg = cfg.clone();
+    ///     cfg.train.device = device.to_string();
+    ///     Trainer::new(cfg)
+    /// }, &commands, |event| {
+    ///     if let workbench::events::Event::Step(s) = event && s.step == 300 {
+    ///         let _ = send.send(Command::Swap { loss: LossConfig::by_name("cloob").unwrap() });
+    ///     }
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// # Ok::<(), workbench::Error>(())
+    /// ```
+    pub fn fit_live(
+        &self,
+        build: impl Fn(usize, &str) -> Result<Trainer> + Sync,
+        commands: &Receiver<Command>,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<ParallelOutcome> {
         let world = self.world_size();
         let backend = Backend::new(&self.devices)?;
         let built = Barrier::new(world);
         let failed = Mutex::new(false);
-        let rank_main = |rank: usize, on_event: OnEvent<'_>| {
-            let trainer = build(rank, &self.devices[rank]);
-            // No rank connects before all are built: NCCL would wait forever for a rank that
-            // failed to build.
-            if trainer.is_err() {
-                *failed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-            }
-            built.wait();
-            let mut trainer = trainer?;
-            if *failed.lock().unwrap_or_else(PoisonError::into_inner) {
-                return Err(Error::Data(format!(
-                    "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
-                )));
-            }
-            let comm = backend.communicator(rank, &trainer)?;
-            trainer.set_communicator(comm)?;
-            if rank > 0 {
-                trainer.quiet_rank();
-            }
-            let outcome = run_rank(&mut trainer, on_event)?;
-            Ok((outcome, trainer))
-        };
+        let board = Board::default();
+        let rank_main =
+            |rank: usize, on_event: OnEvent<'_>, commands: Option<&Receiver<Command>>| {
+                let trainer = build(rank, &self.devices[rank]);
+                // No rank connects before all are built: NCCL would wait forever for a rank that
+                // failed to build.
+                if trainer.is_err() {
+                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                }
+                built.wait();
+                let mut trainer = trainer?;
+                if *failed.lock().unwrap_or_else(PoisonError::into_inner) {
+                    return Err(Error::Data(format!(
+                        "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
+                    )));
+                }
+                let comm = backend.communicator(rank, &trainer)?;
+                trainer.set_communicator(comm)?;
+                if rank > 0 {
+                    trainer.quiet_rank();
+                }
+                let outcome = run_rank(&mut trainer, on_event, commands, &board)?;
+                Ok((outcome, trainer))
+            };
         let results: Vec<Result<(FitOutcome, Trainer)>> = std::thread::scope(|scope| {
             let others: Vec<_> = (1..world)
                 .map(|rank| {
                     let rank_main = &rank_main;
-                    scope.spawn(move || rank_main(rank, None))
+                    scope.spawn(move || rank_main(rank, None, None))
                 })
                 .collect();
             let mut on_event = on_event;
-            let mut all = vec![rank_main(0, Some(&mut on_event))];
+            let mut all = vec![rank_main(0, Some(&mut on_event), Some(commands))];
             for (i, h) in others.into_iter().enumerate() {
                 all.push(
                     h.join()
@@ -280,9 +328,15 @@ impl Backend {
     }
 }
 
-/// One rank's loop: the steps of [`Trainer::fit`], with a stop that every rank agrees on
-/// before each step. Only rank 0 has `on_event`.
-fn run_rank(trainer: &mut Trainer, mut on_event: OnEvent<'_>) -> Result<FitOutcome> {
+/// One rank's loop: the steps of [`Trainer::fit_with`], with a stop that every rank agrees on
+/// before each step and the live commands rank 0 posts on `board`. Only rank 0 has `on_event`
+/// and `commands`.
+fn run_rank(
+    trainer: &mut Trainer,
+    mut on_event: OnEvent<'_>,
+    commands: Option<&Receiver<Command>>,
+    board: &Board,
+) -> Result<FitOutcome> {
     let comm = trainer
         .communicator()
         .cloned()
@@ -296,13 +350,48 @@ fn run_rank(trainer: &mut Trainer, mut on_event: OnEvent<'_>) -> Result<FitOutco
             stop = f(&Event::Probe(trainer.probe()?)).is_break();
         }
     }
-    let caller = "stopped by the caller".to_string();
+    let mut reason = "stopped by the caller";
     loop {
-        if any_rank(comm.as_ref(), stop, &device)? {
-            return end(trainer, on_event, FitOutcome::Paused(caller));
+        let step = trainer.completed_steps();
+        if let Some(commands) = commands {
+            let mut due = Vec::new();
+            for command in commands.try_iter() {
+                if command == Command::Stop {
+                    stop = true;
+                    reason = "stopped by a command";
+                } else {
+                    due.push(command);
+                }
+            }
+            if !due.is_empty() {
+                lock(board).entry(step).or_default().extend(due);
+            }
         }
-        if trainer.completed_steps() >= steps {
+        let stopping = any_rank(comm.as_ref(), stop, &device)?;
+        if !stopping && step >= steps {
             break;
+        }
+        let due = lock(board).get(&step).cloned().unwrap_or_default();
+        for command in &due {
+            let event = trainer
+                .apply(command)
+                .unwrap_or_else(|e| Event::CommandRejected {
+                    step,
+                    command: command.clone(),
+                    reason: e.to_string(),
+                });
+            if let Some(f) = on_event.as_mut() {
+                let swapped = matches!(event, Event::ObjectiveSwapped { .. });
+                // A stop asked for here is agreed on before the next step; this one is taken
+                // by every rank.
+                stop |= f(&event).is_break();
+                if swapped {
+                    stop |= f(&Event::Probe(trainer.probe()?)).is_break();
+                }
+            }
+        }
+        if stopping {
+            return end(trainer, on_event, FitOutcome::Paused(reason.into()));
         }
         let mut broke = false;
         let tick = match on_event.as_mut() {
@@ -325,6 +414,10 @@ fn run_rank(trainer: &mut Trainer, mut on_event: OnEvent<'_>) -> Result<FitOutco
         Some(f) => trainer.finish(f),
         None => Ok(FitOutcome::Finished),
     }
+}
+
+fn lock(board: &Board) -> std::sync::MutexGuard<'_, BTreeMap<usize, Vec<Command>>> {
+    board.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn end(trainer: &mut Trainer, on_event: OnEvent<'_>, outcome: FitOutcome) -> Result<FitOutcome> {
