@@ -89,16 +89,19 @@ fn bf16_gradients_point_the_way_of_the_f32_gradients() {
     assert!(rel_norm.abs() < 0.02, "norm ratio − 1 = {rel_norm}");
 }
 
+/// The 30-step run whose losses bf16 and f32 are compared (here on the CPU; `gpu.rs` on a GPU).
+pub fn learning_run(precision: Precision) -> RunConfig {
+    let mut cfg = tiny_config();
+    cfg.train.precision = precision;
+    cfg.train.steps = 30;
+    cfg.train.lr = 3e-3;
+    cfg.train.warmup_steps = 3;
+    cfg
+}
+
 #[test]
 fn a_bf16_run_learns_like_the_f32_run() {
-    let run = |precision: Precision| {
-        let mut cfg = tiny_config();
-        cfg.train.precision = precision;
-        cfg.train.steps = 30;
-        cfg.train.lr = 3e-3;
-        cfg.train.warmup_steps = 3;
-        losses(&mut Trainer::new(cfg).unwrap(), 30)
-    };
+    let run = |precision| losses(&mut Trainer::new(learning_run(precision)).unwrap(), 30);
     let (lf, lb) = (run(Precision::F32), run(Precision::Bf16));
     let tail = |l: &[f32]| l[25..].iter().sum::<f32>() / 5.0;
     let (tf, tb) = (tail(&lf), tail(&lb));

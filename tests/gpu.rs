@@ -1,7 +1,8 @@
 //! Training end to end on a CUDA device (a `cuda` build with a GPU): the first steps equal the
 //! CPU's from the same seed, every built-in objective trains, objectives swap live, checkpoints
-//! move between GPU and CPU in both directions, and inspection gives the CPU's maps. Without a
-//! usable GPU every test prints that it was skipped and why, and checks nothing.
+//! move between GPU and CPU in both directions, bf16 stays within the f32 bounds of
+//! `tests/amp.rs`, and inspection gives the CPU's maps. Without a usable GPU every test prints
+//! that it was skipped and why, and checks nothing.
 
 use crate::util::{tiny_config, tmpdir};
 use candle_core::Device;
@@ -9,6 +10,7 @@ use serde_json::Value;
 use workbench::config::RunConfig;
 use workbench::data::Split;
 use workbench::loss::LossConfig;
+use workbench::model::Precision;
 use workbench::train::Trainer;
 
 /// The first CUDA device, or `None` after printing why the test is skipped.
@@ -36,7 +38,12 @@ fn step_both(g: &mut Trainer, c: &mut Trainer) -> (f32, f32) {
     (g.step().unwrap().loss, c.step().unwrap().loss)
 }
 
+/// Asserts `|a − b| ≤ tol`, printing the figure (run with `--nocapture` to record it).
 fn assert_near(a: f32, b: f32, tol: f32, what: &str) {
+    eprintln!(
+        "{what}: GPU {a}, CPU {b}, |Δ| {:e} (tolerance {tol:e})",
+        (a - b).abs()
+    );
     assert!(
         (a - b).abs() <= tol,
         "{what}: GPU {a} vs CPU {b} (tolerance {tol})"
@@ -88,6 +95,38 @@ fn first_steps_on_the_gpu_equal_the_cpu_from_the_same_seed() {
         let (lg, lc) = step_both(&mut g, &mut c);
         assert_near(lg, lc, 1e-3, &format!("loss at step {step}"));
     }
+}
+
+#[test]
+fn bf16_on_the_gpu_stays_within_the_documented_tolerance_of_f32() {
+    let Some(_) = gpu("bf16_on_the_gpu_stays_within_the_documented_tolerance_of_f32") else {
+        return;
+    };
+    let run = |precision| {
+        let mut t = on("cuda", crate::amp::learning_run(precision));
+        (0..30)
+            .map(|_| t.step().unwrap().loss)
+            .collect::<Vec<f32>>()
+    };
+    let (lf, lb) = (run(Precision::F32), run(Precision::Bf16));
+    // The bounds of tests/amp.rs (bf16 against f32 on the CPU).
+    let rel = ((lb[0] - lf[0]) / lf[0]).abs();
+    eprintln!(
+        "GPU first-step loss: f32 {}, bf16 {}, relative {rel:e} (bound 3e-3)",
+        lf[0], lb[0]
+    );
+    assert!(lf[0] != lb[0], "bf16 must actually round something");
+    assert!(
+        rel < 3e-3,
+        "first-step loss: f32 {} vs bf16 {}",
+        lf[0],
+        lb[0]
+    );
+    let tail = |l: &[f32]| l[25..].iter().sum::<f32>() / 5.0;
+    let (tf, tb) = (tail(&lf), tail(&lb));
+    eprintln!("GPU mean of the last 5 of 30 losses: f32 {tf}, bf16 {tb} (bound 3 %)");
+    assert!(tb < lb[0] * 0.85, "bf16 loss fell from {} to {tb}", lb[0]);
+    assert!(((tb - tf) / tf).abs() < 0.03, "f32 {tf}, bf16 {tb}");
 }
 
 #[test]
@@ -192,6 +231,7 @@ fn inspection_and_evaluation_on_the_gpu_equal_the_cpu() {
     ];
     for (what, a, b) in pairs {
         let d = json_diff(&a, &b, what);
+        eprintln!("{what}: largest |Δ| GPU vs CPU {d:e} (tolerance 1e-3)");
         assert!(d <= 1e-3, "{what} on the GPU differs from the CPU by {d:e}");
     }
     let (eg, ec) = (

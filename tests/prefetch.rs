@@ -326,6 +326,7 @@ fn bench_loader_measures_both_sides() {
         warmup: 1,
         rounds: 2,
         prefetch: 2,
+        device: "cpu".into(),
     };
     let mut lines = Vec::new();
     let c = viz::bench::loader::compare(&s, &captions, |l| {

@@ -48,6 +48,9 @@ pub struct Settings {
     pub rounds: usize,
     /// Batches the prefetching side builds ahead (the other loads in the step).
     pub prefetch: usize,
+    /// Where the model trains: `cpu`, `cuda` or `cuda:N`. The batches are always built on the
+    /// CPU; on a GPU the share of step time waiting for data is time the device sits idle.
+    pub device: String,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             warmup: 2,
             rounds: 3,
             prefetch: 2,
+            device: "cpu".into(),
         }
     }
 }
@@ -163,8 +167,9 @@ pub fn write_images(dir: &Path, n: usize, side: usize) -> Result<PathBuf> {
     Ok(captions)
 }
 
-/// The `tiny` preset on the captions file `captions`, with `prefetch` batches built ahead.
-pub fn config(captions: &Path, batch: usize, prefetch: usize) -> Result<RunConfig> {
+/// The `tiny` preset on the captions file `captions`, with `prefetch` batches built ahead, training
+/// on `device`.
+pub fn config(captions: &Path, batch: usize, prefetch: usize, device: &str) -> Result<RunConfig> {
     let mut cfg = RunConfig::preset("tiny")?;
     cfg.data.files = Some(FilesConfig {
         path: captions.to_path_buf(),
@@ -174,6 +179,7 @@ pub fn config(captions: &Path, batch: usize, prefetch: usize) -> Result<RunConfi
     });
     cfg.train.batch_size = batch;
     cfg.train.prefetch = prefetch;
+    cfg.train.device = device.to_string();
     cfg.train.steps = 1_000_000;
     cfg.train.warmup_steps = 10;
     cfg.validate()?;
@@ -209,8 +215,8 @@ pub fn compare(
         bail!("--rounds, --steps and --prefetch must be at least 1");
     }
     let cfgs = [
-        config(captions, s.batch, 0)?,
-        config(captions, s.batch, s.prefetch)?,
+        config(captions, s.batch, 0, &s.device)?,
+        config(captions, s.batch, s.prefetch, &s.device)?,
     ];
     let mut sides = [
         Side {

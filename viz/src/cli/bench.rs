@@ -44,7 +44,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// `torch`: the device of both sides: cpu, cuda or cuda:N (ours needs a build with
-    /// `--features cuda`, PyTorch a CUDA build of torch).
+    /// `--features cuda`, PyTorch a CUDA build of torch). `loader`: where the model trains (the
+    /// batches are built on the CPU either way; on a GPU the data wait is device idle time).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// `torch`: precisions to compare, comma-separated: f32, bf16 (ours `[train] precision`,
@@ -191,9 +192,10 @@ fn loader(a: &BenchArgs) -> Result<()> {
         warmup: a.warmup,
         rounds: a.rounds,
         prefetch: a.prefetch,
+        device: a.device.clone(),
     };
     say(&format!(
-        "training steps of tiny at batch {} on {} PNGs of {}×{} px (decoded, resized, cropped and flipped per batch), batches loaded in the step (prefetch 0) and built ahead (prefetch {}); {} warm-up + {} timed steps per side and round, {} rounds alternating; CPU, {}",
+        "training steps of tiny at batch {} on {} PNGs of {}×{} px (decoded, resized, cropped and flipped per batch on the CPU), batches loaded in the step (prefetch 0) and built ahead (prefetch {}); {} warm-up + {} timed steps per side and round, {} rounds alternating; training on {}; CPU: {}",
         s.batch,
         a.images,
         a.image_side,
@@ -202,6 +204,7 @@ fn loader(a: &BenchArgs) -> Result<()> {
         s.warmup,
         s.steps,
         s.rounds,
+        s.device,
         threads_and_load(threads)
     ))?;
     let load = warn_if_busy(threads)?;
