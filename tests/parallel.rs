@@ -252,6 +252,61 @@ fn a_rank_that_fails_to_start_stops_the_others_with_its_error() {
     assert!(e.contains("train.lr"), "{e}");
 }
 
+/// A captions folder of `n` PNGs, every one of them truncated (`bad`) or whole; its run config
+/// under `data.bad_samples = "fail"`.
+fn folder_config(dir: &std::path::Path, n: u8, bad: bool) -> workbench::config::RunConfig {
+    use crate::datasets::{png, write};
+    use std::fmt::Write as _;
+    let mut csv = String::from("image,caption\n");
+    for i in 0..n {
+        let image = png(i);
+        let bytes = if bad { &image[..60] } else { &image[..] };
+        write(dir, &format!("img/{i}.png"), bytes);
+        writeln!(csv, "img/{i}.png,picture number {i}").unwrap();
+    }
+    let captions = write(dir, "captions.csv", csv.as_bytes());
+    let text = crate::file_runs::files_toml(&captions, "bad_samples = \"fail\"");
+    workbench::config::RunConfig::from_toml(&text, std::path::Path::new("run.toml")).unwrap()
+}
+
+#[test]
+fn a_rank_that_cannot_load_its_batch_stops_every_rank_at_that_step() {
+    // Rank 1 reads a folder of broken images, rank 0 a sound one: without agreeing first, rank 0
+    // would go on into the step's gather, where NCCL waits forever for a rank that is gone.
+    let dir = crate::util::tmpdir("parallel-bad-batch");
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    let configs = [
+        folder_config(&good, 24, false),
+        folder_config(&bad, 24, true),
+    ];
+    let results = on_ranks(2, |comm| {
+        let mut t = workbench::train::Trainer::new(configs[comm.rank()].clone()).unwrap();
+        t.set_communicator(comm).unwrap();
+        let e = t.step().unwrap_err().to_string();
+        (t.completed_steps(), e)
+    });
+    assert_eq!(results[0].0, 0);
+    assert_eq!(results[1].0, 0);
+    let (e0, e1) = (&results[0].1, &results[1].1);
+    assert!(e1.contains(".png"), "rank 1 names its image: {e1}");
+    assert!(
+        e0.contains("another rank could not load") && e0.contains("batch 1"),
+        "rank 0 learns of it before any collective of the step: {e0}"
+    );
+    // Through the driver, the error reported is the cause.
+    let ddp = DataParallel::new(&["cpu", "cpu"]).unwrap();
+    let e = ddp
+        .fit_with(
+            |rank, _| workbench::train::Trainer::new(configs[rank].clone()),
+            |_| ControlFlow::Continue(()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(".png") && !e.contains("left the group"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn workbench_train_devices_runs_resumes_and_matches_one_process() {
     use clap::Parser as _;

@@ -60,6 +60,7 @@ mod gather;
 mod nccl;
 mod thread;
 
+pub(crate) use driver::LEFT_THE_GROUP;
 pub use driver::{DataParallel, ParallelOutcome};
 pub use gather::{GatheredInputs, gather_ids, gather_with_grad};
 #[cfg(feature = "nccl")]

@@ -1,9 +1,13 @@
 //! The trainer's side of data parallelism (see [`crate::parallel`]): a rank's shard of the
-//! loader, the gathered loss inputs, the agreed non-finite check and the averaged gradients.
+//! loader, the agreed batch, the gathered loss inputs, the agreed non-finite check and the
+//! averaged gradients.
 
 use super::Trainer;
+use crate::data::Batch;
 use crate::loss::LossInputs;
-use crate::parallel::{Communicator, GatheredInputs, all_reduce_gradients, any_rank};
+use crate::parallel::{
+    Communicator, GatheredInputs, LEFT_THE_GROUP, all_reduce_gradients, any_rank,
+};
 use crate::{Error, Result};
 use candle_core::Var;
 use candle_core::backprop::GradStore;
@@ -71,6 +75,25 @@ impl Trainer {
         };
         let any = any_rank(comm.as_ref(), bad.is_some(), &self.device)?;
         Ok(bad.or_else(|| any.then(|| "loss (non-finite on another rank)".to_string())))
+    }
+
+    /// This step's batch as all ranks agree on it: when any rank could not load its shard (a
+    /// bad image under `data.bad_samples = "fail"`, a vanished file), every rank stops before
+    /// the step's first collective — which NCCL would otherwise wait in forever for the rank
+    /// that is gone. That rank returns its loader error; the others say that it left.
+    pub(super) fn agree_batch(&self, batch: Result<Batch>) -> Result<Batch> {
+        let Some(comm) = &self.comm else {
+            return batch;
+        };
+        let failed = any_rank(comm.as_ref(), batch.is_err(), &self.device)?;
+        match batch {
+            Ok(_) if failed => Err(Error::Data(format!(
+                "rank {}: another rank could not load its share of batch {}; {LEFT_THE_GROUP}",
+                comm.rank(),
+                self.step + 1
+            ))),
+            batch => batch,
+        }
     }
 
     /// Averages the gradients of `trainable` over the ranks (nothing in a plain run).

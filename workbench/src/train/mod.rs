@@ -251,11 +251,19 @@ impl Trainer {
     /// One step on the next batch of the loader (built ahead when `train.prefetch` > 0; the
     /// wait is [`StepStats::data_seconds`]). On a non-finite loss or gradient nothing is updated
     /// (the loader is rewound: the next step takes the same batch) and [`Error::NonFinite`]
-    /// names the step and term. A loader error comes from the step that would take the batch.
+    /// names the step and term. A loader error comes from the step that would take the batch
+    /// (in a data-parallel run it stops every rank at that step).
     pub fn step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
         let before = self.loader.state();
-        let batch = self.loader.next_batch_with(self.extras())?;
+        let batch = self.loader.next_batch_with(self.extras());
+        let batch = match self.agree_batch(batch) {
+            Ok(b) => b,
+            Err(e) => {
+                self.loader.set_state(before);
+                return Err(e);
+            }
+        };
         let data_seconds = t0.elapsed().as_secs_f64();
         let result = self.update(&batch, t0, data_seconds);
         if result.is_err() {
