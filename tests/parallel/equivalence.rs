@@ -443,3 +443,33 @@ fn a_stop_command_pauses_every_rank_at_the_same_step() {
     }
     assert!(snapshot(&run.trainers[0]) == snapshot(&run.trainers[1]));
 }
+
+#[test]
+fn a_spawned_data_parallel_run_takes_commands_and_streams_events() {
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.steps = 4;
+    let run = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .spawn(move |_, _| Trainer::new(cfg.clone()));
+    // Sent while the ranks are being built, so applied before the first step (building two
+    // trainers takes far longer than this send); any step before the last would do as well.
+    assert!(run.send(Command::Swap {
+        loss: LossConfig::by_name("siglip").unwrap(),
+    }));
+    let events: Vec<Event> = run.events().collect();
+    let log = command_log(&events);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].ends_with("swap siglip"), "{log:?}");
+    let steps = events
+        .iter()
+        .filter(|e| matches!(e, Event::Step(_)))
+        .count();
+    assert_eq!(steps, 4);
+    assert!(matches!(events.last(), Some(Event::RunFinished { .. })));
+    let done = run.join().unwrap().unwrap();
+    assert!(matches!(done.outcome, FitOutcome::Finished));
+    for t in &done.trainers {
+        assert_eq!(t.objective().name(), "siglip");
+    }
+    assert!(snapshot(&done.trainers[0]) == snapshot(&done.trainers[1]));
+}

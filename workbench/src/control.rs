@@ -4,7 +4,8 @@
 //! parameter's value, freezing, clamping). [`Trainer::fit_with`](crate::train::Trainer::fit_with)
 //! drains a channel of commands before every step; [`Trainer::spawn`](crate::train::Trainer::spawn)
 //! runs the fit on a background thread and hands back a [`RunHandle`] — what the GUI and
-//! notebooks use. Every applied command is logged as an event (`objective_swapped` or `edited`;
+//! notebooks use ([`DataParallel::spawn`](crate::parallel::DataParallel::spawn) does the same
+//! for a data-parallel run). Every applied command is logged as an event (`objective_swapped` or `edited`;
 //! `command_rejected` when it cannot apply, and the run goes on unchanged).
 //!
 //! ```no_run
@@ -81,18 +82,21 @@ pub enum Command {
     Stop,
 }
 
-/// A fit running on a background thread.
-pub struct RunHandle {
+/// A fit running on a background thread: [`Trainer::spawn`](crate::train::Trainer::spawn), whose
+/// [`RunHandle::join`] gives back the trainer and the outcome, or
+/// [`DataParallel::spawn`](crate::parallel::DataParallel::spawn), whose `join` gives the
+/// data-parallel run's result.
+pub struct RunHandle<T = (Trainer, Result<FitOutcome>)> {
     commands: Sender<Command>,
     events: Receiver<Event>,
-    thread: JoinHandle<(Trainer, Result<FitOutcome>)>,
+    thread: JoinHandle<T>,
 }
 
-impl RunHandle {
+impl<T> RunHandle<T> {
     pub(crate) fn new(
         commands: Sender<Command>,
         events: Receiver<Event>,
-        thread: JoinHandle<(Trainer, Result<FitOutcome>)>,
+        thread: JoinHandle<T>,
     ) -> Self {
         Self {
             commands,
@@ -121,9 +125,10 @@ impl RunHandle {
         self.thread.is_finished()
     }
 
-    /// Waits for the run to end; gives the trainer back (to continue, evaluate or inspect)
-    /// with the outcome of the fit.
-    pub fn join(self) -> Result<(Trainer, Result<FitOutcome>)> {
+    /// Waits for the run to end; gives back what the run returns — for
+    /// [`Trainer::spawn`](crate::train::Trainer::spawn) the trainer (to continue, evaluate or
+    /// inspect) with the outcome of the fit.
+    pub fn join(self) -> Result<T> {
         self.thread
             .join()
             .map_err(|_| Error::Data("the training thread panicked".into()))

@@ -2,7 +2,7 @@
 
 use super::{Communicator, ThreadComm, ThreadGroup, any_rank};
 use crate::config::RunConfig;
-use crate::control::Command;
+use crate::control::{Command, RunHandle};
 use crate::events::Event;
 use crate::train::{FitOutcome, Tick, Trainer};
 use crate::{Error, Result};
@@ -164,6 +164,43 @@ impl DataParallel {
     ) -> Result<ParallelOutcome> {
         let (_keep, commands) = mpsc::channel();
         self.fit_live(build, &commands, on_event)
+    }
+
+    /// [`DataParallel::fit_live`] on a background thread, as [`Trainer::spawn`] runs a single
+    /// trainer: the handle sends commands to every rank, streams rank 0's events, and its
+    /// `join` gives the run's result (every rank's trainer, in rank order).
+    ///
+    /// ```no_run
+    /// use workbench::{config::RunConfig, control::Command, loss::LossConfig};
+    /// use workbench::{parallel::DataParallel, train::Trainer};
+    /// let mut cfg = RunConfig::preset("tiny")?;
+    /// cfg.train.steps = 600;
+    /// let run = DataParallel::new(&["cpu", "cpu"])?.spawn(move |_, device| {
+    ///     let mut cfg = cfg.clone();
+    ///     cfg.train.device = device.to_string();
+    ///     Trainer::new(cfg)
+    /// });
+    /// run.send(Command::Swap { loss: LossConfig::by_name("cloob")? });
+    /// for event in run.events() {
+    ///     println!("{}", serde_json::to_string(&event).unwrap());
+    /// }
+    /// let trainers = run.join()??.trainers;
+    /// # Ok::<(), workbench::Error>(())
+    /// ```
+    pub fn spawn(
+        self,
+        build: impl Fn(usize, &str) -> Result<Trainer> + Send + Sync + 'static,
+    ) -> RunHandle<Result<ParallelOutcome>> {
+        let (command_tx, command_rx) = mpsc::channel();
+        let (event_tx, event_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            self.fit_live(build, &command_rx, |event| {
+                // A dropped receiver only means nobody listens any more; training goes on.
+                let _ = event_tx.send(event.clone());
+                ControlFlow::Continue(())
+            })
+        });
+        RunHandle::new(command_tx, event_rx, thread)
     }
 
     /// [`DataParallel::fit_with`] steered by live [`Command`]s, as [`Trainer::fit_with`] is:
