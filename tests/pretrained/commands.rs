@@ -268,63 +268,70 @@ fn train_pretrained_fine_tunes_into_a_run_that_the_other_commands_read() {
     assert!(e.contains("cannot be used with"), "{e}");
 }
 
+/// Fine-tuning a pretrained checkpoint on two ranks, with a live swap at step 1, gives the
+/// parameters of the same command on one device: a CLIP checkpoint swapped to SigLIP, and a SigLIP
+/// checkpoint trained with the CLIP loss (its `logit_bias` unused, the case that stops
+/// OpenCLIP's DDP with an "unused parameters" error) swapped to CLOOB.
 #[test]
 fn train_pretrained_on_two_ranks_with_a_swap_matches_one_process() {
-    let d = tmpdir("hf-train-devices");
-    let config = s(&files_config(&d, 24, "[loss]\nkind = \"clip\"\n"));
-    let clip = s(&fixture("clip"));
-    let train = |out: &Path, extra: &[&str]| {
-        let out = s(out);
-        let args = [
-            "train",
-            "--pretrained",
-            &clip,
-            "--config",
-            &config,
-            "--out",
-            &out,
-            "--swap",
-            "1:siglip",
-            "--quiet",
-        ];
-        assert_eq!(cli(&[&args[..], extra].concat()), None, "{extra:?}");
-    };
-    let (two, one) = (d.join("two"), d.join("one"));
-    train(&two, &["--devices", "cpu,cpu"]);
-    train(&one, &[]);
-    for f in ["config.toml", "tokenizer.json", "checkpoint/state.json"] {
-        assert!(two.join(f).is_file(), "{f} missing");
-    }
-    let (a, b) = (
-        Trainer::resume(&two, None).unwrap(),
-        Trainer::resume(&one, None).unwrap(),
-    );
-    assert_eq!(a.completed_steps(), 2);
-    assert_eq!(a.objective().name(), "siglip");
-    assert_eq!(a.config().model, b.config().model);
-    let (pa, pb) = (crate::util::snapshot(&a), crate::util::snapshot(&b));
-    let names = |p: &[(String, Vec<f32>)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&pa), names(&pb));
-    let diff = pa
-        .iter()
-        .zip(&pb)
-        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0f32, f32::max);
-    assert!(diff <= 1e-5, "parameters differ by {diff:e}");
-    // The swap happened before step 2 in both logs, once.
-    let swaps = |run: &Path| -> Vec<usize> {
-        workbench::events::read_jsonl(&run.join("metrics.jsonl"))
-            .unwrap()
+    for (name, to) in [("clip", "siglip"), ("siglip", "cloob")] {
+        let d = tmpdir(&format!("hf-train-devices-{name}"));
+        let config = s(&files_config(&d, 24, "[loss]\nkind = \"clip\"\n"));
+        let model = s(&fixture(name));
+        let swap = format!("1:{to}");
+        let train = |out: &Path, extra: &[&str]| {
+            let out = s(out);
+            let args = [
+                "train",
+                "--pretrained",
+                &model,
+                "--config",
+                &config,
+                "--out",
+                &out,
+                "--swap",
+                &swap,
+                "--quiet",
+            ];
+            assert_eq!(cli(&[&args[..], extra].concat()), None, "{name} {extra:?}");
+        };
+        let (two, one) = (d.join("two"), d.join("one"));
+        train(&two, &["--devices", "cpu,cpu"]);
+        train(&one, &[]);
+        for f in ["config.toml", "tokenizer.json", "checkpoint/state.json"] {
+            assert!(two.join(f).is_file(), "{name}: {f} missing");
+        }
+        let (a, b) = (
+            Trainer::resume(&two, None).unwrap(),
+            Trainer::resume(&one, None).unwrap(),
+        );
+        assert_eq!(a.completed_steps(), 2);
+        assert_eq!(a.objective().name(), to);
+        assert_eq!(a.config().model, b.config().model);
+        let (pa, pb) = (crate::util::snapshot(&a), crate::util::snapshot(&b));
+        let names = |p: &[(String, Vec<f32>)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&pa), names(&pb));
+        let diff = pa
             .iter()
-            .filter_map(|e| match e {
-                workbench::events::Event::ObjectiveSwapped { step, to, .. } => {
-                    assert_eq!(to, "siglip");
-                    Some(*step)
-                }
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(swaps(&two), vec![1]);
-    assert_eq!(swaps(&one), vec![1]);
+            .zip(&pb)
+            .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "{name}: parameters differ by {diff:e}");
+        // The swap happened before step 2 in both logs, once.
+        let swaps = |run: &Path| -> Vec<usize> {
+            workbench::events::read_jsonl(&run.join("metrics.jsonl"))
+                .unwrap()
+                .iter()
+                .filter_map(|e| match e {
+                    workbench::events::Event::ObjectiveSwapped { step, to: got, .. } => {
+                        assert_eq!(got, to);
+                        Some(*step)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(swaps(&two), vec![1], "{name}");
+        assert_eq!(swaps(&one), vec![1], "{name}");
+    }
 }
