@@ -10,6 +10,7 @@
 #   Python packages (PyTorch's `nvidia-*` wheels) on LD_LIBRARY_PATH, and runs the stages named
 #   on its command line (default: all), each under a time limit, writing one log per stage to
 #   $OUT (or the directory in WB_GPU_OUT, default ./gpu-results):
+#     devices `workbench devices`: each GPU's name, memory and a kernel + cuBLAS check;
 #     tests   the GPU tests: fused ops against their references (`kernels::cuda`), training
 #             against the CPU (`gpu::`), NCCL data parallel (`parallel::nccl`);
 #     loader  `bench loader --device cuda`: device idle time waiting for data, batches loaded in

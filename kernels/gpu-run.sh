@@ -2,7 +2,7 @@
 # The GPU check, run on a machine with an NVIDIA GPU from a folder made by kernels/gpu-bundle.sh
 # (copied there as run.sh beside integration.xz and workbench.xz):
 #
-#   bash run.sh [tests] [loader] [torch]      # default: all three
+#   bash run.sh [devices] [tests] [loader] [torch]      # default: all four
 #
 # Logs go to $OUT, else $WB_GPU_OUT, else ./gpu-results. PYTHON names the Python with PyTorch
 # (default python3); STAGE_TIMEOUT caps each stage in seconds (default 420).
@@ -13,7 +13,7 @@ results="${OUT:-${WB_GPU_OUT:-$PWD/gpu-results}}"
 python="${PYTHON:-python3}"
 limit="${STAGE_TIMEOUT:-420}"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(tests loader torch)
+[ ${#stages[@]} -gt 0 ] || stages=(devices tests loader torch)
 mkdir -p "$results"
 summary="$results/summary.txt"
 say() { echo "$*" | tee -a "$summary"; }
@@ -61,6 +61,12 @@ run_stage() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
+    devices)
+      # The GPUs as the binary sees them, each checked (an NVRTC kernel and a cuBLAS product
+      # against the CPU): a library or driver problem shows here in seconds.
+      run_stage devices "$bin/workbench" devices
+      tee -a "$summary" < "$results/devices.log"
+      ;;
     tests)
       # One test at a time, each test's printed figures (GPU against CPU) kept in the log.
       run_stage tests "$bin/integration" --test-threads 1 --nocapture kernels::cuda gpu:: \
@@ -78,7 +84,7 @@ for stage in "${stages[@]}"; do
         --threads "$threads" --python "$python"
       grep -A12 "^preset" "$results/torch.log" | tee -a "$summary"
       ;;
-    *) say "unknown stage $stage (expected tests, loader or torch)" ;;
+    *) say "unknown stage $stage (expected devices, tests, loader or torch)" ;;
   esac
 done
 rm -rf "$bin"

@@ -336,3 +336,29 @@ fn bench_losses_prints_every_objective_at_each_batch() {
     let e = error_of(&["bench", "weights"]).unwrap();
     assert!(e.contains("losses"), "{e}");
 }
+
+#[test]
+fn devices_reports_the_build_the_cpu_and_why_cuda_is_or_is_not_usable() {
+    assert_eq!(error_of(&["devices"]), None);
+    assert_eq!(error_of(&["devices", "--json"]), None);
+    let survey = workbench::devices::survey();
+    assert_eq!(survey.cuda_built, cfg!(feature = "cuda"));
+    assert_eq!(survey.nccl_built, cfg!(feature = "nccl"));
+    assert!(survey.cpu_threads >= 1);
+    let text = survey.to_string();
+    assert!(text.starts_with("build: cuda "), "{text}");
+    assert!(text.contains("cpu: "), "{text}");
+    let json: serde_json::Value = serde_json::to_value(&survey).unwrap();
+    assert_eq!(json["cpu_threads"], survey.cpu_threads);
+    match &survey.cuda {
+        // Without the feature the reason names the fix.
+        Err(why) if !survey.cuda_built => {
+            assert!(why.contains("--features cuda"), "{why}");
+            assert!(text.contains(why.as_str()), "{text}");
+        }
+        // A cuda build on a machine without a usable device says so (the GPU test checks the
+        // devices themselves).
+        Err(why) => assert!(!why.is_empty()),
+        Ok(devices) => assert!(!devices.is_empty()),
+    }
+}

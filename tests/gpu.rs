@@ -247,3 +247,21 @@ fn inspection_and_evaluation_on_the_gpu_equal_the_cpu() {
         "image → text R@1",
     );
 }
+
+#[test]
+fn devices_finds_the_gpu_and_its_kernels_agree_with_the_cpu() {
+    let Some(_) = gpu("devices_finds_the_gpu_and_its_kernels_agree_with_the_cpu") else {
+        return;
+    };
+    let survey = workbench::devices::survey();
+    eprintln!("{survey}");
+    let devices = survey.cuda.unwrap();
+    assert!(!devices.is_empty());
+    for d in &devices {
+        assert!(d.total_bytes > 0 && d.free_bytes <= d.total_bytes, "{d:?}");
+        assert!(d.compute_capability.0 >= 5, "{d:?}");
+        let c = d.check.as_ref().unwrap();
+        assert!(c.gelu_max_diff <= 1e-5, "cuda:{}: GELU {c:?}", d.ordinal);
+        assert!(c.matmul_max_rel_diff <= 1e-4, "cuda:{}: product {c:?}", d.ordinal);
+    }
+}

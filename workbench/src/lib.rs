@@ -40,6 +40,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod control;
 pub mod data;
+pub mod devices;
 mod error;
 pub mod eval;
 pub mod events;

@@ -1,5 +1,5 @@
 //! The `workbench` command line: `train`, `eval`, `data`, `check-data`, `bench`, `gap`, `point`,
-//! `inspect` and `export`.
+//! `inspect`, `export` and `devices`.
 //!
 //! The binary is a thin wrapper around [`run`], which tests call directly.
 
@@ -64,6 +64,17 @@ pub enum Command {
     /// Export a run: weights as one `model.safetensors`, embeddings of a split's images and
     /// captions as `.npy` with `captions.json` to match rows.
     Export(ExportArgs),
+    /// What this build can train on: the CPU, and each CUDA device with its name, compute
+    /// capability and memory, checked by running a fused kernel and a cuBLAS product on it.
+    Devices(DevicesArgs),
+}
+
+/// `workbench devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Print the survey as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `workbench point`.
@@ -295,6 +306,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Point(a) => point(&a),
         Command::Inspect(a) => inspect::inspect(&a),
         Command::Export(a) => export::export(&a),
+        Command::Devices(a) => devices(&a),
     }
 }
 
@@ -503,4 +515,21 @@ fn point(a: &PointArgs) -> Result<()> {
         "pointing game on {split}: {} of {} mentions in {} images land on their object: accuracy {:.3} (random direction {:.3}, random patch {:.3})",
         r.hits, r.mentions, r.images, r.accuracy, r.baseline, r.chance
     ))
+}
+
+/// `workbench devices`: the survey, as text or JSON; fails when a CUDA device is present but its
+/// check failed, so scripts can stop before training.
+fn devices(a: &DevicesArgs) -> Result<()> {
+    let survey = workbench::devices::survey();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&survey)?);
+    } else {
+        println!("{survey}");
+    }
+    if let Ok(devices) = &survey.cuda
+        && let Some(d) = devices.iter().find(|d| d.check.is_err())
+    {
+        bail!("cuda:{} failed its check", d.ordinal);
+    }
+    Ok(())
 }
