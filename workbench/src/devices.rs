@@ -72,9 +72,11 @@ pub fn survey() -> Survey {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
-    Err("this binary was built without CUDA; rebuild with `--features cuda` \
+    Err(
+        "this binary was built without CUDA; rebuild with `--features cuda` \
          (kernels/cuda-toolchain.sh prepares the toolchain on a machine without one)"
-        .into())
+            .into(),
+    )
 }
 
 #[cfg(feature = "cuda")]
@@ -90,7 +92,9 @@ fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
         .map(|ordinal| {
             let ctx = CudaContext::new(ordinal)
                 .map_err(|e| format!("cuda:{ordinal}: cannot open ({e})"))?;
-            let name = ctx.name().unwrap_or_else(|e| format!("(name unknown: {e})"));
+            let name = ctx
+                .name()
+                .unwrap_or_else(|e| format!("(name unknown: {e})"));
             let compute_capability = ctx
                 .compute_capability()
                 .map_err(|e| format!("cuda:{ordinal}: {e}"))?;
@@ -114,7 +118,9 @@ fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
 fn check(ordinal: usize) -> candle_core::Result<DeviceCheck> {
     use candle_core::{Device, Tensor};
     let device = Device::new_cuda(ordinal)?;
-    let xs: Vec<f32> = (0..4096).map(|i| (i as f32 / 4095.0) * 12.0 - 6.0).collect();
+    let xs: Vec<f32> = (0..4096)
+        .map(|i| (i as f32 / 4095.0) * 12.0 - 6.0)
+        .collect();
     let cpu = Tensor::from_vec(xs, 4096, &Device::Cpu)?;
     let t0 = std::time::Instant::now();
     let on_device = kernels::gelu(&cpu.to_device(&device)?)?.to_device(&Device::Cpu)?;
@@ -130,7 +136,11 @@ fn check(ordinal: usize) -> candle_core::Result<DeviceCheck> {
         .to_device(&device)?
         .matmul(&b.to_device(&device)?)?
         .to_device(&Device::Cpu)?;
-    let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(f32::MIN_POSITIVE);
+    let scale = want
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?
+        .max(f32::MIN_POSITIVE);
     let matmul_max_rel_diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
     Ok(DeviceCheck {
         first_kernel_seconds,

@@ -8,7 +8,7 @@ use std::io::IsTerminal as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 use workbench::config::{RunConfig, parse_device};
 use workbench::control::Command;
 use workbench::data::{BadSampleReport, open_dataset};
@@ -119,14 +119,100 @@ impl SwapSchedule {
         }
         Ok(())
     }
+}
 
-    /// [`SwapSchedule::due`] for a step event, printing (not failing on) a swap that cannot be made.
-    pub fn on_event(&mut self, event: &Event, bar: &ProgressBar) {
-        if let Event::Step(s) = event
-            && let Err(e) = self.due(s.step)
-        {
-            bar.println(format!("cannot swap: {e:#}"));
+/// What both `train` paths (one device, `--devices`) do with every event of the fit: append it
+/// to `metrics.jsonl`, send the `--swap`s that fall due, move the progress bar, print evaluations
+/// and gather the end-of-run summary; and stop the run on Ctrl-C or when the log cannot be
+/// written.
+pub(super) struct Console {
+    log: JsonlWriter,
+    swaps: SwapSchedule,
+    bar: ProgressBar,
+    quiet: bool,
+    seen: Seen,
+    write_err: Option<workbench::Error>,
+    interrupted: &'static AtomicBool,
+}
+
+impl Console {
+    /// A console for the run in `run_dir`; the fit takes its commands from the receiver.
+    pub fn new(a: &TrainArgs, run_dir: &Path) -> Result<(Self, Receiver<Command>)> {
+        let (commands, received) = std::sync::mpsc::channel();
+        let console = Self {
+            log: JsonlWriter::append(&run_dir.join("metrics.jsonl"))?,
+            swaps: SwapSchedule::new(&a.swap, commands),
+            // Sized by the run's `run_started` event.
+            bar: progress_bar(0, 0, a.quiet),
+            quiet: a.quiet,
+            seen: Seen::default(),
+            write_err: None,
+            interrupted: interrupt_flag(),
+        };
+        Ok((console, received))
+    }
+
+    /// Handles one event; `Break` stops the run after this step.
+    pub fn event(&mut self, event: &Event) -> ControlFlow<()> {
+        if let Err(e) = self.log.write(event) {
+            self.write_err = Some(e);
+            return ControlFlow::Break(());
         }
+        let due = match event {
+            Event::RunStarted { config, step, .. } => {
+                self.bar.set_length(config.train.steps as u64);
+                self.bar.set_position(*step as u64);
+                // Swaps due at the starting step go before its first step.
+                Some(*step)
+            }
+            Event::Step(s) => Some(s.step),
+            _ => None,
+        };
+        if let Some(step) = due
+            && let Err(e) = self.swaps.due(step)
+        {
+            self.bar.println(format!("cannot swap: {e:#}"));
+        }
+        on_event(event, &self.bar, self.quiet, &mut self.seen);
+        if self.interrupted.load(Ordering::SeqCst) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Ends the run's output: clears the bar, fails if the log could not be written, then
+    /// prints the summary of `trainer` (rank 0's in a data-parallel run) and turns the outcome
+    /// into the command's result.
+    pub fn finish(self, run_dir: &Path, trainer: &Trainer, outcome: FitOutcome) -> Result<()> {
+        self.bar.finish_and_clear();
+        if let Some(e) = self.write_err {
+            return Err(e.into());
+        }
+        let step = trainer.completed_steps();
+        summary(
+            run_dir,
+            step,
+            &self.seen,
+            trainer.dataset().bad_samples().as_ref(),
+        );
+        let checkpoint = run_dir.join("checkpoint");
+        match outcome {
+            FitOutcome::Finished => Ok(()),
+            FitOutcome::Paused(_) if self.interrupted.load(Ordering::SeqCst) => bail!(
+                "interrupted at step {step}; checkpoint saved in {}; continue with --resume {}",
+                checkpoint.display(),
+                run_dir.display()
+            ),
+            FitOutcome::Paused(reason) => bail!(
+                "training paused at step {step}: {reason}\n  last good state: {}",
+                checkpoint.display()
+            ),
+        }
+    }
+
+    /// Clears the bar of a run that failed; the error is the command's.
+    pub fn abandon(&self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -146,52 +232,10 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
         (trainer, run.dir)
     };
     trainer.set_run_dir(&run_dir);
-    let mut log = JsonlWriter::append(&run_dir.join("metrics.jsonl"))?;
-    let steps = trainer.config().train.steps as u64;
-    let bar = progress_bar(steps, trainer.completed_steps() as u64, a.quiet);
-    let mut seen = Seen::default();
-    let mut write_err = None;
-    let interrupted = interrupt_flag();
-    let (commands, received) = std::sync::mpsc::channel();
-    let mut swaps = SwapSchedule::new(&a.swap, commands);
-    swaps.due(trainer.completed_steps())?;
-    let outcome = trainer.fit_with(&received, |event| {
-        if let Err(e) = log.write(event) {
-            write_err = Some(e);
-            return ControlFlow::Break(());
-        }
-        swaps.on_event(event, &bar);
-        on_event(event, &bar, a.quiet, &mut seen);
-        if interrupted.load(Ordering::SeqCst) {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    let outcome = outcome?;
-    summary(
-        &run_dir,
-        trainer.completed_steps(),
-        &seen,
-        trainer.dataset().bad_samples().as_ref(),
-    );
-    match outcome {
-        FitOutcome::Finished => Ok(()),
-        FitOutcome::Paused(_) if interrupted.load(Ordering::SeqCst) => bail!(
-            "interrupted at step {}; checkpoint saved in {}; continue with --resume {}",
-            trainer.completed_steps(),
-            run_dir.join("checkpoint").display(),
-            run_dir.display()
-        ),
-        FitOutcome::Paused(reason) => bail!(
-            "training paused at step {}: {reason}\n  last good state: {}",
-            trainer.completed_steps(),
-            run_dir.join("checkpoint").display()
-        ),
-    }
+    let (mut console, commands) = Console::new(a, &run_dir)?;
+    let outcome = trainer.fit_with(&commands, |event| console.event(event));
+    let outcome = outcome.inspect_err(|_| console.abandon())?;
+    console.finish(&run_dir, &trainer, outcome)
 }
 
 /// [`super::pretrained::pretrained_config`] for `--pretrained` with `--config`, then the command line's
