@@ -362,3 +362,26 @@ fn devices_reports_the_build_the_cpu_and_why_cuda_is_or_is_not_usable() {
         Ok(devices) => assert!(!devices.is_empty()),
     }
 }
+
+#[test]
+fn a_run_that_cannot_start_leaves_its_directory_empty_for_the_next_try() {
+    let dir = tmpdir("cli-no-start");
+    // Valid on its own, but the captions do not fit 4 positions: the trainer refuses to start.
+    let config = write_config(&dir, |t| {
+        *t = t.replace("context_length = 32", "context_length = 4");
+        assert!(t.contains("context_length = 4"));
+    });
+    let out = dir.join("run");
+    let out_s = out.to_string_lossy().into_owned();
+    let e = error_of(&["train", "--config", &config, "--out", &out_s, "--quiet"]).unwrap();
+    assert!(e.contains("tokenizer.context_length"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    let config = write_config(&dir, |_| {});
+    assert_eq!(
+        error_of(&["train", "--config", &config, "--out", &out_s, "--quiet"]),
+        None
+    );
+    assert!(out.join("config.toml").is_file() && out.join("tokenizer.json").is_file());
+    let _ = std::fs::remove_dir_all(dir);
+}

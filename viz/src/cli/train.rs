@@ -30,8 +30,7 @@ pub(super) fn fresh_run_dir(base: &str) -> PathBuf {
 }
 
 /// A fresh run before its trainer exists: the configuration (from a preset or configuration
-/// file, or from `--pretrained`), the loaded pretrained model, and the run directory, created
-/// with `config.toml`.
+/// file, or from `--pretrained`), the loaded pretrained model, and the (created) run directory.
 pub(super) struct NewRun {
     pub cfg: RunConfig,
     pre: Option<Pretrained>,
@@ -40,7 +39,7 @@ pub(super) struct NewRun {
 
 impl NewRun {
     /// Loads `--pretrained` if given, makes the configuration (its `train.device` set to
-    /// `device` when given) and creates the run directory.
+    /// `device` when given) and creates the run directory, empty until a trainer is built.
     pub fn create(a: &TrainArgs, device: Option<&str>) -> Result<Self> {
         let pre = match &a.pretrained {
             Some(dir) => Some(super::pretrained::load(dir, &Device::Cpu)?),
@@ -68,13 +67,13 @@ impl NewRun {
         }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create run directory {}", dir.display()))?;
-        cfg.save(&dir.join("config.toml"))?;
         Ok(Self { cfg, pre, dir })
     }
 
-    /// A trainer of this run on `device`; the first one made (`save_tokenizer`) writes
-    /// `tokenizer.json` into the run directory.
-    pub fn trainer(&self, device: &str, save_tokenizer: bool) -> workbench::Result<Trainer> {
+    /// A trainer of this run on `device`; the first one made (`first`) writes `config.toml` and
+    /// `tokenizer.json` into the run directory once it is built, so a run that cannot start
+    /// leaves the directory empty (and `--out` can name it again).
+    pub fn trainer(&self, device: &str, first: bool) -> workbench::Result<Trainer> {
         let mut cfg = self.cfg.clone();
         cfg.train.device = device.to_string();
         let trainer = match &self.pre {
@@ -85,7 +84,8 @@ impl NewRun {
             }
             None => Trainer::new(cfg)?,
         };
-        if save_tokenizer {
+        if first {
+            self.cfg.save(&self.dir.join("config.toml"))?;
             trainer.tokenizer().save(self.dir.join("tokenizer.json"))?;
         }
         Ok(trainer)
