@@ -260,7 +260,7 @@ fn devices_finds_the_gpu_and_its_kernels_agree_with_the_cpu() {
     for d in &devices {
         assert!(d.total_bytes > 0 && d.free_bytes <= d.total_bytes, "{d:?}");
         assert!(d.compute_capability.0 >= 5, "{d:?}");
-        let c = d.check.as_ref().unwrap();
+        let c = d.check.as_ref().unwrap().as_ref().unwrap();
         assert!(c.gelu_max_diff <= 1e-5, "cuda:{}: GELU {c:?}", d.ordinal);
         assert!(
             c.matmul_max_rel_diff <= 1e-4,

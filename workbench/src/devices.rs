@@ -39,8 +39,9 @@ pub struct CudaDevice {
     pub total_bytes: usize,
     /// Free memory in bytes.
     pub free_bytes: usize,
-    /// The kernel and product check, or why it failed.
-    pub check: Result<DeviceCheck, String>,
+    /// The kernel and product check, or why it failed; `None` when not asked for
+    /// ([`cuda_devices`] with `check = false`).
+    pub check: Option<Result<DeviceCheck, String>>,
 }
 
 /// Everything [`survey`] found.
@@ -66,12 +67,14 @@ pub fn survey() -> Survey {
         nccl_built: cfg!(feature = "nccl"),
         cpu_threads: rayon::current_num_threads(),
         cpu_avx: candle_core::utils::with_avx(),
-        cuda: cuda_devices(),
+        cuda: cuda_devices(true),
     }
 }
 
+/// The CUDA devices with their names and memory, each checked (a kernel and a product against
+/// the CPU, about a second on first use) when `check` is set; or why there are none to use.
 #[cfg(not(feature = "cuda"))]
-fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
+pub fn cuda_devices(_check: bool) -> Result<Vec<CudaDevice>, String> {
     Err(
         "this binary was built without CUDA; rebuild with `--features cuda` \
          (kernels/cuda-toolchain.sh prepares the toolchain on a machine without one)"
@@ -79,8 +82,10 @@ fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
     )
 }
 
+/// The CUDA devices with their names and memory, each checked (a kernel and a product against
+/// the CPU, about a second on first use) when `check` is set; or why there are none to use.
 #[cfg(feature = "cuda")]
-fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
+pub fn cuda_devices(check: bool) -> Result<Vec<CudaDevice>, String> {
     use candle_core::cuda_backend::cudarc::driver::CudaContext;
     let count = CudaContext::device_count()
         .map_err(|e| format!("no usable CUDA driver or device ({e})"))?;
@@ -107,7 +112,7 @@ fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
                 compute_capability,
                 total_bytes,
                 free_bytes,
-                check: check(ordinal).map_err(|e| e.to_string()),
+                check: check.then(|| run_check(ordinal).map_err(|e| e.to_string())),
             })
         })
         .collect()
@@ -115,7 +120,7 @@ fn cuda_devices() -> Result<Vec<CudaDevice>, String> {
 
 /// GELU (our NVRTC kernel) and a product (cuBLAS) on `cuda:ordinal` against the CPU.
 #[cfg(feature = "cuda")]
-fn check(ordinal: usize) -> candle_core::Result<DeviceCheck> {
+fn run_check(ordinal: usize) -> candle_core::Result<DeviceCheck> {
     use candle_core::{Device, Tensor};
     let device = Device::new_cuda(ordinal)?;
     let xs: Vec<f32> = (0..4096)
@@ -174,7 +179,7 @@ impl fmt::Display for Survey {
                     let gib = |b: usize| b as f64 / f64::from(1u32 << 30);
                     write!(
                         f,
-                        "cuda:{}: {}, compute {}.{}, {:.1} GiB ({:.1} GiB free); ",
+                        "cuda:{}: {}, compute {}.{}, {:.1} GiB ({:.1} GiB free)",
                         d.ordinal,
                         d.name,
                         d.compute_capability.0,
@@ -183,12 +188,13 @@ impl fmt::Display for Survey {
                         gib(d.free_bytes)
                     )?;
                     match &d.check {
-                        Ok(c) => write!(
+                        None => {}
+                        Some(Ok(c)) => write!(
                             f,
-                            "GELU kernel {:.2} s to first result (NVRTC compile included), |Δ| vs CPU {:.1e}; cuBLAS product relative |Δ| {:.1e}",
+                            "; GELU kernel {:.2} s to first result (NVRTC compile included), |Δ| vs CPU {:.1e}; cuBLAS product relative |Δ| {:.1e}",
                             c.first_kernel_seconds, c.gelu_max_diff, c.matmul_max_rel_diff
                         )?,
-                        Err(e) => write!(f, "check FAILED: {e}")?,
+                        Some(Err(e)) => write!(f, "; check FAILED: {e}")?,
                     }
                 }
                 Ok(())

@@ -431,17 +431,13 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         egui::ComboBox::from_id_salt("device")
             .selected_text(&s.device)
             .show_ui(ui, |ui| {
-                for d in devices() {
-                    ui.selectable_value(&mut s.device, d.clone(), d);
+                for (value, label) in &devices().choices {
+                    ui.selectable_value(&mut s.device, value.clone(), label);
                 }
             })
             .response
             .labelled_by(l.id)
-            .on_hover_text(if candle_core::utils::cuda_is_available() {
-                "CUDA is available"
-            } else {
-                "this binary has no CUDA: build with `--features cuda` to train on a GPU"
-            });
+            .on_hover_text(&devices().note);
         ui.end_row();
         let l = ui.label("precision");
         egui::ComboBox::from_id_salt("precision")
@@ -486,12 +482,34 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 }
 
 /// Devices a run can train on: the CPU, and the GPUs when this binary has CUDA.
-fn devices() -> Vec<String> {
-    let mut d = vec!["cpu".to_owned()];
-    if candle_core::utils::cuda_is_available() {
-        d.extend((0..8).map(|i| format!("cuda:{i}")));
-    }
-    d
+/// The device choices of the new-run form.
+struct Devices {
+    /// `(value, label)`: `cpu`, then each CUDA device with its name and memory.
+    choices: Vec<(String, String)>,
+    /// The hover text: how many GPUs were found, or why none can be used.
+    note: String,
+}
+
+/// The devices this build can train on, looked up once (opening each GPU takes a moment).
+fn devices() -> &'static Devices {
+    static DEVICES: std::sync::OnceLock<Devices> = std::sync::OnceLock::new();
+    DEVICES.get_or_init(|| {
+        let mut choices = vec![("cpu".to_owned(), "cpu".to_owned())];
+        let note = match workbench::devices::cuda_devices(false) {
+            Ok(gpus) => {
+                choices.extend(gpus.iter().map(|g| {
+                    let gib = g.total_bytes as f64 / f64::from(1u32 << 30);
+                    (
+                        format!("cuda:{}", g.ordinal),
+                        format!("cuda:{} · {} · {gib:.0} GiB", g.ordinal, g.name),
+                    )
+                }));
+                format!("{} CUDA device(s) found", gpus.len())
+            }
+            Err(why) => format!("no GPU: {why}"),
+        };
+        Devices { choices, note }
+    })
 }
 
 /// The synthetic set's knobs (checked when the run starts: a bad value is reported there).

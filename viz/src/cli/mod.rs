@@ -527,7 +527,9 @@ fn devices(a: &DevicesArgs) -> Result<()> {
         println!("{survey}");
     }
     if let Ok(devices) = &survey.cuda
-        && let Some(d) = devices.iter().find(|d| d.check.is_err())
+        && let Some(d) = devices
+            .iter()
+            .find(|d| d.check.as_ref().is_some_and(Result::is_err))
     {
         bail!("cuda:{} failed its check", d.ordinal);
     }
