@@ -348,6 +348,10 @@ fn devices_reports_the_build_the_cpu_and_why_cuda_is_or_is_not_usable() {
     let text = survey.to_string();
     assert!(text.starts_with("build: cuda "), "{text}");
     assert!(text.contains("cpu: "), "{text}");
+    assert_eq!(
+        workbench::devices::describe(&candle_core::Device::Cpu),
+        "cpu"
+    );
     let json: serde_json::Value = serde_json::to_value(&survey).unwrap();
     assert_eq!(json["cpu_threads"], survey.cpu_threads);
     match &survey.cuda {

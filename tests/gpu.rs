@@ -255,6 +255,13 @@ fn devices_finds_the_gpu_and_its_kernels_agree_with_the_cpu() {
     };
     let survey = workbench::devices::survey();
     eprintln!("{survey}");
+    // Events name the device as the user does, with the driver's name for it.
+    let named = workbench::devices::describe(&Device::new_cuda(0).unwrap());
+    assert!(named.starts_with("cuda:0 ("), "{named}");
+    match on("cuda", tiny_config()).started_event() {
+        workbench::events::Event::RunStarted { device, .. } => assert_eq!(device, named),
+        other => panic!("{other:?}"),
+    }
     let devices = survey.cuda.unwrap();
     assert!(!devices.is_empty());
     for d in &devices {

@@ -154,6 +154,23 @@ fn run_check(ordinal: usize) -> candle_core::Result<DeviceCheck> {
     })
 }
 
+/// How events and messages name `device`: `cpu`, or `cuda:N (name)` — the ordinal a user
+/// passes to `--device`, not candle's internal device id.
+pub fn describe(device: &candle_core::Device) -> String {
+    match device {
+        candle_core::Device::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => {
+            let ctx = d.cuda_stream().context().clone();
+            match ctx.name() {
+                Ok(name) => format!("cuda:{} ({name})", ctx.ordinal()),
+                Err(_) => format!("cuda:{}", ctx.ordinal()),
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 impl fmt::Display for Survey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };

@@ -135,7 +135,7 @@ pub enum Event {
         model_parameters: usize,
         /// Active objective.
         objective: String,
-        /// Device description.
+        /// The device: `cpu`, or `cuda:N (name)` ([`crate::devices::describe`]).
         device: String,
     },
     /// One optimizer step finished.

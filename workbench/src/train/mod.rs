@@ -505,7 +505,7 @@ impl Trainer {
             step: self.step,
             model_parameters: self.params.count("model."),
             objective: self.objective.name().to_string(),
-            device: format!("{:?}", self.device),
+            device: crate::devices::describe(&self.device),
         }
     }
 
