@@ -28,6 +28,7 @@ use crate::loss::LossConfig;
 use crate::train::{FitOutcome, Trainer};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
@@ -92,19 +93,34 @@ pub struct RunHandle<T = (Trainer, Result<FitOutcome>)> {
     thread: JoinHandle<T>,
 }
 
-impl<T> RunHandle<T> {
-    pub(crate) fn new(
-        commands: Sender<Command>,
-        events: Receiver<Event>,
-        thread: JoinHandle<T>,
+impl<T: Send + 'static> RunHandle<T> {
+    /// Runs `fit(commands, on_event)` on a new thread: the handle's `send` feeds `commands`, every
+    /// event handed to `on_event` reaches the handle's `events`, and `join` gives what `fit`
+    /// returns. [`Trainer::spawn`](crate::train::Trainer::spawn) and
+    /// [`DataParallel::spawn`](crate::parallel::DataParallel::spawn) are this.
+    pub(crate) fn spawn(
+        fit: impl FnOnce(&Receiver<Command>, &mut dyn FnMut(&Event) -> ControlFlow<()>) -> T
+        + Send
+        + 'static,
     ) -> Self {
+        let (commands, command_rx) = std::sync::mpsc::channel();
+        let (event_tx, events) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            fit(&command_rx, &mut |event: &Event| {
+                // A dropped receiver only means nobody listens any more; training goes on.
+                let _ = event_tx.send(event.clone());
+                ControlFlow::Continue(())
+            })
+        });
         Self {
             commands,
             events,
             thread,
         }
     }
+}
 
+impl<T> RunHandle<T> {
     /// Queues a command for the next gap between steps. Returns false if the run has ended.
     pub fn send(&self, command: Command) -> bool {
         self.commands.send(command).is_ok()

@@ -44,6 +44,11 @@ pub struct CudaDevice {
     pub check: Option<Result<DeviceCheck, String>>,
 }
 
+/// `bytes` in GiB, as the survey prints memory.
+pub fn gib(bytes: usize) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
 /// Everything [`survey`] found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Survey {
@@ -193,7 +198,6 @@ impl fmt::Display for Survey {
                     if i > 0 {
                         writeln!(f)?;
                     }
-                    let gib = |b: usize| b as f64 / f64::from(1u32 << 30);
                     write!(
                         f,
                         "cuda:{}: {}, compute {}.{}, {:.1} GiB ({:.1} GiB free)",

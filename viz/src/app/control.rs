@@ -498,7 +498,7 @@ fn devices() -> &'static Devices {
         let note = match workbench::devices::cuda_devices(false) {
             Ok(gpus) => {
                 choices.extend(gpus.iter().map(|g| {
-                    let gib = g.total_bytes as f64 / f64::from(1u32 << 30);
+                    let gib = workbench::devices::gib(g.total_bytes);
                     (
                         format!("cuda:{}", g.ordinal),
                         format!("cuda:{} · {} · {gib:.0} GiB", g.ordinal, g.name),

@@ -191,16 +191,7 @@ impl DataParallel {
         self,
         build: impl Fn(usize, &str) -> Result<Trainer> + Send + Sync + 'static,
     ) -> RunHandle<Result<ParallelOutcome>> {
-        let (command_tx, command_rx) = mpsc::channel();
-        let (event_tx, event_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            self.fit_live(build, &command_rx, |event| {
-                // A dropped receiver only means nobody listens any more; training goes on.
-                let _ = event_tx.send(event.clone());
-                ControlFlow::Continue(())
-            })
-        });
-        RunHandle::new(command_tx, event_rx, thread)
+        RunHandle::spawn(move |commands, on_event| self.fit_live(build, commands, on_event))
     }
 
     /// [`DataParallel::fit_with`] steered by live [`Command`]s, as [`Trainer::fit_with`] is:
@@ -410,22 +401,11 @@ fn run_rank(
         }
         let due = lock(board).get(&step).cloned().unwrap_or_default();
         for command in &due {
-            let event = trainer
-                .apply(command)
-                .unwrap_or_else(|e| Event::CommandRejected {
-                    step,
-                    command: command.clone(),
-                    reason: e.to_string(),
-                });
-            if let Some(f) = on_event.as_mut() {
-                let swapped = matches!(event, Event::ObjectiveSwapped { .. });
-                // A stop asked for here is agreed on before the next step; this one is taken
-                // by every rank.
-                stop |= f(&event).is_break();
-                if swapped {
-                    stop |= f(&Event::Probe(trainer.probe()?)).is_break();
-                }
-            }
+            // A stop asked for here is agreed on before the next step; this one is taken by
+            // every rank.
+            stop |= trainer
+                .apply_live(command, on_event.as_deref_mut())?
+                .is_break();
         }
         if stopping {
             return end(trainer, on_event, FitOutcome::Paused(reason.into()));

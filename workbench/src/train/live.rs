@@ -10,6 +10,7 @@ use crate::model::Capture;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 
 impl Trainer {
     /// Replaces the objective with your own [`Objective`] (built-in ones: [`Command::Swap`] or
@@ -165,6 +166,31 @@ impl Trainer {
             }
             Command::Stop => Ok(edited(BTreeMap::new())),
         }
+    }
+
+    /// A live command between two steps, as a fit applies it: applied, or rejected without
+    /// changing anything (`command_rejected`), and reported to `report` when given — after a
+    /// swap followed by a probe. `Break` when `report` asked to stop.
+    pub(crate) fn apply_live<F: FnMut(&Event) -> ControlFlow<()> + ?Sized>(
+        &mut self,
+        command: &Command,
+        report: Option<&mut F>,
+    ) -> Result<ControlFlow<()>> {
+        let event = self
+            .apply(command)
+            .unwrap_or_else(|e| Event::CommandRejected {
+                step: self.step,
+                command: command.clone(),
+                reason: e.to_string(),
+            });
+        let Some(report) = report else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        let swapped = matches!(event, Event::ObjectiveSwapped { .. });
+        if report(&event).is_break() || swapped && report(&Event::Probe(self.probe()?)).is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(()))
     }
 
     fn set_param(&self, name: &str, value: f64) -> Result<()> {

@@ -453,18 +453,7 @@ impl Trainer {
                     stop = true;
                     continue;
                 }
-                let event = self
-                    .apply(&command)
-                    .unwrap_or_else(|e| Event::CommandRejected {
-                        step: self.step,
-                        command: command.clone(),
-                        reason: e.to_string(),
-                    });
-                let swapped = matches!(event, Event::ObjectiveSwapped { .. });
-                if on_event(&event).is_break() {
-                    return self.pause(&mut on_event, "stopped by the caller".into());
-                }
-                if swapped && on_event(&Event::Probe(self.probe()?)).is_break() {
+                if self.apply_live(&command, Some(&mut on_event))?.is_break() {
                     return self.pause(&mut on_event, "stopped by the caller".into());
                 }
             }
@@ -552,17 +541,10 @@ impl Trainer {
     /// Runs [`Trainer::fit_with`] on a background thread; the handle sends commands, streams
     /// events and gives the trainer back when the run ends (see [`crate::control`]).
     pub fn spawn(mut self) -> RunHandle {
-        let (command_tx, command_rx) = mpsc::channel();
-        let (event_tx, event_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let outcome = self.fit_with(&command_rx, |event| {
-                // A dropped receiver only means nobody listens any more; training goes on.
-                let _ = event_tx.send(event.clone());
-                ControlFlow::Continue(())
-            });
+        RunHandle::spawn(move |commands, on_event| {
+            let outcome = self.fit_with(commands, on_event);
             (self, outcome)
-        });
-        RunHandle::new(command_tx, event_rx, thread)
+        })
     }
 
     pub(crate) fn pause(
