@@ -2,38 +2,27 @@
 //! ([`workbench::parallel::DataParallel`]). Rank 0 writes the run directory exactly as a
 //! single-process run does, so `--resume`, `eval`, `inspect` and `export` read it alike.
 
-use super::train::{Console, NewRun};
+use super::train::{Console, NewRun, run_dir_of};
 use super::{TrainArgs, apply_overrides};
 use anyhow::{Context as _, Result, bail};
-use std::path::Path;
 use workbench::config::parse_device;
 use workbench::parallel::DataParallel;
 use workbench::train::Trainer;
 
 pub(super) fn train(a: &TrainArgs) -> Result<()> {
     let ddp = DataParallel::new(&a.devices).context("--devices")?;
-    let (run_dir, fresh) = match &a.resume {
-        Some(dir) if dir.join("state.json").is_file() => (
-            dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf),
-            None,
-        ),
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let run = NewRun::create(a, Some(&a.devices[0]))?;
-            (run.dir.clone(), Some(run))
-        }
+    let (run_dir, fresh) = if let Some(dir) = &a.resume {
+        (run_dir_of(dir), None)
+    } else {
+        let run = NewRun::create(a, Some(&a.devices[0]))?;
+        (run.dir.clone(), Some(run))
     };
     let build = |rank: usize, device: &str| -> workbench::Result<Trainer> {
-        let mut trainer = match (&a.resume, &fresh) {
-            (Some(dir), _) => {
-                Trainer::resume_with(dir, Some(parse_device(device)?), |c| apply_overrides(c, a))?
-            }
-            (None, Some(run)) => run.trainer(device, rank == 0)?,
-            (None, None) => {
-                return Err(workbench::Error::Data(
-                    "a new run without a configuration".into(),
-                ));
-            }
+        let mut trainer = match &fresh {
+            Some(run) => run.trainer(device, rank == 0)?,
+            None => Trainer::resume_with(&run_dir, Some(parse_device(device)?), |c| {
+                apply_overrides(c, a);
+            })?,
         };
         if rank == 0 {
             trainer.set_run_dir(&run_dir);

@@ -29,6 +29,16 @@ pub(super) fn fresh_run_dir(base: &str) -> PathBuf {
     dir
 }
 
+/// The run directory of `--resume DIR`, which names a run directory or its `checkpoint/`.
+pub(super) fn run_dir_of(dir: &Path) -> PathBuf {
+    if dir.join("state.json").is_file() {
+        dir.parent()
+            .map_or_else(|| dir.to_path_buf(), Path::to_path_buf)
+    } else {
+        dir.to_path_buf()
+    }
+}
+
 /// A fresh run before its trainer exists: the configuration (from a preset or configuration
 /// file, or from `--pretrained`), the loaded pretrained model, and the (created) run directory.
 pub(super) struct NewRun {
@@ -220,12 +230,7 @@ pub(super) fn train(a: &TrainArgs) -> Result<()> {
     let (mut trainer, run_dir) = if let Some(dir) = &a.resume {
         let device = a.device.as_deref().map(parse_device).transpose()?;
         let trainer = Trainer::resume_with(dir, device, |cfg| apply_overrides(cfg, a))?;
-        let run_dir = if dir.join("state.json").is_file() {
-            dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf)
-        } else {
-            dir.clone()
-        };
-        (trainer, run_dir)
+        (trainer, run_dir_of(dir))
     } else {
         let run = NewRun::create(a, None)?;
         let trainer = run.trainer(&run.cfg.train.device, true)?;
