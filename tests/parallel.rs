@@ -1,8 +1,10 @@
 //! Data parallel: the thread communicator's collectives against hand-computed values, the
 //! gradient of `gather_with_grad`, the errors of the driver; training with W ranks against
-//! one process in `parallel/equivalence.rs`.
+//! one process in `parallel/equivalence.rs`; the group stepped tick by tick in
+//! `parallel/leader.rs`.
 
 mod equivalence;
+mod leader;
 #[cfg(feature = "nccl")]
 mod nccl;
 
@@ -254,7 +256,11 @@ fn a_rank_that_fails_to_start_stops_the_others_with_its_error() {
 
 /// A captions folder of `n` PNGs, every one of them truncated (`bad`) or whole; its run config
 /// under `data.bad_samples = "fail"`.
-fn folder_config(dir: &std::path::Path, n: u8, bad: bool) -> workbench::config::RunConfig {
+pub(super) fn folder_config(
+    dir: &std::path::Path,
+    n: u8,
+    bad: bool,
+) -> workbench::config::RunConfig {
     use crate::datasets::{png, write};
     use std::fmt::Write as _;
     let mut csv = String::from("image,caption\n");

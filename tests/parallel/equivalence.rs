@@ -21,8 +21,8 @@ use workbench::model::Capture;
 use workbench::parallel::{Communicator, DataParallel, GatheredInputs, Solo, all_reduce_gradients};
 use workbench::train::{FitOutcome, Trainer};
 
-const LOSS_RTOL: f32 = 1e-5;
-const PARAM_ATOL: f32 = 1e-5;
+pub(super) const LOSS_RTOL: f32 = 1e-5;
+pub(super) const PARAM_ATOL: f32 = 1e-5;
 /// Relative to the largest |∂L/∂θ| of the parameter.
 const GRAD_RTOL: f32 = 1e-5;
 
@@ -291,7 +291,7 @@ fn a_non_finite_loss_pauses_every_rank_at_the_same_step() {
 /// The live commands both runs below receive, by the step after which they are sent: a swap
 /// and a temperature, a swap to an objective with extra batch inputs (hard-negative captions),
 /// then a freeze and a command that cannot apply.
-fn script(step: usize) -> Vec<Command> {
+pub(super) fn script(step: usize) -> Vec<Command> {
     let loss = |name| LossConfig::by_name(name).unwrap();
     match step {
         1 => vec![
@@ -320,14 +320,14 @@ fn script(step: usize) -> Vec<Command> {
     }
 }
 
-fn send_script(send: &std::sync::mpsc::Sender<Command>, step: usize) {
+pub(super) fn send_script(send: &std::sync::mpsc::Sender<Command>, step: usize) {
     for command in script(step) {
         send.send(command).unwrap();
     }
 }
 
 /// What the events of a live run say happened, step and kind, without the numbers.
-fn command_log(events: &[Event]) -> Vec<String> {
+pub(super) fn command_log(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {

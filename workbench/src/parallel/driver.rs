@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Barrier, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// Rank 0's event callback; the other ranks have none.
 type OnEvent<'a> = Option<&'a mut dyn FnMut(&Event) -> ControlFlow<()>>;
@@ -230,30 +230,13 @@ impl DataParallel {
     ) -> Result<ParallelOutcome> {
         let world = self.world_size();
         let backend = Backend::new(&self.devices)?;
-        let built = Barrier::new(world);
-        let failed = Mutex::new(false);
+        let gate = StartGate::new(world);
         let board = Board::default();
         let rank_main =
             |rank: usize, on_event: OnEvent<'_>, commands: Option<&Receiver<Command>>| {
-                let trainer = build(rank, &self.devices[rank]);
-                // No rank connects before all are built: NCCL would wait forever for a rank that
-                // failed to build.
-                if trainer.is_err() {
-                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = true;
-                }
-                built.wait();
-                let mut trainer = trainer?;
-                if *failed.lock().unwrap_or_else(PoisonError::into_inner) {
-                    return Err(Error::Data(format!(
-                        "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
-                    )));
-                }
-                let comm = backend.communicator(rank, &trainer)?;
-                trainer.set_communicator(comm)?;
-                if rank > 0 {
-                    trainer.quiet_rank();
-                }
-                let outcome = run_rank(&mut trainer, on_event, commands, &board)?;
+                let built = build(rank, &self.devices[rank]);
+                let mut trainer = join_group(rank, built, &gate, &backend)?;
+                let outcome = run_rank(&mut trainer, on_event, commands, &board, &self.devices)?;
                 Ok((outcome, trainer))
             };
         let results: Vec<Result<(FitOutcome, Trainer)>> = std::thread::scope(|scope| {
@@ -286,16 +269,7 @@ impl DataParallel {
             }
         }
         if !errors.is_empty() {
-            // The cause, not the ranks that found their partner gone.
-            let i = errors
-                .iter()
-                .position(|(_, e)| !e.to_string().contains(LEFT_THE_GROUP))
-                .unwrap_or(0);
-            let (rank, e) = errors.swap_remove(i);
-            return Err(match e {
-                Error::Candle(c) => Error::Data(format!("rank {rank}: {c}")),
-                e => e,
-            });
+            return Err(cause(errors));
         }
         let outcome = outcome.unwrap_or(FitOutcome::Finished);
         Ok(ParallelOutcome { outcome, trainers })
@@ -303,7 +277,7 @@ impl DataParallel {
 }
 
 /// Where each rank's communicator comes from.
-enum Backend {
+pub(super) enum Backend {
     Threads(Vec<Mutex<Option<ThreadComm>>>),
     #[cfg(feature = "nccl")]
     Nccl {
@@ -313,7 +287,7 @@ enum Backend {
 }
 
 impl Backend {
-    fn new(devices: &[String]) -> Result<Self> {
+    pub(super) fn new(devices: &[String]) -> Result<Self> {
         if devices.iter().all(|d| d == "cpu") {
             let comms = ThreadGroup::new(devices.len());
             return Ok(Self::Threads(
@@ -335,7 +309,11 @@ impl Backend {
     }
 
     #[cfg_attr(not(feature = "nccl"), allow(clippy::unused_self, unused_variables))]
-    fn communicator(&self, rank: usize, trainer: &Trainer) -> Result<Arc<dyn Communicator>> {
+    pub(super) fn communicator(
+        &self,
+        rank: usize,
+        trainer: &Trainer,
+    ) -> Result<Arc<dyn Communicator>> {
         match self {
             Self::Threads(comms) => {
                 let comm = comms[rank]
@@ -364,6 +342,7 @@ fn run_rank(
     mut on_event: OnEvent<'_>,
     commands: Option<&Receiver<Command>>,
     board: &Board,
+    devices: &[String],
 ) -> Result<FitOutcome> {
     let comm = trainer
         .communicator()
@@ -373,7 +352,7 @@ fn run_rank(
     let steps = trainer.config().train.steps;
     let mut stop = false;
     if let Some(f) = on_event.as_mut() {
-        stop = f(&trainer.started_event()).is_break();
+        stop = f(&group_started(trainer, devices)).is_break();
         if !stop && trainer.config().train.probe_every > 0 && trainer.completed_steps() < steps {
             stop = f(&Event::Probe(trainer.probe()?)).is_break();
         }
@@ -442,4 +421,95 @@ fn end(trainer: &mut Trainer, on_event: OnEvent<'_>, outcome: FitOutcome) -> Res
         (Some(f), FitOutcome::Paused(reason)) => trainer.pause(&mut |e: &Event| f(e), reason),
         (_, outcome) => Ok(outcome),
     }
+}
+
+/// The reason a group failed: the first error that is not a rank finding its partner gone,
+/// named by rank (every rank's error when all are consequences: the first).
+pub(super) fn cause(mut errors: Vec<(usize, Error)>) -> Error {
+    if errors.is_empty() {
+        return Error::Data("the data-parallel group failed without an error".into());
+    }
+    let i = errors
+        .iter()
+        .position(|(_, e)| !e.to_string().contains(LEFT_THE_GROUP))
+        .unwrap_or(0);
+    let (rank, e) = errors.swap_remove(i);
+    match e {
+        Error::Candle(c) => Error::Data(format!("rank {rank}: {c}")),
+        e => e,
+    }
+}
+
+/// Where the ranks meet once built: no rank connects before all are, since NCCL would wait
+/// forever for a rank that failed to build.
+pub(super) struct StartGate {
+    /// Ranks arrived, and whether any of them failed.
+    state: Mutex<(usize, bool)>,
+    all_in: Condvar,
+    world: usize,
+}
+
+impl StartGate {
+    pub(super) fn new(world: usize) -> Self {
+        Self {
+            state: Mutex::new((0, false)),
+            all_in: Condvar::new(),
+            world,
+        }
+    }
+
+    /// Counts one rank in (built or not) and waits for the others; `true` when all were built.
+    pub(super) fn arrive(&self, built: bool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.0 += 1;
+        s.1 |= !built;
+        self.all_in.notify_all();
+        while s.0 < self.world {
+            s = self.all_in.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        !s.1
+    }
+
+    /// Counts in a rank whose thread never started, as failed, without waiting.
+    pub(super) fn absent(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.0 += 1;
+        s.1 = true;
+        self.all_in.notify_all();
+    }
+}
+
+/// A built trainer (or the error building it) made rank `rank` of the group, once every rank
+/// has arrived at `gate`: its communicator set, and training only when it is not rank 0.
+pub(super) fn join_group(
+    rank: usize,
+    built: Result<Trainer>,
+    gate: &StartGate,
+    backend: &Backend,
+) -> Result<Trainer> {
+    let all_built = gate.arrive(built.is_ok());
+    let mut trainer = built?;
+    if !all_built {
+        return Err(Error::Data(format!(
+            "rank {rank}: another rank failed to start; {LEFT_THE_GROUP}"
+        )));
+    }
+    let comm = backend.communicator(rank, &trainer)?;
+    trainer.set_communicator(comm)?;
+    if rank > 0 {
+        trainer.quiet_rank();
+    }
+    Ok(trainer)
+}
+
+/// Rank 0's `run_started` event, its device naming the whole group when there are several
+/// ranks: `2 ranks: cuda:0 (NVIDIA H100 80GB HBM3), cuda:1`.
+pub(super) fn group_started(trainer: &Trainer, devices: &[String]) -> Event {
+    let mut event = trainer.started_event();
+    if let (Event::RunStarted { device, .. }, [_, rest @ ..]) = (&mut event, devices)
+        && !rest.is_empty()
+    {
+        *device = format!("{} ranks: {device}, {}", devices.len(), rest.join(", "));
+    }
+    event
 }

@@ -56,6 +56,7 @@
 
 mod driver;
 mod gather;
+mod leader;
 #[cfg(feature = "nccl")]
 mod nccl;
 mod thread;
@@ -63,6 +64,7 @@ mod thread;
 pub(crate) use driver::LEFT_THE_GROUP;
 pub use driver::{DataParallel, ParallelOutcome};
 pub use gather::{GatheredInputs, gather_ids, gather_with_grad};
+pub use leader::Leader;
 #[cfg(feature = "nccl")]
 pub use nccl::NcclComm;
 pub use thread::{ThreadComm, ThreadGroup};

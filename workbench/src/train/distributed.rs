@@ -49,6 +49,13 @@ impl Trainer {
         self.run_dir = None;
     }
 
+    /// Leaves the group this trainer was a rank of: the communicator is dropped, so the other
+    /// ranks' collectives fail instead of waiting for this one. Its loader keeps its shard; a
+    /// group's driver calls this only once the group is over.
+    pub(crate) fn leave_group(&mut self) {
+        self.comm = None;
+    }
+
     /// The communicator, when this trainer is one rank of a data-parallel run.
     pub fn communicator(&self) -> Option<&Arc<dyn Communicator>> {
         self.comm.as_ref()

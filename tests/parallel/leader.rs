@@ -1,0 +1,174 @@
+//! [`Leader`]: the data-parallel group stepped tick by tick, as the desktop app and notebooks
+//! step it, with rank 0 answering inspections between ticks. Held against one process sent
+//! the same commands at the same steps (the bounds and the script of `equivalence.rs`), and
+//! against the errors a group must survive.
+
+use super::equivalence::{
+    LOSS_RTOL, PARAM_ATOL, command_log, config, max_param_diff, script, send_script,
+};
+use crate::util::{snapshot, tiny_config, tmpdir};
+use std::ops::ControlFlow;
+use workbench::data::Split;
+use workbench::events::Event;
+use workbench::parallel::{DataParallel, Leader};
+use workbench::train::{Tick, Trainer};
+
+fn losses(events: &[Event]) -> Vec<f32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s.loss),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every inspection the session offers, asked of rank 0 between two ticks.
+fn inspect(t: &mut Trainer) {
+    let s = t.sample(Split::Val, 1).unwrap();
+    let text = &s.captions[0].text;
+    t.attention(&s.image, text).unwrap();
+    t.align(&s.image, text).unwrap();
+    t.relevance(&s.image, text).unwrap();
+    t.analyse_gap(Split::Val, &[0.0, 0.5]).unwrap();
+    t.batch_similarity(Split::Val, 8).unwrap();
+    t.pointing_game(Split::Val, 4).unwrap();
+    t.evaluate(Split::Val).unwrap();
+    t.probe().unwrap();
+}
+
+#[test]
+fn a_led_group_trains_like_one_process_with_inspections_between_ticks() {
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.steps = 5;
+    let (send, commands) = std::sync::mpsc::channel();
+    let mut single_events = Vec::new();
+    let mut single = Trainer::new(cfg.clone()).unwrap();
+    single
+        .fit_with(&commands, |e| {
+            if let Event::Step(s) = e {
+                send_script(&send, s.step);
+            }
+            single_events.push(e.clone());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+
+    let c = cfg.clone();
+    let mut group = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .lead(move |_, _| Trainer::new(c.clone()))
+        .unwrap();
+    assert_eq!(group.world_size(), 2);
+    let Event::RunStarted { device, .. } = group.started_event() else {
+        panic!("not a run_started event");
+    };
+    assert_eq!(device, "2 ranks: cpu, cpu");
+    let mut events = Vec::new();
+    let mut record = |e: &Event| {
+        events.push(e.clone());
+        ControlFlow::Continue(())
+    };
+    for step in 1..=5 {
+        assert!(matches!(group.tick(&mut record).unwrap(), Tick::Stepped));
+        inspect(group.trainer_mut());
+        for command in script(step) {
+            group.command(&command, &mut record).unwrap();
+        }
+    }
+    let log = command_log(&events);
+    assert_eq!(log, command_log(&single_events));
+    assert_eq!(log.len(), 5, "{log:?}");
+    let (a, b) = (losses(&events), losses(&single_events));
+    assert_eq!(a.len(), 5);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= LOSS_RTOL * y.abs(), "{a:?} vs {b:?}");
+    }
+    let ranks = group.into_trainers().unwrap();
+    let snaps: Vec<_> = ranks.iter().map(snapshot).collect();
+    let dp = max_param_diff(&snaps[0], &snapshot(&single));
+    assert!(dp <= PARAM_ATOL, "parameters differ by {dp:e}");
+    assert!(snaps[1] == snaps[0], "rank 1 differs from rank 0");
+    for t in &ranks {
+        assert_eq!(t.completed_steps(), 5);
+        assert_eq!(t.objective().name(), "hard_negatives");
+        assert!(t.frozen().contains("model.vision"));
+    }
+}
+
+#[test]
+fn a_solo_leader_is_a_plain_trainer() {
+    let cfg = config(r#"kind = "siglip""#);
+    let mut plain = Trainer::new(cfg.clone()).unwrap();
+    let mut solo = Leader::solo(Trainer::new(cfg).unwrap());
+    assert_eq!(solo.world_size(), 1);
+    assert_eq!(solo.devices(), ["cpu"]);
+    for _ in 0..3 {
+        plain.tick(|_| ControlFlow::Continue(())).unwrap();
+        solo.tick(|_| ControlFlow::Continue(())).unwrap();
+    }
+    let solo = solo.into_trainers().unwrap();
+    assert!(snapshot(&solo[0]) == snapshot(&plain));
+}
+
+#[test]
+fn a_rank_that_fails_to_build_fails_the_group_with_its_error() {
+    let cfg = tiny_config();
+    let e = DataParallel::new(&["cpu", "cpu", "cpu", "cpu"])
+        .unwrap()
+        .lead(move |rank, _| {
+            let mut c = cfg.clone();
+            if rank == 2 {
+                c.train.lr = -1.0;
+            }
+            Trainer::new(c)
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("train.lr"), "{e}");
+}
+
+#[test]
+fn a_rank_that_fails_mid_run_ends_the_group_and_rank_0_keeps_its_state() {
+    // Rank 1 reads a folder of broken images; its first batch fails.
+    let dir = tmpdir("leader-bad-batch");
+    let configs = [
+        super::folder_config(&dir.join("good"), 24, false),
+        super::folder_config(&dir.join("bad"), 24, true),
+    ];
+    let mut group = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .lead(move |rank, _| Trainer::new(configs[rank].clone()))
+        .unwrap();
+    let e = group
+        .tick(|_| ControlFlow::Continue(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(".png") && !e.contains("left the group"),
+        "the cause: {e}"
+    );
+    assert!(group.broken().is_some_and(|b| b.contains(".png")));
+    // Later ticks and commands say why they cannot run, and change nothing.
+    let again = group
+        .tick(|_| ControlFlow::Continue(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        again.contains("group stopped") && again.contains(".png"),
+        "{again}"
+    );
+    let stop = workbench::control::Command::SetTemperature {
+        objective: "clip".into(),
+        tau: 0.1,
+    };
+    assert!(group.command(&stop, |_| ControlFlow::Continue(())).is_err());
+    // Rank 0 still answers, and its last good state can be checkpointed (a fork).
+    assert_eq!(group.trainer().completed_steps(), 0);
+    group.trainer().sample(Split::Val, 0).unwrap();
+    group.trainer().save_checkpoint(&dir.join("ck")).unwrap();
+    assert!(Trainer::resume(&dir.join("ck"), None).is_ok());
+    assert!(group.into_trainers().is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}

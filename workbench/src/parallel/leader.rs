@@ -1,0 +1,353 @@
+//! [`Leader`]: a data-parallel group stepped one tick at a time by its caller — what an
+//! interactive front end needs, since it steps between requests rather than in a loop.
+
+use super::driver::{Backend, StartGate, cause, group_started, join_group};
+use super::{DataParallel, LEFT_THE_GROUP};
+use crate::control::Command;
+use crate::events::Event;
+use crate::train::{Tick, Trainer};
+use crate::{Error, Result};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a broken group waits for its other ranks to end before leaving them be (an NCCL
+/// rank waiting in a collective never ends; a thread rank ends at once).
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// What rank 0 tells the other ranks to do, in order.
+enum Order {
+    /// One [`Trainer::tick`].
+    Tick,
+    /// A live command, applied before the next tick.
+    Apply(Command),
+}
+
+/// A rank other than 0: its thread, and the channel of its orders.
+struct Follower {
+    rank: usize,
+    orders: Option<Sender<Order>>,
+    thread: Option<JoinHandle<Result<Trainer>>>,
+}
+
+/// Rank 0 of a data-parallel group, held by the caller, with the other ranks on threads of
+/// their own that wait (on the host, not in a collective) for rank 0's orders: each
+/// [`Leader::tick`] steps every rank once, each [`Leader::command`] changes every rank
+/// alike, and between ticks rank 0 answers whatever its caller asks of its trainer —
+/// attention maps, evaluations, checkpoints — while the others wait. The ranks stay identical
+/// exactly as under [`DataParallel::fit_live`], which steps the same trainers in a loop.
+///
+/// A leader of one rank ([`Leader::solo`]) is a plain trainer behind the same interface, so
+/// a front end holds a `Leader` whatever the number of devices.
+///
+/// When a tick fails on any rank the group is over: the leader names the rank that failed
+/// and why, refuses further ticks and commands with that reason, and keeps rank 0's trainer,
+/// whose state is that of its last completed step, for inspection and checkpoints.
+///
+/// ```no_run
+/// use std::ops::ControlFlow;
+/// use workbench::{config::RunConfig, control::Command, loss::LossConfig};
+/// use workbench::{data::Split, parallel::DataParallel, train::Trainer};
+/// let cfg = RunConfig::preset("tiny")?;
+/// let mut group = DataParallel::new(&["cpu", "cpu"])?.lead(move |_, device| {
+///     let mut cfg = cfg.clone();
+///     cfg.train.device = device.to_string();
+///     Trainer::new(cfg)
+/// })?;
+/// let mut print = |e: &workbench::events::Event| {
+///     println!("{}", serde_json::to_string(e).unwrap());
+///     ControlFlow::Continue(())
+/// };
+/// for _ in 0..10 {
+///     group.tick(&mut print)?;
+/// }
+/// group.command(&Command::Swap { loss: LossConfig::by_name("siglip")? }, &mut print)?;
+/// let sample = group.trainer().sample(Split::Val, 0)?; // rank 0 answers alone
+/// let view = group.trainer().attention(&sample.image, "a red circle")?;
+/// group.tick(&mut print)?;
+/// let ranks = group.into_trainers()?; // identical parameters
+/// # Ok::<(), workbench::Error>(())
+/// ```
+pub struct Leader {
+    trainer: Trainer,
+    followers: Vec<Follower>,
+    devices: Vec<String>,
+    /// Why the group stopped, once it has.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader")
+            .field("devices", &self.devices)
+            .field("step", &self.trainer.completed_steps())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataParallel {
+    /// Builds every rank with `build(rank, device)` — rank 0 on this thread, the others on
+    /// threads of their own — and connects them; the group then steps when the returned
+    /// [`Leader`] ticks. Building fails as [`DataParallel::fit_with`] does: with the error
+    /// of the rank that could not be built.
+    pub fn lead(
+        &self,
+        build: impl Fn(usize, &str) -> Result<Trainer> + Send + Sync + 'static,
+    ) -> Result<Leader> {
+        let world = self.world_size();
+        let backend = Arc::new(Backend::new(self.devices())?);
+        let gate = Arc::new(StartGate::new(world));
+        let build = Arc::new(build);
+        let mut followers = Vec::with_capacity(world.saturating_sub(1));
+        let mut spawn_error = None;
+        for rank in 1..world {
+            let (orders, inbox) = mpsc::channel();
+            let (shared, start, build) = (backend.clone(), gate.clone(), build.clone());
+            let device = self.devices()[rank].clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("rank {rank} ({device})"))
+                .spawn(move || {
+                    let trainer = join_group(rank, build(rank, &device), &start, &shared)?;
+                    follow(trainer, &inbox)
+                });
+            match spawned {
+                Ok(thread) => followers.push(Follower {
+                    rank,
+                    orders: Some(orders),
+                    thread: Some(thread),
+                }),
+                Err(e) => {
+                    gate.absent();
+                    spawn_error.get_or_insert((rank, e));
+                }
+            }
+        }
+        let rank0 = join_group(0, build(0, &self.devices()[0]), &gate, &backend);
+        match rank0 {
+            Ok(trainer) => Ok(Leader {
+                trainer,
+                followers,
+                devices: self.devices().to_vec(),
+                broken: None,
+            }),
+            Err(e) => {
+                let mut errors = vec![(0, e)];
+                errors.extend(leave(&mut followers));
+                if let Some((rank, e)) = spawn_error {
+                    let e = Error::Data(format!("cannot start rank {rank}: {e}"));
+                    errors.insert(0, (rank, e));
+                }
+                Err(cause(errors))
+            }
+        }
+    }
+}
+
+impl Leader {
+    /// A group of one: `trainer` alone, stepped and commanded directly.
+    pub fn solo(trainer: Trainer) -> Self {
+        let devices = vec![crate::devices::describe(trainer.device())];
+        Self {
+            trainer,
+            followers: Vec::new(),
+            devices,
+            broken: None,
+        }
+    }
+
+    /// Rank 0's trainer: ask it anything that does not change it (samples, attention,
+    /// alignment, evaluation, probes, checkpoints). The other ranks do not see what is done
+    /// through it, so training it here (a step, a command) would set the ranks apart; step
+    /// with [`Leader::tick`] and change it with [`Leader::command`].
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    /// Rank 0's trainer, for the inspections that take `&mut` (the modality gap, probes,
+    /// which cache their batches). The caveat of [`Leader::trainer`] holds.
+    pub fn trainer_mut(&mut self) -> &mut Trainer {
+        &mut self.trainer
+    }
+
+    /// The devices, in rank order (one, for [`Leader::solo`]).
+    pub fn devices(&self) -> &[String] {
+        &self.devices
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.followers.len() + 1
+    }
+
+    /// Why the group stopped, once a tick failed on some rank.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// The `run_started` event of the group: rank 0's, its device naming every rank.
+    pub fn started_event(&self) -> Event {
+        if self.followers.is_empty() {
+            self.trainer.started_event()
+        } else {
+            group_started(&self.trainer, &self.devices)
+        }
+    }
+
+    /// One [`Trainer::tick`] on every rank: the step (its collectives join the ranks), then
+    /// rank 0's probe, evaluation and checkpoint as scheduled, their events handed to
+    /// `on_event`. A non-finite value pauses every rank at the same step, as in one process.
+    /// An error on any rank ends the group (see [`Leader`]) and is returned with its cause.
+    pub fn tick(&mut self, on_event: impl FnMut(&Event) -> ControlFlow<()>) -> Result<Tick> {
+        self.usable()?;
+        if let Some(rank) = self.send(|| Order::Tick) {
+            // Rank 0 does not step: the collectives would wait for a rank that is gone.
+            return Err(self.break_up(Error::Data(format!(
+                "rank 0: rank {rank} {LEFT_THE_GROUP} before step {}",
+                self.trainer.completed_steps() + 1
+            ))));
+        }
+        match self.trainer.tick(on_event) {
+            Ok(tick) => Ok(tick),
+            Err(e) => Err(self.break_up(e)),
+        }
+    }
+
+    /// Applies a live command to every rank before the next tick, reporting it to `on_event`
+    /// as [`Trainer::fit_with`] does: `objective_swapped` followed by a probe, `edited`, or
+    /// `command_rejected` (a command that cannot apply changes no rank). `Stop` does nothing
+    /// here: the caller stops by not ticking.
+    pub fn command(
+        &mut self,
+        command: &Command,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<()> {
+        self.usable()?;
+        if *command == Command::Stop {
+            return Ok(());
+        }
+        let report: &mut dyn FnMut(&Event) -> ControlFlow<()> = &mut on_event;
+        let _ = self.trainer.apply_live(command, Some(report))?;
+        // Sent whether or not rank 0 took it: each rank decides alike, and a rank that could
+        // not take what rank 0 took fails, which the next tick reports.
+        if let Some(rank) = self.send(|| Order::Apply(command.clone())) {
+            return Err(self.break_up(Error::Data(format!("rank 0: rank {rank} {LEFT_THE_GROUP}"))));
+        }
+        Ok(())
+    }
+
+    /// Ends the group and gives every rank's trainer back, in rank order: identical copies,
+    /// unless the group broke (then the error that broke it).
+    pub fn into_trainers(mut self) -> Result<Vec<Trainer>> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Data(why.clone()));
+        }
+        let mut followers = std::mem::take(&mut self.followers);
+        for f in &mut followers {
+            f.orders = None;
+        }
+        let mut trainers = Vec::with_capacity(followers.len() + 1);
+        let mut errors = Vec::new();
+        for f in &mut followers {
+            match f.thread.take().map(JoinHandle::join) {
+                Some(Ok(Ok(t))) => trainers.push(t),
+                Some(Ok(Err(e))) => errors.push((f.rank, e)),
+                Some(Err(_)) | None => errors.push((f.rank, panicked(f.rank))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(cause(errors));
+        }
+        let Self { trainer, .. } = self;
+        trainers.insert(0, trainer);
+        Ok(trainers)
+    }
+
+    fn usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(why) => Err(Error::Data(format!(
+                "the data-parallel group stopped ({why}); fork or resume it from a checkpoint"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends an order to every other rank; the first rank that can no longer take one.
+    fn send(&self, order: impl Fn() -> Order) -> Option<usize> {
+        let mut gone = None;
+        for f in &self.followers {
+            let sent = f.orders.as_ref().is_some_and(|o| o.send(order()).is_ok());
+            if !sent {
+                gone.get_or_insert(f.rank);
+            }
+        }
+        gone
+    }
+
+    /// Ends the group after `e` on rank 0: rank 0 leaves (its partners' collectives fail
+    /// rather than wait), the other ranks are told to stop and given a moment to end, and the
+    /// cause among all their errors is kept and returned.
+    fn break_up(&mut self, e: Error) -> Error {
+        self.trainer.leave_group();
+        let mut errors = vec![(0, e)];
+        errors.extend(leave(&mut self.followers));
+        let e = cause(errors);
+        self.broken = Some(e.to_string());
+        e
+    }
+}
+
+impl Follower {
+    fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+/// Tells every follower to stop and collects the errors of those that end within
+/// [`LEAVE_WAIT`]; one still running after that (an NCCL rank waiting in a collective for a
+/// rank that is gone) is left to itself.
+fn leave(followers: &mut Vec<Follower>) -> Vec<(usize, Error)> {
+    for f in followers.iter_mut() {
+        f.orders = None;
+    }
+    let deadline = Instant::now() + LEAVE_WAIT;
+    while followers.iter().any(|f| !f.ended()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut errors = Vec::new();
+    for mut f in followers.drain(..) {
+        if !f.ended() {
+            continue;
+        }
+        match f.thread.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => errors.push((f.rank, e)),
+            Some(Err(_)) => errors.push((f.rank, panicked(f.rank))),
+            Some(Ok(Ok(_))) | None => {}
+        }
+    }
+    errors
+}
+
+fn panicked(rank: usize) -> Error {
+    Error::Data(format!("rank {rank} panicked"))
+}
+
+/// A rank other than 0: carries out rank 0's orders until rank 0 closes the channel, then
+/// gives its trainer back; an error ends it (and, through its communicator, the group).
+fn follow(mut trainer: Trainer, orders: &Receiver<Order>) -> Result<Trainer> {
+    for order in orders {
+        match order {
+            Order::Tick => {
+                // A pause (a non-finite value) is agreed on by every rank; the next tick goes on.
+                let _ = trainer.tick(|_| ControlFlow::Continue(()))?;
+            }
+            Order::Apply(command) => {
+                let _ = trainer
+                    .apply_live(&command, None::<&mut dyn FnMut(&Event) -> ControlFlow<()>>)?;
+            }
+        }
+    }
+    Ok(trainer)
+}
