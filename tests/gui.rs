@@ -333,3 +333,31 @@ fn the_new_run_form_chooses_the_precision() {
             .is_some_and(|s| s.config().train.precision == Precision::Bf16)
     });
 }
+
+#[test]
+fn the_new_run_form_trains_on_several_ranks_and_forks_onto_them() {
+    let mut h = app();
+    h.run_steps(2);
+    let _ = h.get_by_label("ranks");
+    assert_eq!(h.state().state().ranks, 1);
+    // Three ranks cannot split a batch of 16: the form says so and keeps the old run.
+    h.state_mut().state_mut().ranks = 3;
+    click(&mut h, "Reset");
+    wait(&mut h, "the refusal", |a| {
+        a.messages().iter().any(|m| m.contains("train.batch_size"))
+    });
+    h.state_mut().state_mut().ranks = 2;
+    click(&mut h, "Reset");
+    wait(&mut h, "the two-rank run", |a| {
+        a.sessions()
+            .first()
+            .is_some_and(|s| s.devices() == ["cpu", "cpu"])
+    });
+    click(&mut h, "Step");
+    wait(&mut h, "a step on both ranks", |a| step(a) == 1);
+    click(&mut h, "Fork");
+    wait(&mut h, "the fork", |a| a.sessions().len() == 2);
+    assert_eq!(h.state().sessions()[1].devices(), ["cpu", "cpu"]);
+    click(&mut h, "Runs");
+    assert_eq!(h.query_all_by_label("2 ranks: cpu, cpu").count(), 2);
+}

@@ -137,3 +137,21 @@ fn a_live_session_steps_swaps_and_answers_between_cells() {
     assert!(f.title().starts_with("siglip — 2: "), "{}", f.title());
     assert!(format!("{live:?}").starts_with("Live(\"live\", siglip: step "));
 }
+
+#[test]
+fn a_live_session_on_two_ranks_steps_swaps_and_answers() {
+    let mut cfg = tiny_config();
+    cfg.train.steps = 100;
+    let mut live = Live::start_on(cfg, &["cpu", "cpu"], "two ranks").unwrap();
+    assert_eq!(live.session().devices(), ["cpu", "cpu"]);
+    assert_eq!(live.step(2).unwrap(), 2);
+    live.swap("cloob").unwrap();
+    assert_eq!(live.step(1).unwrap(), 3);
+    let history = live.snapshot();
+    assert_eq!(history.objective, "cloob");
+    assert_eq!(history.device, "2 ranks: cpu, cpu");
+    match live.ask(Request::Batch { n: 8 }).unwrap() {
+        Reply::Batch(b) => assert_eq!(b.images.len(), 8),
+        other => panic!("{other:?}"),
+    }
+}

@@ -154,3 +154,80 @@ fn a_session_plays_to_the_end_and_stops() {
     assert_eq!(s.step(), 6);
     assert!(!s.playing());
 }
+
+/// The losses of a session's steps so far.
+fn losses(s: &Session) -> Vec<f32> {
+    s.history().steps.iter().map(|x| x.loss).collect()
+}
+
+/// Sends `requests` one after another, each answered before the next (paused, `Step` and
+/// `Control` are handled in order), and waits for `steps` steps.
+fn drive(s: &mut Session, requests: &[Request], steps: usize) -> Vec<Reply> {
+    for r in requests {
+        s.send(r.clone());
+    }
+    wait_for(s, "the scripted steps", |s, _| s.step() >= steps)
+}
+
+#[test]
+fn a_session_on_two_ranks_trains_like_one_device_and_forks_onto_both() {
+    let mut cfg = tiny_config();
+    cfg.train.steps = 50;
+    cfg.train.probe_every = 0;
+    let swap = Request::Control(Command::Swap {
+        loss: LossConfig::by_name("siglip").unwrap(),
+    });
+    let script = [
+        Request::Step,
+        Request::Step,
+        swap,
+        Request::Attention {
+            split: Split::Val,
+            index: 3,
+        },
+        Request::Step,
+        Request::Step,
+    ];
+    let mut one = Session::start(cfg.clone(), "one").unwrap();
+    drive(&mut one, &script, 4);
+    let mut two = Session::start_on(cfg.clone(), &["cpu", "cpu"], "two").unwrap();
+    assert_eq!(two.devices(), ["cpu", "cpu"]);
+    assert_eq!(two.history().device, "2 ranks: cpu, cpu");
+    assert!(two.history().log[0].ends_with("on 2 ranks: cpu, cpu"));
+    let replies = drive(&mut two, &script, 4);
+    assert!(
+        replies
+            .iter()
+            .any(|r| matches!(r, Reply::Attention(a) if a.sample == (Split::Val, 3))),
+        "rank 0 answers inspections: {replies:?}"
+    );
+    assert_eq!(two.history().objective, "siglip");
+    let (a, b) = (losses(&two), losses(&one));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * y.abs(), "{a:?} vs {b:?}");
+    }
+
+    // A fork of a two-rank run continues on two ranks, exactly like its parent.
+    two.send(Request::Fork);
+    let r = wait_for(&mut two, "the fork", |_, r| !r.is_empty());
+    let Reply::Forked(dir) = &r[0] else {
+        panic!("{r:?}")
+    };
+    let mut fork = Session::resume_on(dir, two.devices(), "fork").unwrap();
+    assert_eq!((fork.step(), fork.devices()), (4, two.devices()));
+    drive(&mut two, &[Request::Step], 5);
+    drive(&mut fork, &[Request::Step], 5);
+    assert_eq!(losses(&fork)[0], losses(&two)[4]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_session_refuses_ranks_that_do_not_split_the_batch() {
+    let cfg = tiny_config(); // batch 16
+    let e = Session::start_on(cfg, &["cpu", "cpu", "cpu"], "three")
+        .err()
+        .unwrap();
+    let e = format!("{e:#}");
+    assert!(e.contains("train.batch_size") && e.contains("3 ranks"), "{e}");
+}

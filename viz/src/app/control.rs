@@ -439,6 +439,17 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             .labelled_by(l.id)
             .on_hover_text(&devices().note);
         ui.end_row();
+        let l = ui.label("ranks");
+        let most = most_ranks(&s.device);
+        s.ranks = s.ranks.clamp(1, most);
+        ui.add_enabled(most > 1, DragValue::new(&mut s.ranks).range(1..=most))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "Data parallel: one rank per device (the CPU repeated, or consecutive GPUs \
+                 from the chosen one), each on its share of the batch; the batch size must \
+                 divide by the ranks",
+            );
+        ui.end_row();
         let l = ui.label("precision");
         egui::ComboBox::from_id_salt("precision")
             .selected_text(s.precision.name())
@@ -510,6 +521,23 @@ fn devices() -> &'static Devices {
         };
         Devices { choices, note }
     })
+}
+
+/// The most data-parallel ranks a run on `device` can have: 8 threads on the CPU; on a GPU,
+/// it and the GPUs numbered after it.
+fn most_ranks(device: &str) -> usize {
+    if device == "cpu" {
+        return 8;
+    }
+    if !cfg!(feature = "nccl") {
+        return 1; // data parallel on GPUs goes through NCCL
+    }
+    let first = device
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let gpus = devices().choices.len() - 1;
+    gpus.saturating_sub(first).max(1)
 }
 
 /// The synthetic set's knobs (checked when the run starts: a bad value is reported there).

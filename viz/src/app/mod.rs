@@ -121,6 +121,9 @@ pub struct UiState {
     pub steps: usize,
     /// New run: the device (`cpu`, `cuda:N`).
     pub device: String,
+    /// New run: data-parallel ranks — `cpu` that many times, or that many GPUs from the
+    /// chosen one on (1: no data parallelism).
+    pub ranks: usize,
     /// New run: f32, or bf16 matrix products with f32 master weights.
     pub precision: Precision,
     /// New run: the synthetic dataset.
@@ -177,6 +180,7 @@ impl UiState {
             seed: cfg.train.seed,
             steps: cfg.train.steps,
             device: cfg.train.device.clone(),
+            ranks: 1,
             precision: cfg.train.precision,
             data: cfg.data.clone(),
             holdout_text: cfg.data.holdout.join(", "),
@@ -362,6 +366,26 @@ impl WorkbenchApp {
             .unwrap_or_default()
     }
 
+    /// The devices a reset would train on, one per rank: `cpu` repeated, or consecutive GPUs
+    /// from the chosen one.
+    fn reset_devices(&self) -> anyhow::Result<Vec<String>> {
+        let s = &self.state;
+        let ranks = s.ranks.max(1);
+        if s.device == "cpu" {
+            return Ok(vec![s.device.clone(); ranks]);
+        }
+        let first: usize = match s.device.strip_prefix("cuda:") {
+            Some(n) => n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("device {:?}: expected cpu or cuda:N", s.device))?,
+            None if s.device == "cuda" => 0,
+            None => anyhow::bail!("device {:?}: expected cpu or cuda:N", s.device),
+        };
+        Ok((first..first + ranks)
+            .map(|n| format!("cuda:{n}"))
+            .collect())
+    }
+
     /// The configuration a reset would start.
     fn reset_config(&self) -> anyhow::Result<RunConfig> {
         let s = &self.state;
@@ -384,10 +408,15 @@ impl WorkbenchApp {
     /// The session is built on a helper thread and appears in a later frame.
     fn reset(&mut self, play: bool) {
         let name = self.next_name();
-        match self.reset_config() {
-            Ok(cfg) => {
+        match self
+            .reset_config()
+            .and_then(|c| Ok((c, self.reset_devices()?)))
+        {
+            Ok((cfg, devices)) => {
                 let replaces = Some(self.active);
-                self.spawn(name, replaces, play, move |n| Session::start(cfg, n));
+                self.spawn(name, replaces, play, move |n| {
+                    Session::start_on(cfg, &devices, n)
+                });
             }
             Err(e) => self.messages.push(format!("{name}: cannot start: {e:#}")),
         }
@@ -509,7 +538,14 @@ impl WorkbenchApp {
         for (i, dir) in forks {
             let parent = &self.runs[i].session;
             let name = format!("fork of {} at step {}", parent.name(), parent.step());
-            self.spawn(name, None, false, move |n| Session::resume(&dir, n));
+            // On the parent's devices (rank 0's device for one, each rank's for several).
+            let devices = match parent.devices() {
+                [_] => Vec::new(),
+                several => several.to_vec(),
+            };
+            self.spawn(name, None, false, move |n| {
+                Session::resume_on(&dir, &devices, n)
+            });
         }
         let mut still = Vec::new();
         for s in std::mem::take(&mut self.starting) {

@@ -10,13 +10,14 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     ui.label("Select the run the panels show; forks start paused from their parent's checkpoint.");
     egui::Grid::new("runs")
         .striped(true)
-        .num_columns(6)
+        .num_columns(7)
         .show(ui, |ui| {
             ui.label(RichText::new("run").strong());
             ui.label(RichText::new("step").strong());
             ui.label(RichText::new("objective").strong());
             ui.label(RichText::new("loss").strong());
             ui.label(RichText::new("state").strong());
+            ui.label(RichText::new("device").strong());
             ui.label(RichText::new("overlay").strong());
             ui.end_row();
             let mut chosen = None;
@@ -40,6 +41,7 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 } else {
                     "paused"
                 });
+                ui.label(&h.device);
                 ui.add_enabled(
                     i != app.active,
                     egui::Checkbox::without_text(&mut run.overlay),

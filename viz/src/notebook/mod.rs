@@ -289,6 +289,16 @@ impl Live {
         })
     }
 
+    /// [`Live::start`] with one data-parallel rank per device (`&["cpu", "cpu"]`,
+    /// `&["cuda:0", "cuda:1"]`): every step trains all of them on their shares of the global
+    /// batch, every command changes all of them, and rank 0 answers what is asked.
+    pub fn start_on(cfg: RunConfig, devices: &[&str], name: impl Into<String>) -> Result<Self> {
+        Ok(Self {
+            session: Session::start_on(cfg, devices, name)?,
+            replies: Vec::new(),
+        })
+    }
+
     fn collect(&mut self) {
         let replies = self.session.poll();
         self.replies.extend(replies);

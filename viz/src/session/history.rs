@@ -37,6 +37,9 @@ pub struct RunHistory {
     pub finished: bool,
     /// Steps completed when the history started (non-zero for a resumed or forked run).
     pub start_step: usize,
+    /// Where it trains, as `run_started` says: `cpu`, `cuda:0 (NVIDIA H100 …)`, or every rank
+    /// of a data-parallel run (`2 ranks: cpu, cpu`).
+    pub device: String,
 }
 
 impl RunHistory {
@@ -47,16 +50,19 @@ impl RunHistory {
                 config,
                 objective,
                 step,
+                device,
                 ..
             } => {
                 self.objective.clone_from(objective);
+                self.device.clone_from(device);
                 self.loss = Some(config.loss.clone());
                 self.total_steps = config.train.steps;
                 if self.steps.is_empty() {
                     self.start_step = *step;
                 }
-                self.log
-                    .push(format!("started at step {step} with {objective}"));
+                self.log.push(format!(
+                    "started at step {step} with {objective} on {device}"
+                ));
             }
             Event::Step(s) => {
                 self.objective.clone_from(&s.objective);

@@ -7,6 +7,11 @@
 //! applies live commands and answers inspection requests (attention, alignment, gap, batch,
 //! pointing, fork). Paused, it sleeps until the next request.
 //!
+//! A session may train on several devices at once ([`Session::start_on`]): the thread then
+//! holds rank 0 of a data-parallel group ([`workbench::parallel::Leader`]), every tick steps
+//! all ranks on their shards of the global batch, every command changes all of them, and rank
+//! 0 answers the inspections.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use viz::session::{Request, Session};
@@ -35,6 +40,7 @@ use workbench::control::Command;
 use workbench::data::{RgbImage, Split};
 use workbench::events::Event;
 use workbench::model::Pool;
+use workbench::parallel::{DataParallel, Leader};
 use workbench::train::{Tick, Trainer};
 
 /// What a front end asks the training thread.
@@ -159,6 +165,7 @@ type Waker = Arc<Mutex<Option<Box<dyn Fn() + Send + Sync>>>>;
 pub struct Session {
     name: String,
     config: RunConfig,
+    devices: Vec<String>,
     requests: Sender<Request>,
     messages: Receiver<Message>,
     history: RunHistory,
@@ -181,31 +188,83 @@ impl Session {
     /// Builds a trainer from `config` on a new thread; the session starts paused.
     pub fn start(config: RunConfig, name: impl Into<String>) -> Result<Self> {
         let trainer = Trainer::new(config).context("cannot build the run")?;
-        Ok(Self::spawn(trainer, name.into()))
+        Ok(Self::spawn(Leader::solo(trainer), name.into()))
+    }
+
+    /// [`Session::start`] with one data-parallel rank per device (`"cpu"` repeated, or
+    /// `"cuda:N"` GPUs; `train.device` is replaced by each rank's). One device, or none, is a
+    /// plain session on `devices[0]` (or `train.device`). `train.batch_size` is the global
+    /// batch and must divide by the number of devices.
+    pub fn start_on(
+        mut config: RunConfig,
+        devices: &[impl AsRef<str>],
+        name: impl Into<String>,
+    ) -> Result<Self> {
+        if let [device] = devices {
+            config.train.device = device.as_ref().to_string();
+        }
+        if devices.len() < 2 {
+            return Self::start(config, name);
+        }
+        let group = DataParallel::new(devices)
+            .context("devices")?
+            .lead(move |_, device| {
+                let mut config = config.clone();
+                config.train.device = device.to_string();
+                Trainer::new(config)
+            })
+            .context("cannot build the run")?;
+        Ok(Self::spawn(group, name.into()))
     }
 
     /// Continues the run checkpointed in `dir` (a fork, or any run directory), paused.
     pub fn resume(dir: &Path, name: impl Into<String>) -> Result<Self> {
         let trainer = Trainer::resume(dir, None)
             .with_context(|| format!("cannot resume from {}", dir.display()))?;
-        Ok(Self::spawn(trainer, name.into()))
+        Ok(Self::spawn(Leader::solo(trainer), name.into()))
     }
 
-    fn spawn(trainer: Trainer, name: String) -> Self {
+    /// [`Session::resume`] with one data-parallel rank per device, as [`Session::start_on`].
+    pub fn resume_on(
+        dir: &Path,
+        devices: &[impl AsRef<str>],
+        name: impl Into<String>,
+    ) -> Result<Self> {
+        let devices: Vec<String> = devices.iter().map(|d| d.as_ref().to_string()).collect();
+        let resume = |dir: &Path, device: &str| {
+            Trainer::resume(dir, Some(workbench::config::parse_device(device)?))
+        };
+        let group = match devices.as_slice() {
+            [] => return Self::resume(dir, name),
+            [device] => resume(dir, device).map(Leader::solo),
+            _ => {
+                let owned = dir.to_path_buf();
+                DataParallel::new(&devices)
+                    .context("devices")?
+                    .lead(move |_, device| resume(&owned, device))
+            }
+        }
+        .with_context(|| format!("cannot resume from {}", dir.display()))?;
+        Ok(Self::spawn(group, name.into()))
+    }
+
+    fn spawn(group: Leader, name: String) -> Self {
         let (requests, request_rx) = mpsc::channel();
         let (message_tx, messages) = mpsc::channel();
         let waker: Waker = Arc::new(Mutex::new(None));
-        let config = trainer.config().clone();
+        let config = group.trainer().config().clone();
+        let devices = group.devices().to_vec();
         let mut history = RunHistory::default();
-        history.push(&trainer.started_event());
+        history.push(&group.started_event());
         let thread_waker = Arc::clone(&waker);
         let thread = std::thread::Builder::new()
             .name(format!("training: {name}"))
-            .spawn(move || worker(trainer, &request_rx, &message_tx, &thread_waker))
+            .spawn(move || worker(group, &request_rx, &message_tx, &thread_waker))
             .ok();
         Self {
             name,
             config,
+            devices,
             requests,
             messages,
             history,
@@ -258,9 +317,14 @@ impl Session {
         self.history.step()
     }
 
-    /// The configuration the run started with.
+    /// The configuration the run started with (rank 0's, on several devices).
     pub fn config(&self) -> &RunConfig {
         &self.config
+    }
+
+    /// The devices it trains on, in rank order: one, or one per data-parallel rank.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
     }
 
     /// Called by the thread after it sends anything (e.g. to request a repaint).
@@ -283,12 +347,7 @@ impl Drop for Session {
 }
 
 /// The training thread: trains while playing, handles requests between steps.
-fn worker(
-    mut trainer: Trainer,
-    requests: &Receiver<Request>,
-    out: &Sender<Message>,
-    waker: &Waker,
-) {
+fn worker(mut group: Leader, requests: &Receiver<Request>, out: &Sender<Message>, waker: &Waker) {
     let send = |m: Message| {
         let _ = out.send(m);
         if let Ok(w) = waker.lock()
@@ -314,7 +373,8 @@ fn worker(
         if let Some(request) = request {
             match request {
                 Request::Play => {
-                    playing = trainer.completed_steps() < trainer.config().train.steps;
+                    let t = group.trainer();
+                    playing = t.completed_steps() < t.config().train.steps;
                     send(Message::Playing(playing));
                 }
                 Request::Pause => {
@@ -322,15 +382,15 @@ fn worker(
                     send(Message::Playing(false));
                 }
                 Request::Step => {
-                    if !playing && !tick(&mut trainer, &send) {
+                    if !playing && !tick(&mut group, &send) {
                         send(Message::Playing(false));
                     }
                 }
-                other => handle(&mut trainer, other, &send),
+                other => handle(&mut group, other, &send),
             }
             continue;
         }
-        if !tick(&mut trainer, &send) {
+        if !tick(&mut group, &send) {
             playing = false;
             send(Message::Playing(false));
         }
@@ -339,16 +399,18 @@ fn worker(
 
 /// One step with its scheduled events; `false` when the run cannot go on (finished, paused by
 /// a non-finite value, or failed).
-fn tick(trainer: &mut Trainer, send: &impl Fn(Message)) -> bool {
-    if trainer.completed_steps() >= trainer.config().train.steps {
+fn tick(group: &mut Leader, send: &impl Fn(Message)) -> bool {
+    let t = group.trainer();
+    if t.completed_steps() >= t.config().train.steps {
         return false;
     }
     let on_event = |e: &Event| {
         send(Message::Event(e.clone()));
         ControlFlow::Continue(())
     };
-    match trainer.tick(on_event) {
+    match group.tick(on_event) {
         Ok(Tick::Stepped) => {
+            let trainer = group.trainer_mut();
             if trainer.completed_steps() >= trainer.config().train.steps {
                 if let Err(e) = trainer.finish(on_event) {
                     send(Message::Reply(Reply::Error(format!("{e:#}"))));
@@ -359,7 +421,7 @@ fn tick(trainer: &mut Trainer, send: &impl Fn(Message)) -> bool {
         }
         Ok(Tick::Paused(reason)) => {
             send(Message::Event(Event::Paused {
-                step: trainer.completed_steps(),
+                step: group.trainer().completed_steps(),
                 reason,
             }));
             false
@@ -374,8 +436,8 @@ fn tick(trainer: &mut Trainer, send: &impl Fn(Message)) -> bool {
 }
 
 /// Live commands and inspection requests.
-fn handle(trainer: &mut Trainer, request: Request, send: &impl Fn(Message)) {
-    let reply = match answer(trainer, request, send) {
+fn handle(group: &mut Leader, request: Request, send: &impl Fn(Message)) {
+    let reply = match answer(group, request, send) {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => Reply::Error(format!("{e:#}")),
@@ -383,27 +445,17 @@ fn handle(trainer: &mut Trainer, request: Request, send: &impl Fn(Message)) {
     send(Message::Reply(reply));
 }
 
-fn answer(
-    trainer: &mut Trainer,
-    request: Request,
-    send: &impl Fn(Message),
-) -> Result<Option<Reply>> {
+fn answer(group: &mut Leader, request: Request, send: &impl Fn(Message)) -> Result<Option<Reply>> {
+    if let Request::Control(command) = &request {
+        group.command(command, |e| {
+            send(Message::Event(e.clone()));
+            ControlFlow::Continue(())
+        })?;
+        return Ok(None);
+    }
+    // Inspection: rank 0 answers alone, between two ticks.
+    let trainer = group.trainer_mut();
     Ok(Some(match request {
-        Request::Control(command) => {
-            let event = trainer
-                .apply(&command)
-                .unwrap_or_else(|e| Event::CommandRejected {
-                    step: trainer.completed_steps(),
-                    command: command.clone(),
-                    reason: e.to_string(),
-                });
-            let swapped = matches!(event, Event::ObjectiveSwapped { .. });
-            send(Message::Event(event));
-            if swapped {
-                send(Message::Event(Event::Probe(trainer.probe()?)));
-            }
-            return Ok(None);
-        }
         Request::Attention { split, index } => {
             let s = trainer.sample(split, index)?;
             let text = s
@@ -454,7 +506,8 @@ fn answer(
             trainer.save_checkpoint(&dir)?;
             Reply::Forked(dir)
         }
-        Request::Play | Request::Pause | Request::Step => return Ok(None),
+        // Handled above (control) or by the worker's loop.
+        Request::Control(_) | Request::Play | Request::Pause | Request::Step => return Ok(None),
     }))
 }
 
