@@ -229,5 +229,8 @@ fn a_session_refuses_ranks_that_do_not_split_the_batch() {
         .err()
         .unwrap();
     let e = format!("{e:#}");
-    assert!(e.contains("train.batch_size") && e.contains("3 ranks"), "{e}");
+    assert!(
+        e.contains("train.batch_size") && e.contains("3 ranks"),
+        "{e}"
+    );
 }

@@ -37,10 +37,14 @@ fn inspect(t: &mut Trainer) {
     t.probe().unwrap();
 }
 
-#[test]
-fn a_led_group_trains_like_one_process_with_inspections_between_ticks() {
+/// A group on `devices`, led tick by tick with the script's commands and every inspection
+/// between ticks, against one process on `devices[0]` sent the same commands at the same
+/// steps: the events and losses must agree (to [`LOSS_RTOL`]) and the ranks be identical.
+/// Returns how far rank 0's parameters are from the single process's.
+pub(super) fn led_against_one_process(devices: &[&str]) -> f32 {
     let mut cfg = config(r#"kind = "clip""#);
     cfg.train.steps = 5;
+    cfg.train.device = devices[0].to_string();
     let (send, commands) = std::sync::mpsc::channel();
     let mut single_events = Vec::new();
     let mut single = Trainer::new(cfg.clone()).unwrap();
@@ -54,16 +58,15 @@ fn a_led_group_trains_like_one_process_with_inspections_between_ticks() {
         })
         .unwrap();
 
-    let c = cfg.clone();
-    let mut group = DataParallel::new(&["cpu", "cpu"])
+    let mut group = DataParallel::new(devices)
         .unwrap()
-        .lead(move |_, _| Trainer::new(c.clone()))
+        .lead(move |_, device| {
+            let mut cfg = cfg.clone();
+            cfg.train.device = device.to_string();
+            Trainer::new(cfg)
+        })
         .unwrap();
-    assert_eq!(group.world_size(), 2);
-    let Event::RunStarted { device, .. } = group.started_event() else {
-        panic!("not a run_started event");
-    };
-    assert_eq!(device, "2 ranks: cpu, cpu");
+    assert_eq!(group.world_size(), devices.len());
     let mut events = Vec::new();
     let mut record = |e: &Event| {
         events.push(e.clone());
@@ -86,14 +89,29 @@ fn a_led_group_trains_like_one_process_with_inspections_between_ticks() {
     }
     let ranks = group.into_trainers().unwrap();
     let snaps: Vec<_> = ranks.iter().map(snapshot).collect();
-    let dp = max_param_diff(&snaps[0], &snapshot(&single));
-    assert!(dp <= PARAM_ATOL, "parameters differ by {dp:e}");
-    assert!(snaps[1] == snaps[0], "rank 1 differs from rank 0");
+    for (r, snap) in snaps.iter().enumerate() {
+        assert!(*snap == snaps[0], "rank {r} differs from rank 0");
+    }
     for t in &ranks {
         assert_eq!(t.completed_steps(), 5);
         assert_eq!(t.objective().name(), "hard_negatives");
         assert!(t.frozen().contains("model.vision"));
     }
+    max_param_diff(&snaps[0], &snapshot(&single))
+}
+
+#[test]
+fn a_led_group_trains_like_one_process_with_inspections_between_ticks() {
+    let dp = led_against_one_process(&["cpu", "cpu"]);
+    assert!(dp <= PARAM_ATOL, "parameters differ by {dp:e}");
+    let group = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .lead(|_, _| Trainer::new(tiny_config()))
+        .unwrap();
+    let Event::RunStarted { device, .. } = group.started_event() else {
+        panic!("not a run_started event");
+    };
+    assert_eq!(device, "2 ranks: cpu, cpu");
 }
 
 #[test]

@@ -102,3 +102,18 @@ fn several_gpu_ranks_train_like_one_gpu() {
         gpu_ranks_against_one_process(if n >= 4 { 4 } else { 2 });
     }
 }
+
+/// The group the desktop app and notebooks lead tick by tick, on one GPU (NCCL with a world
+/// of one) and on two when there are two: commands and inspections between ticks, against
+/// one process on GPU 0.
+#[test]
+fn a_led_gpu_group_trains_like_one_gpu() {
+    let n = gpus("a_led_gpu_group", 1);
+    for w in [1, 2].into_iter().filter(|&w| w <= n) {
+        let devices: Vec<String> = (0..w).map(|i| format!("cuda:{i}")).collect();
+        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+        let dp = super::leader::led_against_one_process(&devices);
+        eprintln!("led NCCL group W={w}: parameters within {dp:e} of one GPU");
+        assert!(dp <= 1e-4, "W={w}: parameters differ by {dp:e}");
+    }
+}
