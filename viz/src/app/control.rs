@@ -427,29 +427,7 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.add(DragValue::new(&mut s.steps).range(1..=1_000_000).speed(10))
             .labelled_by(l.id);
         ui.end_row();
-        let l = ui.label("device");
-        egui::ComboBox::from_id_salt("device")
-            .selected_text(&s.device)
-            .show_ui(ui, |ui| {
-                for (value, label) in &devices().choices {
-                    ui.selectable_value(&mut s.device, value.clone(), label);
-                }
-            })
-            .response
-            .labelled_by(l.id)
-            .on_hover_text(&devices().note);
-        ui.end_row();
-        let l = ui.label("ranks");
-        let most = most_ranks(&s.device);
-        s.ranks = s.ranks.clamp(1, most);
-        ui.add_enabled(most > 1, DragValue::new(&mut s.ranks).range(1..=most))
-            .labelled_by(l.id)
-            .on_hover_text(
-                "Data parallel: one rank per device (the CPU repeated, or consecutive GPUs \
-                 from the chosen one), each on its share of the batch; the batch size must \
-                 divide by the ranks",
-            );
-        ui.end_row();
+        device_rows(s, ui);
         let l = ui.label("precision");
         egui::ComboBox::from_id_salt("precision")
             .selected_text(s.precision.name())
@@ -492,8 +470,39 @@ fn new_run(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     });
 }
 
-/// Devices a run can train on: the CPU, and the GPUs when this binary has CUDA.
-/// The device choices of the new-run form.
+/// The new-run form's device and data-parallel ranks (two rows of its grid).
+fn device_rows(s: &mut super::UiState, ui: &mut egui::Ui) {
+    let l = ui.label("device");
+    egui::ComboBox::from_id_salt("device")
+        .selected_text(&s.device)
+        .show_ui(ui, |ui| {
+            for (value, label) in &devices().choices {
+                ui.selectable_value(&mut s.device, value.clone(), label);
+            }
+        })
+        .response
+        .labelled_by(l.id)
+        .on_hover_text(&devices().note);
+    ui.end_row();
+    let l = ui.label("ranks");
+    let most = most_ranks(&s.device);
+    s.ranks = s.ranks.clamp(1, most);
+    ui.add_enabled(most > 1, DragValue::new(&mut s.ranks).range(1..=most))
+        .labelled_by(l.id)
+        .on_hover_text(
+            "Data parallel: one rank per device (the CPU repeated, or consecutive GPUs \
+             from the chosen one), each on its share of the batch; the batch size must \
+             divide by the ranks",
+        )
+        .on_disabled_hover_text(if cfg!(feature = "nccl") {
+            "Data parallel needs a GPU after this one"
+        } else {
+            "Data parallel on GPUs goes through NCCL: this build lacks the `nccl` feature"
+        });
+    ui.end_row();
+}
+
+/// The device choices of the new-run form: the CPU, and the GPUs when this binary has CUDA.
 struct Devices {
     /// `(value, label)`: `cpu`, then each CUDA device with its name and memory.
     choices: Vec<(String, String)>,
