@@ -45,6 +45,8 @@ struct Follower {
 /// When a tick fails on any rank the group is over: the leader names the rank that failed
 /// and why, refuses further ticks and commands with that reason, and keeps rank 0's trainer,
 /// whose state is that of its last completed step, for inspection and checkpoints.
+/// [`Leader::into_trainers`] ends the group and gives back every rank's trainer; dropping the
+/// leader ends it too (each other rank finishes its current order and stops).
 ///
 /// ```no_run
 /// use std::ops::ControlFlow;
@@ -229,13 +231,15 @@ impl Leader {
             return Ok(());
         }
         let report: &mut dyn FnMut(&Event) -> ControlFlow<()> = &mut on_event;
-        let _ = self.trainer.apply_live(command, Some(report))?;
-        // Sent whether or not rank 0 took it: each rank decides alike, and a rank that could
-        // not take what rank 0 took fails, which the next tick reports.
+        // A failure here is the probe after a swap, which the swap itself precedes.
+        let applied = self.trainer.apply_live(command, Some(report));
+        // Sent whether or not rank 0 took it (or could probe after it): each rank decides
+        // alike, and a rank that could not take what rank 0 took fails, which the next tick
+        // reports.
         if let Some(rank) = self.send(|| Order::Apply(command.clone())) {
             return Err(self.break_up(Error::Data(format!("rank 0: rank {rank} {LEFT_THE_GROUP}"))));
         }
-        Ok(())
+        applied.map(|_| ())
     }
 
     /// Ends the group and gives every rank's trainer back, in rank order: identical copies,
