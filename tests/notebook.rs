@@ -155,3 +155,25 @@ fn a_live_session_on_two_ranks_steps_swaps_and_answers() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_run_on_two_ranks_finishes_like_one_device() {
+    let mut cfg = tiny_config();
+    cfg.train.steps = 4;
+    let one = Run::fit(cfg.clone(), "one").unwrap();
+    let two = Run::fit_on(cfg, &["cpu", "cpu"], "two").unwrap();
+    assert!(two.history.finished);
+    assert_eq!(two.history.device, "2 ranks: cpu, cpu");
+    assert_eq!(two.trainer.completed_steps(), 4);
+    let (a, b) = (&two.history.steps, &one.history.steps);
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x.loss - y.loss).abs() <= 1e-5 * y.loss.abs(),
+            "{x:?} vs {y:?}"
+        );
+    }
+    let (ea, eb) = (two.last_eval().unwrap(), one.last_eval().unwrap());
+    let gap = (ea.modality_gap - eb.modality_gap).abs();
+    assert!(gap <= 1e-4, "final evaluations differ: gap {gap:e}");
+}

@@ -230,6 +230,32 @@ impl Run {
         Self::fit_trainer(trainer, name)
     }
 
+    /// [`Run::fit`] with one data-parallel rank per device (`&["cpu", "cpu"]`,
+    /// `&["cuda:0", "cuda:1"]`; `train.batch_size` is the global batch and must divide by
+    /// their number). The run keeps rank 0's trainer; every rank's parameters are the same.
+    pub fn fit_on(cfg: RunConfig, devices: &[&str], name: impl Into<String>) -> Result<Self> {
+        let mut history = RunHistory::default();
+        let started = Instant::now();
+        let run = workbench::parallel::DataParallel::new(devices)
+            .context("devices")?
+            .fit(&cfg, None, |event: &Event| {
+                history.push(event);
+                ControlFlow::Continue(())
+            })
+            .context("data-parallel run")?;
+        let trainer = run
+            .trainers
+            .into_iter()
+            .next()
+            .context("a data-parallel run without a rank")?;
+        Ok(Self {
+            name: name.into(),
+            trainer,
+            history,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
     /// Trains an existing trainer (e.g. one given a custom objective) to the end of its schedule.
     pub fn fit_trainer(mut trainer: Trainer, name: impl Into<String>) -> Result<Self> {
         let mut history = RunHistory::default();
