@@ -233,6 +233,10 @@ impl Run {
     /// [`Run::fit`] with one data-parallel rank per device (`&["cpu", "cpu"]`,
     /// `&["cuda:0", "cuda:1"]`; `train.batch_size` is the global batch and must divide by
     /// their number). The run keeps rank 0's trainer; every rank's parameters are the same.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "taken as Run::fit takes it, so that the two calls read alike in a cell"
+    )]
     pub fn fit_on(cfg: RunConfig, devices: &[&str], name: impl Into<String>) -> Result<Self> {
         let mut history = RunHistory::default();
         let started = Instant::now();
