@@ -1,24 +1,15 @@
 //! [`DataParallel`]: one thread per device, the ranks stepping in lock-step.
 
-use super::{Communicator, ThreadComm, ThreadGroup, any_rank};
+use super::{Communicator, ThreadComm, ThreadGroup};
 use crate::config::RunConfig;
 use crate::control::{Command, RunHandle};
 use crate::events::Event;
-use crate::train::{FitOutcome, Tick, Trainer};
+use crate::train::{FitOutcome, Trainer};
 use crate::{Error, Result};
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-
-/// Rank 0's event callback; the other ranks have none.
-type OnEvent<'a> = Option<&'a mut dyn FnMut(&Event) -> ControlFlow<()>>;
-
-/// The live commands rank 0 received, by the step before which every rank applies them. Rank 0
-/// posts a step's commands before the collective that opens the step, and the other ranks read
-/// them after it, so each rank finds them there; only steps with commands have an entry.
-type Board = Mutex<BTreeMap<usize, Vec<Command>>>;
 
 /// What a rank's communicator error says when another rank is gone; such an error is a
 /// consequence, and the driver reports the cause instead.
@@ -199,7 +190,9 @@ impl DataParallel {
     /// the same order before that step, so the ranks stay identical (an objective swap, a new
     /// temperature, a freeze or a clamp changes all of them at once). Rank 0's events report
     /// each one (`objective_swapped` followed by a probe, `edited`, or `command_rejected`, which
-    /// leaves every rank unchanged); [`Command::Stop`] pauses every rank at that step.
+    /// leaves every rank unchanged); [`Command::Stop`] pauses every rank at that step. It is the
+    /// loop of [`Trainer::fit_with`] driving a [`super::Leader`] whose other ranks run on
+    /// threads scoped to the call.
     ///
     /// ```no_run
     /// use std::ops::ControlFlow;
@@ -228,51 +221,12 @@ impl DataParallel {
         commands: &Receiver<Command>,
         on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<ParallelOutcome> {
-        let world = self.world_size();
-        let backend = Backend::new(&self.devices)?;
-        let gate = StartGate::new(world);
-        let board = Board::default();
-        let rank_main =
-            |rank: usize, on_event: OnEvent<'_>, commands: Option<&Receiver<Command>>| {
-                let built = build(rank, &self.devices[rank]);
-                let mut trainer = join_group(rank, built, &gate, &backend)?;
-                let outcome = run_rank(&mut trainer, on_event, commands, &board, &self.devices)?;
-                Ok((outcome, trainer))
-            };
-        let results: Vec<Result<(FitOutcome, Trainer)>> = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..world)
-                .map(|rank| {
-                    let rank_main = &rank_main;
-                    scope.spawn(move || rank_main(rank, None, None))
-                })
-                .collect();
-            let mut on_event = on_event;
-            let mut all = vec![rank_main(0, Some(&mut on_event), Some(commands))];
-            for (i, h) in others.into_iter().enumerate() {
-                all.push(
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Data(format!("rank {} panicked", i + 1)))),
-                );
-            }
-            all
-        });
-        let mut trainers = Vec::with_capacity(world);
-        let mut outcome = None;
-        let mut errors = Vec::new();
-        for (rank, r) in results.into_iter().enumerate() {
-            match r {
-                Ok((o, t)) => {
-                    outcome.get_or_insert(o);
-                    trainers.push(t);
-                }
-                Err(e) => errors.push((rank, e)),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(cause(errors));
-        }
-        let outcome = outcome.unwrap_or(FitOutcome::Finished);
-        Ok(ParallelOutcome { outcome, trainers })
+        std::thread::scope(|scope| {
+            let mut group = self.lead_scoped(scope, &build)?;
+            let outcome = crate::train::run_loop(&mut group, commands, on_event)?;
+            let trainers = group.into_trainers()?;
+            Ok(ParallelOutcome { outcome, trainers })
+        })
     }
 }
 
@@ -331,95 +285,6 @@ impl Backend {
                 *id,
             )?)),
         }
-    }
-}
-
-/// One rank's loop: the steps of [`Trainer::fit_with`], with a stop that every rank agrees on
-/// before each step and the live commands rank 0 posts on `board`. Only rank 0 has `on_event`
-/// and `commands`.
-fn run_rank(
-    trainer: &mut Trainer,
-    mut on_event: OnEvent<'_>,
-    commands: Option<&Receiver<Command>>,
-    board: &Board,
-    devices: &[String],
-) -> Result<FitOutcome> {
-    let comm = trainer
-        .communicator()
-        .cloned()
-        .ok_or_else(|| Error::Data("a data-parallel rank without a communicator".into()))?;
-    let device = trainer.device().clone();
-    let steps = trainer.config().train.steps;
-    let mut stop = false;
-    if let Some(f) = on_event.as_mut() {
-        stop = f(&group_started(trainer, devices)).is_break();
-        if !stop && trainer.config().train.probe_every > 0 && trainer.completed_steps() < steps {
-            stop = f(&Event::Probe(trainer.probe()?)).is_break();
-        }
-    }
-    let mut reason = "stopped by the caller";
-    loop {
-        let step = trainer.completed_steps();
-        if let Some(commands) = commands {
-            let mut due = Vec::new();
-            for command in commands.try_iter() {
-                if command == Command::Stop {
-                    stop = true;
-                    reason = "stopped by a command";
-                } else {
-                    due.push(command);
-                }
-            }
-            if !due.is_empty() {
-                lock(board).entry(step).or_default().extend(due);
-            }
-        }
-        let stopping = any_rank(comm.as_ref(), stop, &device)?;
-        if !stopping && step >= steps {
-            break;
-        }
-        let due = lock(board).get(&step).cloned().unwrap_or_default();
-        for command in &due {
-            // A stop asked for here is agreed on before the next step; this one is taken by
-            // every rank.
-            stop |= trainer
-                .apply_live(command, on_event.as_deref_mut())?
-                .is_break();
-        }
-        if stopping {
-            return end(trainer, on_event, FitOutcome::Paused(reason.into()));
-        }
-        let mut broke = false;
-        let tick = match on_event.as_mut() {
-            Some(f) => trainer.tick(|e| {
-                let flow = f(e);
-                broke |= flow.is_break();
-                flow
-            })?,
-            None => trainer.tick(|_| ControlFlow::Continue(()))?,
-        };
-        match tick {
-            Tick::Stepped => {}
-            // The caller's stop: the step was taken on every rank; all stop at the next check.
-            Tick::Paused(_) if broke => stop = true,
-            // A non-finite value: every rank saw it at the same step (the check is agreed).
-            Tick::Paused(reason) => return end(trainer, on_event, FitOutcome::Paused(reason)),
-        }
-    }
-    match on_event {
-        Some(f) => trainer.finish(f),
-        None => Ok(FitOutcome::Finished),
-    }
-}
-
-fn lock(board: &Board) -> std::sync::MutexGuard<'_, BTreeMap<usize, Vec<Command>>> {
-    board.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn end(trainer: &mut Trainer, on_event: OnEvent<'_>, outcome: FitOutcome) -> Result<FitOutcome> {
-    match (on_event, outcome) {
-        (Some(f), FitOutcome::Paused(reason)) => trainer.pause(&mut |e: &Event| f(e), reason),
-        (_, outcome) => Ok(outcome),
     }
 }
 

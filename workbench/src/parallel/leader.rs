@@ -5,12 +5,11 @@ use super::driver::{Backend, StartGate, cause, group_started, join_group};
 use super::{DataParallel, LEFT_THE_GROUP};
 use crate::control::Command;
 use crate::events::Event;
-use crate::train::{Tick, Trainer};
+use crate::train::{Lockstep, Tick, Trainer};
 use crate::{Error, Result};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// How long a broken group waits for its other ranks to end before leaving them be (an NCCL
@@ -25,11 +24,14 @@ enum Order {
     Apply(Command),
 }
 
-/// A rank other than 0: its thread, and the channel of its orders.
+/// A rank other than 0: the channel of its orders, and the one on which its thread hands its
+/// trainer back (or its error) when it ends.
 struct Follower {
     rank: usize,
     orders: Option<Sender<Order>>,
-    thread: Option<JoinHandle<Result<Trainer>>>,
+    done: Receiver<Result<Trainer>>,
+    /// What `done` delivered, once it has.
+    result: Option<Result<Trainer>>,
 }
 
 /// Rank 0 of a data-parallel group, held by the caller, with the other ranks on threads of
@@ -99,27 +101,65 @@ impl DataParallel {
         &self,
         build: impl Fn(usize, &str) -> Result<Trainer> + Send + Sync + 'static,
     ) -> Result<Leader> {
+        let build = Arc::new(build);
+        let rank0 = build.clone();
+        self.assemble(&*rank0, |rank, main| {
+            let build = build.clone();
+            std::thread::Builder::new()
+                .name(format!("rank {rank}"))
+                .spawn(move || main(&*build))
+                .map(drop)
+        })
+    }
+
+    /// [`DataParallel::lead`] with the other ranks on threads of `scope`, so that `build` may
+    /// borrow ([`DataParallel::fit_live`]).
+    pub(super) fn lead_scoped<'scope, 'env, B>(
+        &self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        build: &'env B,
+    ) -> Result<Leader>
+    where
+        B: Fn(usize, &str) -> Result<Trainer> + Sync,
+    {
+        self.assemble(build, |rank, main| {
+            std::thread::Builder::new()
+                .name(format!("rank {rank}"))
+                .spawn_scoped(scope, move || main(build))
+                .map(drop)
+        })
+    }
+
+    /// Starts ranks `1..W` through `spawn(rank, main)` — `main` builds the rank with the
+    /// `build` it is given, joins the group and follows orders — then builds rank 0 here.
+    fn assemble<B>(
+        &self,
+        build: &B,
+        mut spawn: impl FnMut(usize, FollowerStart) -> std::io::Result<()>,
+    ) -> Result<Leader>
+    where
+        B: Fn(usize, &str) -> Result<Trainer> + ?Sized,
+    {
         let world = self.world_size();
         let backend = Arc::new(Backend::new(self.devices())?);
         let gate = Arc::new(StartGate::new(world));
-        let build = Arc::new(build);
         let mut followers = Vec::with_capacity(world.saturating_sub(1));
         let mut spawn_error = None;
         for rank in 1..world {
             let (orders, inbox) = mpsc::channel();
-            let (shared, start, build) = (backend.clone(), gate.clone(), build.clone());
+            let (finished, done) = mpsc::channel();
+            let (backend, start) = (backend.clone(), gate.clone());
             let device = self.devices()[rank].clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("rank {rank} ({device})"))
-                .spawn(move || {
-                    let trainer = join_group(rank, build(rank, &device), &start, &shared)?;
-                    follow(trainer, &inbox)
-                });
-            match spawned {
-                Ok(thread) => followers.push(Follower {
+            let main: FollowerStart = Box::new(move |build| {
+                let joined = join_group(rank, build(rank, &device), &start, &backend);
+                let _ = finished.send(joined.and_then(|trainer| follow(trainer, &inbox)));
+            });
+            match spawn(rank, main) {
+                Ok(()) => followers.push(Follower {
                     rank,
                     orders: Some(orders),
-                    thread: Some(thread),
+                    done,
+                    result: None,
                 }),
                 Err(e) => {
                     gate.absent();
@@ -147,6 +187,10 @@ impl DataParallel {
         }
     }
 }
+
+/// A follower's body, given the `build` of its rank: build, join the group, follow orders,
+/// and send the result to rank 0.
+type FollowerStart = Box<dyn FnOnce(&(dyn Fn(usize, &str) -> Result<Trainer> + Sync)) + Send>;
 
 impl Leader {
     /// A group of one: `trainer` alone, stepped and commanded directly.
@@ -239,7 +283,7 @@ impl Leader {
         if let Some(rank) = self.send(|| Order::Apply(command.clone())) {
             return Err(self.break_up(Error::Data(format!("rank 0: rank {rank} {LEFT_THE_GROUP}"))));
         }
-        applied.map(|_| ())
+        applied.map(drop)
     }
 
     /// Ends the group and gives every rank's trainer back, in rank order: identical copies,
@@ -254,11 +298,15 @@ impl Leader {
         }
         let mut trainers = Vec::with_capacity(followers.len() + 1);
         let mut errors = Vec::new();
-        for f in &mut followers {
-            match f.thread.take().map(JoinHandle::join) {
-                Some(Ok(Ok(t))) => trainers.push(t),
-                Some(Ok(Err(e))) => errors.push((f.rank, e)),
-                Some(Err(_)) | None => errors.push((f.rank, panicked(f.rank))),
+        for f in followers {
+            let rank = f.rank;
+            let result = match f.result {
+                Some(r) => r,
+                None => f.done.recv().unwrap_or_else(|_| Err(panicked(rank))),
+            };
+            match result {
+                Ok(t) => trainers.push(t),
+                Err(e) => errors.push((rank, e)),
             }
         }
         if !errors.is_empty() {
@@ -304,8 +352,16 @@ impl Leader {
 }
 
 impl Follower {
-    fn ended(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    /// Whether its thread has ended (its result, or a panic, arrived).
+    fn ended(&mut self) -> bool {
+        if self.result.is_none() {
+            match self.done.try_recv() {
+                Ok(r) => self.result = Some(r),
+                Err(TryRecvError::Disconnected) => self.result = Some(Err(panicked(self.rank))),
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        self.result.is_some()
     }
 }
 
@@ -317,21 +373,16 @@ fn leave(followers: &mut Vec<Follower>) -> Vec<(usize, Error)> {
         f.orders = None;
     }
     let deadline = Instant::now() + LEAVE_WAIT;
-    while followers.iter().any(|f| !f.ended()) && Instant::now() < deadline {
+    while followers.iter_mut().any(|f| !f.ended()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut errors = Vec::new();
-    for mut f in followers.drain(..) {
-        if !f.ended() {
-            continue;
-        }
-        match f.thread.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => errors.push((f.rank, e)),
-            Some(Err(_)) => errors.push((f.rank, panicked(f.rank))),
-            Some(Ok(Ok(_))) | None => {}
-        }
-    }
-    errors
+    followers
+        .drain(..)
+        .filter_map(|f| match f.result {
+            Some(Err(e)) => Some((f.rank, e)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn panicked(rank: usize) -> Error {
@@ -354,4 +405,33 @@ fn follow(mut trainer: Trainer, orders: &Receiver<Order>) -> Result<Trainer> {
         }
     }
     Ok(trainer)
+}
+
+impl Lockstep for Leader {
+    fn reporter(&mut self) -> &mut Trainer {
+        &mut self.trainer
+    }
+    fn started(&self) -> Event {
+        self.started_event()
+    }
+    fn tick_all(&mut self, on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>) -> Result<Tick> {
+        self.tick(on_event)
+    }
+    fn command_all(
+        &mut self,
+        command: &Command,
+        on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        let mut broke = false;
+        self.command(command, |e| {
+            let flow = on_event(e);
+            broke |= flow.is_break();
+            flow
+        })?;
+        Ok(if broke {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
 }

@@ -434,38 +434,9 @@ impl Trainer {
     pub fn fit_with(
         &mut self,
         commands: &Receiver<Command>,
-        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<FitOutcome> {
-        if on_event(&self.started_event()).is_break() {
-            return self.pause(&mut on_event, "stopped by the caller".into());
-        }
-        let (steps, probe_every) = (self.cfg.train.steps, self.cfg.train.probe_every);
-        if probe_every > 0 && self.step < steps {
-            let report = self.probe()?;
-            if on_event(&Event::Probe(report)).is_break() {
-                return self.pause(&mut on_event, "stopped by the caller".into());
-            }
-        }
-        while self.step < steps {
-            let mut stop = false;
-            for command in commands.try_iter() {
-                if command == Command::Stop {
-                    stop = true;
-                    continue;
-                }
-                if self.apply_live(&command, Some(&mut on_event))?.is_break() {
-                    return self.pause(&mut on_event, "stopped by the caller".into());
-                }
-            }
-            if stop {
-                return self.pause(&mut on_event, "stopped by a command".into());
-            }
-            match self.tick(&mut on_event)? {
-                Tick::Stepped => {}
-                Tick::Paused(reason) => return self.pause(&mut on_event, reason),
-            }
-        }
-        self.finish(on_event)
+        run_loop(self, commands, on_event)
     }
 
     /// Ends a run: the final evaluation, a checkpoint (when a run directory is set) and
@@ -559,6 +530,87 @@ impl Trainer {
         });
         Ok(FitOutcome::Paused(reason))
     }
+}
+
+/// What the training loop steps: a trainer alone, or rank 0 of a data-parallel group
+/// ([`crate::parallel::Leader`]), which passes each tick and command on to the other ranks.
+pub(crate) trait Lockstep {
+    /// The trainer that reports, evaluates and checkpoints (rank 0).
+    fn reporter(&mut self) -> &mut Trainer;
+    /// The `run_started` event.
+    fn started(&self) -> Event;
+    /// One [`Trainer::tick`] on every rank.
+    fn tick_all(&mut self, on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>) -> Result<Tick>;
+    /// One live command on every rank, reported as [`Trainer::fit_with`] reports it.
+    fn command_all(
+        &mut self,
+        command: &Command,
+        on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>>;
+}
+
+impl Lockstep for Trainer {
+    fn reporter(&mut self) -> &mut Trainer {
+        self
+    }
+    fn started(&self) -> Event {
+        self.started_event()
+    }
+    fn tick_all(&mut self, on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>) -> Result<Tick> {
+        self.tick(on_event)
+    }
+    fn command_all(
+        &mut self,
+        command: &Command,
+        on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        self.apply_live(command, Some(on_event))
+    }
+}
+
+/// The loop of [`Trainer::fit_with`], for one trainer or a whole data-parallel group: the
+/// start and first probe, then before each step the commands waiting in `commands`, then the
+/// step; a stop (the caller's, a command's, a non-finite value's) pauses with a checkpoint,
+/// and reaching `train.steps` finishes.
+pub(crate) fn run_loop(
+    group: &mut impl Lockstep,
+    commands: &Receiver<Command>,
+    mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+) -> Result<FitOutcome> {
+    let by_caller = || "stopped by the caller".to_string();
+    if on_event(&group.started()).is_break() {
+        return group.reporter().pause(&mut on_event, by_caller());
+    }
+    let train = &group.reporter().cfg.train;
+    let (steps, probe_every) = (train.steps, train.probe_every);
+    if probe_every > 0 && group.reporter().step < steps {
+        let report = group.reporter().probe()?;
+        if on_event(&Event::Probe(report)).is_break() {
+            return group.reporter().pause(&mut on_event, by_caller());
+        }
+    }
+    while group.reporter().step < steps {
+        let mut stop = false;
+        for command in commands.try_iter() {
+            if command == Command::Stop {
+                stop = true;
+                continue;
+            }
+            if group.command_all(&command, &mut on_event)?.is_break() {
+                return group.reporter().pause(&mut on_event, by_caller());
+            }
+        }
+        if stop {
+            return group
+                .reporter()
+                .pause(&mut on_event, "stopped by a command".into());
+        }
+        match group.tick_all(&mut on_event)? {
+            Tick::Stepped => {}
+            Tick::Paused(reason) => return group.reporter().pause(&mut on_event, reason),
+        }
+    }
+    group.reporter().finish(on_event)
 }
 
 /// Every caption and prompt of the dataset must fit the context; truncation would silently cut
