@@ -326,6 +326,24 @@ pub(super) fn send_script(send: &std::sync::mpsc::Sender<Command>, step: usize) 
     }
 }
 
+/// One process trained on `cfg`, sent the [`script`]'s commands after each step: its events
+/// and its trainer.
+pub(super) fn scripted_single_run(cfg: &RunConfig) -> (Vec<Event>, Trainer) {
+    let (send, commands) = std::sync::mpsc::channel();
+    let mut events = Vec::new();
+    let mut single = Trainer::new(cfg.clone()).unwrap();
+    single
+        .fit_with(&commands, |e| {
+            if let Event::Step(s) = e {
+                send_script(&send, s.step);
+            }
+            events.push(e.clone());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (events, single)
+}
+
 /// What the events of a live run say happened, step and kind, without the numbers.
 pub(super) fn command_log(events: &[Event]) -> Vec<String> {
     events
@@ -344,18 +362,8 @@ pub(super) fn command_log(events: &[Event]) -> Vec<String> {
 fn live_commands_change_every_rank_as_they_change_one_process() {
     let mut cfg = config(r#"kind = "clip""#);
     cfg.train.steps = 5;
+    let (single_events, single) = scripted_single_run(&cfg);
     let (send, commands) = std::sync::mpsc::channel();
-    let mut single_events = Vec::new();
-    let mut single = Trainer::new(cfg.clone()).unwrap();
-    single
-        .fit_with(&commands, |e| {
-            if let Event::Step(s) = e {
-                send_script(&send, s.step);
-            }
-            single_events.push(e.clone());
-            ControlFlow::Continue(())
-        })
-        .unwrap();
     let mut events = Vec::new();
     let run = DataParallel::new(&["cpu", "cpu"])
         .unwrap()

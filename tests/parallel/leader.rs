@@ -4,7 +4,7 @@
 //! against the errors a group must survive.
 
 use super::equivalence::{
-    LOSS_RTOL, PARAM_ATOL, command_log, config, max_param_diff, script, send_script,
+    LOSS_RTOL, PARAM_ATOL, command_log, config, max_param_diff, script, scripted_single_run,
 };
 use crate::util::{snapshot, tiny_config, tmpdir};
 use std::ops::ControlFlow;
@@ -45,18 +45,7 @@ pub(super) fn led_against_one_process(devices: &[&str]) -> f32 {
     let mut cfg = config(r#"kind = "clip""#);
     cfg.train.steps = 5;
     cfg.train.device = devices[0].to_string();
-    let (send, commands) = std::sync::mpsc::channel();
-    let mut single_events = Vec::new();
-    let mut single = Trainer::new(cfg.clone()).unwrap();
-    single
-        .fit_with(&commands, |e| {
-            if let Event::Step(s) = e {
-                send_script(&send, s.step);
-            }
-            single_events.push(e.clone());
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (single_events, single) = scripted_single_run(&cfg);
 
     let mut group = DataParallel::new(devices)
         .unwrap()

@@ -21,6 +21,7 @@ mod batch;
 mod control;
 mod curves;
 mod gap;
+mod new_run;
 mod paint;
 mod run;
 mod runs;
