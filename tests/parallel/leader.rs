@@ -179,3 +179,86 @@ fn a_rank_that_fails_mid_run_ends_the_group_and_rank_0_keeps_its_state() {
     assert!(group.into_trainers().is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_rank_whose_build_panics_is_an_error_not_a_hang() {
+    for bad in [0, 1] {
+        let cfg = tiny_config();
+        let build = move |rank: usize, _: &str| {
+            assert!(rank != bad, "a deliberate panic building rank {rank}");
+            Trainer::new(cfg.clone())
+        };
+        let ddp = DataParallel::new(&["cpu", "cpu"]).unwrap();
+        let e = ddp.lead(build.clone()).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("rank {bad} (cpu): building its trainer panicked")),
+            "{e}"
+        );
+        let e = ddp
+            .fit_with(build, |_| ControlFlow::Continue(()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("panicked"), "{e}");
+    }
+}
+
+/// A user's objective (a CLIP loss at a fixed temperature) that panics at its third forward
+/// pass when `.0` (on one rank only: a bug that shows on one shard).
+struct PanicsAtStep3(bool, std::sync::atomic::AtomicUsize);
+
+impl workbench::loss::Objective for PanicsAtStep3 {
+    fn name(&self) -> &str {
+        "panics_at_step_3"
+    }
+    fn forward(
+        &self,
+        inputs: &workbench::loss::LossInputs<'_>,
+    ) -> candle_core::Result<workbench::loss::LossOutput> {
+        let calls = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(!self.0 || calls < 2, "a deliberate panic in the objective");
+        let logits = (inputs.image.matmul(&inputs.text.t()?)? * 10.0)?;
+        let (i2t, t2i) = workbench::loss::symmetric_cross_entropy(&logits)?;
+        Ok(workbench::loss::LossOutput {
+            loss: ((i2t + t2i)? * 0.5)?,
+            terms: Vec::new(),
+        })
+    }
+    fn parameters(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_rank_that_panics_mid_run_ends_the_group_with_an_error() {
+    let cfg = tiny_config();
+    let build = move |rank: usize, _: &str| {
+        let mut t = Trainer::new(cfg.clone())?;
+        t.set_objective(Box::new(PanicsAtStep3(rank == 1, 0.into())))?;
+        Ok(t)
+    };
+    let mut group = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .lead(build.clone())
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(
+            group
+                .tick(|_| ControlFlow::Continue(()))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    let e = outcomes[2].as_ref().unwrap_err();
+    assert!(e.contains("rank 1 panicked"), "{e}");
+    assert_eq!(group.trainer().completed_steps(), 2);
+    // The same through the loop of fit_live, whose ranks run on scoped threads.
+    let e = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .fit_with(build, |_| ControlFlow::Continue(()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("rank 1 panicked"), "{e}");
+}

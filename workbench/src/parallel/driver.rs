@@ -222,10 +222,20 @@ impl DataParallel {
         on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<ParallelOutcome> {
         std::thread::scope(|scope| {
-            let mut group = self.lead_scoped(scope, &build)?;
-            let outcome = crate::train::run_loop(&mut group, commands, on_event)?;
-            let trainers = group.into_trainers()?;
-            Ok(ParallelOutcome { outcome, trainers })
+            let mut threads = Vec::new();
+            let run = || {
+                let mut group = self.lead_scoped(scope, &build, &mut threads)?;
+                let outcome = crate::train::run_loop(&mut group, commands, on_event)?;
+                let trainers = group.into_trainers()?;
+                Ok(ParallelOutcome { outcome, trainers })
+            };
+            let result = run();
+            // Every rank has ended or been told to (the group is gone); a rank's panic has
+            // reached rank 0 as an error already.
+            for thread in threads {
+                let _ = thread.join();
+            }
+            result
         })
     }
 }

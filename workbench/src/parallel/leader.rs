@@ -8,6 +8,7 @@ use crate::events::Event;
 use crate::train::{Lockstep, Tick, Trainer};
 use crate::{Error, Result};
 use std::ops::ControlFlow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -113,20 +114,24 @@ impl DataParallel {
     }
 
     /// [`DataParallel::lead`] with the other ranks on threads of `scope`, so that `build` may
-    /// borrow ([`DataParallel::fit_live`]).
+    /// borrow ([`DataParallel::fit_live`]); their handles go to `threads`, for the caller to
+    /// join (a scope whose unjoined thread panicked would panic in turn — a rank's panic
+    /// reaches rank 0 as an error instead).
     pub(super) fn lead_scoped<'scope, 'env, B>(
         &self,
         scope: &'scope std::thread::Scope<'scope, 'env>,
         build: &'env B,
+        threads: &mut Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
     ) -> Result<Leader>
     where
         B: Fn(usize, &str) -> Result<Trainer> + Sync,
     {
         self.assemble(build, |rank, main| {
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("rank {rank}"))
-                .spawn_scoped(scope, move || main(build))
-                .map(drop)
+                .spawn_scoped(scope, move || main(build))?;
+            threads.push(thread);
+            Ok(())
         })
     }
 
@@ -151,8 +156,10 @@ impl DataParallel {
             let (backend, start) = (backend.clone(), gate.clone());
             let device = self.devices()[rank].clone();
             let main: FollowerStart = Box::new(move |build| {
-                let joined = join_group(rank, build(rank, &device), &start, &backend);
-                let _ = finished.send(joined.and_then(|trainer| follow(trainer, &inbox)));
+                let built = build_rank(build, rank, &device);
+                let body = || follow(join_group(rank, built, &start, &backend)?, &inbox);
+                let result = catch_unwind(AssertUnwindSafe(body));
+                let _ = finished.send(result.unwrap_or_else(|_| Err(panicked(rank))));
             });
             match spawn(rank, main) {
                 Ok(()) => followers.push(Follower {
@@ -167,7 +174,7 @@ impl DataParallel {
                 }
             }
         }
-        let rank0 = join_group(0, build(0, &self.devices()[0]), &gate, &backend);
+        let rank0 = join_group(0, build_rank(build, 0, &self.devices()[0]), &gate, &backend);
         match rank0 {
             Ok(trainer) => Ok(Leader {
                 trainer,
@@ -195,7 +202,7 @@ type FollowerStart = Box<dyn FnOnce(&(dyn Fn(usize, &str) -> Result<Trainer> + S
 impl Leader {
     /// A group of one: `trainer` alone, stepped and commanded directly.
     pub fn solo(trainer: Trainer) -> Self {
-        let devices = vec![crate::devices::describe(trainer.device())];
+        let devices = vec![trainer.config().train.device.clone()];
         Self {
             trainer,
             followers: Vec::new(),
@@ -383,6 +390,19 @@ fn leave(followers: &mut Vec<Follower>) -> Vec<(usize, Error)> {
             _ => None,
         })
         .collect()
+}
+
+/// `build(rank, device)`, a panic in it made an error: every rank must reach the start gate,
+/// or the others would wait there forever.
+fn build_rank<B>(build: &B, rank: usize, device: &str) -> Result<Trainer>
+where
+    B: Fn(usize, &str) -> Result<Trainer> + ?Sized,
+{
+    catch_unwind(AssertUnwindSafe(|| build(rank, device))).unwrap_or_else(|_| {
+        Err(Error::Data(format!(
+            "rank {rank} ({device}): building its trainer panicked"
+        )))
+    })
 }
 
 fn panicked(rank: usize) -> Error {
