@@ -208,7 +208,7 @@ fn a_rank_whose_build_panics_is_an_error_not_a_hang() {
 struct PanicsAtStep3(bool, std::sync::atomic::AtomicUsize);
 
 impl workbench::loss::Objective for PanicsAtStep3 {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "panics_at_step_3"
     }
     fn forward(
