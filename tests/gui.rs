@@ -355,6 +355,15 @@ fn the_new_run_form_trains_on_several_ranks_and_forks_onto_them() {
     });
     click(&mut h, "Step");
     wait(&mut h, "a step on both ranks", |a| step(a) == 1);
+    // Rank 0 answers the panels, with the others waiting.
+    click(&mut h, "Alignment");
+    wait(&mut h, "rank 0's alignment", |a| {
+        !a.alignment_words().is_empty()
+    });
+    click(&mut h, "Attention");
+    wait(&mut h, "rank 0's attention", |a| {
+        a.attention_map().is_some()
+    });
     click(&mut h, "Fork");
     wait(&mut h, "the fork", |a| a.sessions().len() == 2);
     assert_eq!(h.state().sessions()[1].devices(), ["cpu", "cpu"]);
