@@ -335,13 +335,24 @@ impl Session {
     }
 }
 
+/// How long dropping a session waits for its thread to finish the current step.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_mins(1);
+
 impl Drop for Session {
     fn drop(&mut self) {
         // Closing the request channel ends the thread after its current step.
         let (dead, _) = mpsc::channel();
         self.requests = dead;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A step that never ends (an NCCL rank waiting in a collective for a rank that
+            // failed) must not hold up whoever drops the session — the app, on exit — forever.
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
