@@ -61,8 +61,12 @@ fn play_pause_and_step() {
     h.run_steps(3);
     assert_eq!(step(h.state()), 0, "a session starts paused");
 
+    assert!(h.query_by_label_contains("data wait").is_none());
     click(&mut h, "Step");
     wait(&mut h, "one step", |a| step(a) == 1);
+    h.step();
+    // The status names how long the step waited for its batch.
+    let _ = h.get_by_label_contains("data wait");
 
     click(&mut h, "Play");
     wait(&mut h, "steps to advance after Play", |a| step(a) >= 6);

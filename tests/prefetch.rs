@@ -286,7 +286,7 @@ fn the_data_wait_is_recorded_and_old_metrics_still_read() {
     let mut history = viz::session::RunHistory::default();
     history.push(&Event::Step(back));
     // The command line's summary: mean wait per step and its share of step time.
-    let mut wait = viz::cli::DataWait::default();
+    let mut wait = viz::session::DataWait::default();
     assert_eq!(wait.line(), None);
     let step = |seconds, data_seconds| StepStats {
         seconds,
@@ -298,6 +298,26 @@ fn the_data_wait_is_recorded_and_old_metrics_still_read() {
     assert_eq!(
         wait.line().unwrap(),
         "data wait 25.0 ms per step · 10.0 % of step time (device idle waiting for data)"
+    );
+    // The app's status: the same figures over the last 20 steps of a history (the 5 steps
+    // before them waited far longer, and do not count).
+    let mut history = viz::session::RunHistory::default();
+    for i in 0..25 {
+        let waited = if i < 5 { 0.1 } else { 0.002 };
+        history.push(&Event::Step(StepStats {
+            step: i + 1,
+            ..step(0.02, waited)
+        }));
+    }
+    let (ms, share) = history.data_wait().figures().unwrap();
+    assert_eq!(history.data_wait().steps, 20);
+    assert!(
+        (ms - 2.0).abs() < 1e-9 && (share - 10.0).abs() < 1e-9,
+        "{ms} ms, {share} %"
+    );
+    assert_eq!(
+        viz::session::RunHistory::default().data_wait().figures(),
+        None
     );
     // `train.prefetch` is checked.
     let bad = RunConfig::from_toml("[train]\nprefetch = 100\n", Path::new("p.toml"));

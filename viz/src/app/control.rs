@@ -29,6 +29,13 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             "paused"
         };
         ui.label(format!("{status}, {speed} pairs/s"));
+        if let Some((ms, share)) = h.data_wait().figures() {
+            ui.label(format!("data wait {ms:.1} ms/step ({share:.1} %)"))
+                .on_hover_text(
+                    "Over the last 20 steps: how long each step waited for its batch, during \
+                     which the device idles (train.prefetch builds batches ahead)",
+                );
+        }
         if let Some(last) = h.steps.last() {
             ui.label(format!("loss {:.4}", last.loss));
         }

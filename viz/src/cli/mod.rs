@@ -27,7 +27,6 @@ pub use bench::BenchArgs;
 pub use dataset::CheckDataArgs;
 pub use export::ExportArgs;
 pub use inspect::{InspectArgs, load_image};
-pub use train::DataWait;
 
 /// Train small CLIP-like image–text models and look inside them.
 #[derive(Debug, Parser)]

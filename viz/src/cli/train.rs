@@ -12,10 +12,12 @@ use std::sync::mpsc::{Receiver, Sender};
 use workbench::config::{RunConfig, parse_device};
 use workbench::control::Command;
 use workbench::data::{BadSampleReport, open_dataset};
-use workbench::events::{EvalReport, Event, JsonlWriter, StepStats};
+use workbench::events::{EvalReport, Event, JsonlWriter};
 use workbench::loss::LossConfig;
 use workbench::pretrained::Pretrained;
 use workbench::train::{FitOutcome, Trainer};
+
+use crate::session::DataWait;
 
 /// `runs/<base>`, or `runs/<base>-2`, `-3`, … — never an existing directory.
 pub(super) fn fresh_run_dir(base: &str) -> PathBuf {
@@ -391,38 +393,6 @@ fn print_line(bar: &ProgressBar, line: &str) {
         eprintln!("{line}");
     } else {
         bar.println(line);
-    }
-}
-
-/// How long the steps of this invocation waited for their batches.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct DataWait {
-    /// Steps counted.
-    pub steps: usize,
-    /// Their total time waiting for data, seconds.
-    pub data_seconds: f64,
-    /// Their total time, seconds.
-    pub seconds: f64,
-}
-
-impl DataWait {
-    /// Counts one step.
-    pub fn add(&mut self, s: &StepStats) {
-        self.steps += 1;
-        self.data_seconds += s.data_seconds;
-        self.seconds += s.seconds;
-    }
-
-    /// The summary line: mean wait per step and the share of step time spent waiting; `None`
-    /// before any step.
-    pub fn line(&self) -> Option<String> {
-        (self.steps > 0).then(|| {
-            let mean_ms = self.data_seconds / self.steps as f64 * 1e3;
-            let share = self.data_seconds / self.seconds.max(1e-12) * 100.0;
-            format!(
-                "data wait {mean_ms:.1} ms per step · {share:.1} % of step time (device idle waiting for data)"
-            )
-        })
     }
 }
 

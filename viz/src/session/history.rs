@@ -119,12 +119,26 @@ impl RunHistory {
         self.steps.last().map_or(self.start_step, |s| s.step)
     }
 
+    /// The last (up to) 20 steps: what the status figures are taken over.
+    fn recent(&self) -> &[StepStats] {
+        &self.steps[self.steps.len().saturating_sub(20)..]
+    }
+
     /// Pairs per second over the last (up to) 20 steps.
     pub fn pairs_per_second(&self) -> Option<f64> {
-        let tail = &self.steps[self.steps.len().saturating_sub(20)..];
+        let tail = self.recent();
         let secs: f64 = tail.iter().map(|s| s.seconds).sum();
         let pairs: usize = tail.iter().map(|s| s.batch_size).sum();
         (secs > 0.0).then(|| pairs as f64 / secs)
+    }
+
+    /// How long the last (up to) 20 steps waited for their batches.
+    pub fn data_wait(&self) -> DataWait {
+        let mut wait = DataWait::default();
+        for s in self.recent() {
+            wait.add(s);
+        }
+        wait
     }
 
     /// A curve as `[step, value]` points: `loss`, `lr`, `grad_norm`, `term:<name>`,
@@ -242,5 +256,45 @@ pub fn describe(command: &Command) -> String {
             None => format!("unclamp {prefix}"),
         },
         Command::Stop => "stop".into(),
+    }
+}
+
+/// How long some steps waited for their batches (the device idles meanwhile): the command
+/// line's summary of a run, the app's status over the last steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DataWait {
+    /// Steps counted.
+    pub steps: usize,
+    /// Their total time waiting for data, seconds.
+    pub data_seconds: f64,
+    /// Their total time, seconds.
+    pub seconds: f64,
+}
+
+impl DataWait {
+    /// Counts one step.
+    pub fn add(&mut self, s: &StepStats) {
+        self.steps += 1;
+        self.data_seconds += s.data_seconds;
+        self.seconds += s.seconds;
+    }
+
+    /// Mean wait per step in milliseconds, and the share of step time spent waiting in
+    /// percent; `None` before any step.
+    pub fn figures(&self) -> Option<(f64, f64)> {
+        (self.steps > 0).then(|| {
+            let mean_ms = self.data_seconds / self.steps as f64 * 1e3;
+            (mean_ms, self.data_seconds / self.seconds.max(1e-12) * 100.0)
+        })
+    }
+
+    /// The summary line: mean wait per step and the share of step time spent waiting; `None`
+    /// before any step.
+    pub fn line(&self) -> Option<String> {
+        self.figures().map(|(mean_ms, share)| {
+            format!(
+                "data wait {mean_ms:.1} ms per step · {share:.1} % of step time (device idle waiting for data)"
+            )
+        })
     }
 }

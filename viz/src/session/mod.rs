@@ -139,7 +139,7 @@ pub enum Reply {
     Error(String),
 }
 
-pub use history::{Marker, RunHistory, describe};
+pub use history::{DataWait, Marker, RunHistory, describe};
 
 mod history;
 
