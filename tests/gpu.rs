@@ -83,6 +83,13 @@ fn first_steps_on_the_gpu_equal_the_cpu_from_the_same_seed() {
     let (mut g, mut c) = (on("cuda", tiny_config()), on("cpu", tiny_config()));
     assert!(g.device().is_cuda());
     let (sg, sc) = (g.step().unwrap(), c.step().unwrap());
+    // The step reports the device's memory on the GPU, nothing on the CPU.
+    let m = sg
+        .device_memory
+        .expect("a GPU step reports the device's memory");
+    eprintln!("GPU memory after the first tiny step: {m}");
+    assert!(m.used_bytes > 0 && m.used_bytes <= m.total_bytes, "{m:?}");
+    assert_eq!(sc.device_memory, None);
     // The bound for the first step in f32: same seed, same batch, same initial weights.
     assert_near(sg.loss, sc.loss, 1e-4, "first-step loss");
     assert_near(

@@ -283,6 +283,30 @@ fn the_data_wait_is_recorded_and_old_metrics_still_read() {
         panic!("not a step")
     };
     assert_eq!(back.data_seconds, 0.0);
+    // Device memory: absent on the CPU, and absent from the line (old lines read as the CPU's).
+    assert_eq!(s.device_memory, None);
+    assert!(!old.contains("device_memory") && back.device_memory.is_none());
+    // On a GPU the step carries it, and it reads back.
+    let on_gpu = StepStats {
+        device_memory: Some(workbench::devices::DeviceMemory {
+            used_bytes: 3 << 30,
+            total_bytes: 80 << 30,
+        }),
+        ..s.clone()
+    };
+    let line = serde_json::to_string(&Event::Step(on_gpu.clone())).unwrap();
+    assert!(
+        line.contains(r#""device_memory":{"used_bytes":3221225472,"total_bytes":85899345920}"#),
+        "{line}"
+    );
+    let Event::Step(read) = serde_json::from_str::<Event>(&line).unwrap() else {
+        panic!("not a step")
+    };
+    assert_eq!(read.device_memory, on_gpu.device_memory);
+    assert_eq!(
+        on_gpu.device_memory.unwrap().to_string(),
+        "3.0 of 80.0 GiB in use"
+    );
     let mut history = viz::session::RunHistory::default();
     history.push(&Event::Step(back));
     // The command line's summary: mean wait per step and its share of step time.

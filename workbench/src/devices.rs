@@ -11,7 +11,7 @@
 //! }
 //! ```
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A device check: the same computation on the device and on the CPU.
@@ -42,6 +42,47 @@ pub struct CudaDevice {
     /// The kernel and product check, or why it failed; `None` when not asked for
     /// ([`cuda_devices`] with `check = false`).
     pub check: Option<Result<DeviceCheck, String>>,
+}
+
+/// A CUDA device's memory as its driver reports it at one moment: for every process on the
+/// device (what `nvidia-smi` shows), the driver's and cuBLAS's pools included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMemory {
+    /// Total − free, bytes.
+    pub used_bytes: u64,
+    /// The device's memory, bytes.
+    pub total_bytes: u64,
+}
+
+impl fmt::Display for DeviceMemory {
+    /// `3.2 of 79.6 GiB in use`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        write!(
+            f,
+            "{:.1} of {:.1} GiB in use",
+            gib(self.used_bytes),
+            gib(self.total_bytes)
+        )
+    }
+}
+
+/// The memory of `device` now; `None` on the CPU.
+pub fn memory(device: &candle_core::Device) -> candle_core::Result<Option<DeviceMemory>> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        let (free, total) = d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .map_err(candle_core::Error::wrap)?;
+        return Ok(Some(DeviceMemory {
+            used_bytes: (total - free) as u64,
+            total_bytes: total as u64,
+        }));
+    }
+    let _ = device;
+    Ok(None)
 }
 
 /// `bytes` in GiB, as the survey prints memory.

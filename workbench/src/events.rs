@@ -37,6 +37,10 @@ pub struct StepStats {
     /// idles for this long (0 in metrics written before it was recorded).
     #[serde(default)]
     pub data_seconds: f64,
+    /// The device's memory after the step, as its driver reports it (every process on the
+    /// device); absent on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<crate::devices::DeviceMemory>,
 }
 
 /// Retrieval quality in one direction (open_clip definitions): `R@k = mean(rank < k)`,

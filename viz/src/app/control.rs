@@ -36,6 +36,12 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                      which the device idles (train.prefetch builds batches ahead)",
                 );
         }
+        if let Some(m) = h.steps.last().and_then(|s| s.device_memory) {
+            ui.label(format!("GPU memory: {m}")).on_hover_text(
+                "After the last step, as the driver reports it: every process on the device \
+                 (rank 0's GPU in a data-parallel run)",
+            );
+        }
         if let Some(last) = h.steps.last() {
             ui.label(format!("loss {:.4}", last.loss));
         }

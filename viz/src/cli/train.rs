@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use workbench::config::{RunConfig, parse_device};
 use workbench::control::Command;
 use workbench::data::{BadSampleReport, open_dataset};
+use workbench::devices::DeviceMemory;
 use workbench::events::{EvalReport, Event, JsonlWriter};
 use workbench::loss::LossConfig;
 use workbench::pretrained::Pretrained;
@@ -299,11 +300,18 @@ pub(super) struct Seen {
     finished: Option<(f64, f64)>,
     /// Time the steps waited for data.
     wait: DataWait,
+    /// The device's memory after the step that used the most (CUDA only).
+    peak_memory: Option<DeviceMemory>,
 }
 
 pub(super) fn on_event(event: &Event, bar: &ProgressBar, quiet: bool, seen: &mut Seen) {
     if let Event::Step(s) = event {
         seen.wait.add(s);
+        if let Some(m) = s.device_memory
+            && seen.peak_memory.is_none_or(|p| m.used_bytes > p.used_bytes)
+        {
+            seen.peak_memory = Some(m);
+        }
     }
     match event {
         Event::RunStarted {
@@ -407,6 +415,9 @@ pub(super) fn summary(run_dir: &Path, step: usize, seen: &Seen, bad: Option<&Bad
     }
     if let Some(line) = wait.line() {
         eprintln!("{line}");
+    }
+    if let Some(m) = seen.peak_memory {
+        eprintln!("device memory at its peak: {m} (driver; every process on the device)");
     }
     // Datasets from files: how many samples were skipped and the first few reasons (also in
     // the `run_finished` line of metrics.jsonl).

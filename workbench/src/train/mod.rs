@@ -350,6 +350,7 @@ impl Trainer {
             objective: self.objective.name().to_string(),
             seconds,
             data_seconds,
+            device_memory: crate::devices::memory(&self.device).ok().flatten(),
         })
     }
 

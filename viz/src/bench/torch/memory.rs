@@ -40,13 +40,7 @@ pub fn peak_rss() -> Option<u64> {
 /// Memory in use on `device` now according to the driver (`total − free`, bytes, every
 /// process); `None` on the CPU.
 pub fn device_used(device: &Device) -> Result<Option<u64>> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(d) = device {
-        let (free, total) = d.cuda_stream().context().mem_get_info()?;
-        return Ok(Some((total - free) as u64));
-    }
-    let _ = device;
-    Ok(None)
+    Ok(workbench::devices::memory(device)?.map(|m| m.used_bytes))
 }
 
 /// Samples [`device_used`] on a thread until stopped; the maximum is the peak.
