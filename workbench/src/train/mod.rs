@@ -1,7 +1,8 @@
 //! The trainer: one readable loop over data → model → objective → optimizer → events.
 //!
 //! ```no_run
-//! //! use workbench::{config::RunConfig, train::Trainer};
+//! use std::ops::ControlFlow;
+//! use workbench::{config::RunConfig, train::Trainer};
 //! let mut cfg = RunConfig::preset("tiny")?;
 //! cfg.train.steps = 100;
 //! let mut trainer = Trainer::new(cfg)?;
