@@ -371,7 +371,8 @@ impl WorkbenchApp {
     /// from the chosen one.
     fn reset_devices(&self) -> anyhow::Result<Vec<String>> {
         let s = &self.state;
-        let ranks = s.ranks.max(1);
+        // As the form shows it: a remembered count may exceed this machine's GPUs.
+        let ranks = s.ranks.clamp(1, new_run::most_ranks(&s.device));
         if s.device == "cpu" {
             return Ok(vec![s.device.clone(); ranks]);
         }

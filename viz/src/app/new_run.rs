@@ -154,7 +154,7 @@ fn devices() -> &'static Devices {
 
 /// The most data-parallel ranks a run on `device` can have: 8 threads on the CPU; on a GPU,
 /// it and the GPUs numbered after it.
-fn most_ranks(device: &str) -> usize {
+pub(super) fn most_ranks(device: &str) -> usize {
     if device == "cpu" {
         return 8;
     }
