@@ -367,27 +367,6 @@ impl WorkbenchApp {
             .unwrap_or_default()
     }
 
-    /// The devices a reset would train on, one per rank: `cpu` repeated, or consecutive GPUs
-    /// from the chosen one.
-    fn reset_devices(&self) -> anyhow::Result<Vec<String>> {
-        let s = &self.state;
-        // As the form shows it: a remembered count may exceed this machine's GPUs.
-        let ranks = s.ranks.clamp(1, new_run::most_ranks(&s.device));
-        if s.device == "cpu" {
-            return Ok(vec![s.device.clone(); ranks]);
-        }
-        let first: usize = match s.device.strip_prefix("cuda:") {
-            Some(n) => n
-                .parse()
-                .map_err(|_| anyhow::anyhow!("device {:?}: expected cpu or cuda:N", s.device))?,
-            None if s.device == "cuda" => 0,
-            None => anyhow::bail!("device {:?}: expected cpu or cuda:N", s.device),
-        };
-        Ok((first..first + ranks)
-            .map(|n| format!("cuda:{n}"))
-            .collect())
-    }
-
     /// The configuration a reset would start.
     fn reset_config(&self) -> anyhow::Result<RunConfig> {
         let s = &self.state;
@@ -410,10 +389,12 @@ impl WorkbenchApp {
     /// The session is built on a helper thread and appears in a later frame.
     fn reset(&mut self, play: bool) {
         let name = self.next_name();
-        match self
-            .reset_config()
-            .and_then(|c| Ok((c, self.reset_devices()?)))
-        {
+        match self.reset_config().and_then(|c| {
+            Ok((
+                c,
+                new_run::rank_devices(&self.state.device, self.state.ranks)?,
+            ))
+        }) {
             Ok((cfg, devices)) => {
                 let replaces = Some(self.active);
                 self.spawn(name, replaces, play, move |n| {

@@ -161,12 +161,31 @@ pub(super) fn most_ranks(device: &str) -> usize {
     if !cfg!(feature = "nccl") {
         return 1; // data parallel on GPUs goes through NCCL
     }
-    let first = device
-        .strip_prefix("cuda:")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
     let gpus = devices().choices.len() - 1;
-    gpus.saturating_sub(first).max(1)
+    gpus.saturating_sub(gpu_ordinal(device).unwrap_or(0)).max(1)
+}
+
+/// `N` of `cuda:N` (`cuda` is 0); `None` for anything else.
+fn gpu_ordinal(device: &str) -> Option<usize> {
+    match device.strip_prefix("cuda") {
+        Some("") => Some(0),
+        Some(rest) => rest.strip_prefix(':')?.parse().ok(),
+        None => None,
+    }
+}
+
+/// One device per rank for a run on `device` with `ranks` ranks (as the form shows them, at
+/// most [`most_ranks`]): `cpu` repeated, or consecutive GPUs from the chosen one.
+pub(super) fn rank_devices(device: &str, ranks: usize) -> anyhow::Result<Vec<String>> {
+    let ranks = ranks.clamp(1, most_ranks(device));
+    if device == "cpu" {
+        return Ok(vec![device.to_owned(); ranks]);
+    }
+    let first = gpu_ordinal(device)
+        .ok_or_else(|| anyhow::anyhow!("device {device:?}: expected cpu or cuda:N"))?;
+    Ok((first..first + ranks)
+        .map(|n| format!("cuda:{n}"))
+        .collect())
 }
 
 /// The synthetic set's knobs (checked when the run starts: a bad value is reported there).

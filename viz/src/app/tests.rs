@@ -65,3 +65,27 @@ fn ui_state_survives_a_round_trip_and_old_fields_default() {
     assert_eq!(partial.tab, Tab::Batch);
     assert!(partial.delta.abs() < f32::EPSILON);
 }
+
+#[test]
+fn ranks_become_one_device_each() {
+    assert_eq!(
+        new_run::rank_devices("cpu", 3).unwrap_or_default(),
+        ["cpu", "cpu", "cpu"]
+    );
+    assert_eq!(new_run::rank_devices("cpu", 0).unwrap_or_default(), ["cpu"]);
+    // A GPU gets at most the GPUs from it on (none here, or no NCCL: one rank).
+    let gpus = new_run::rank_devices("cuda:1", 2).unwrap_or_default();
+    assert_eq!(gpus.first().map(String::as_str), Some("cuda:1"));
+    assert!(gpus.len() <= 2);
+    assert_eq!(
+        new_run::rank_devices("cuda", 1).unwrap_or_default(),
+        ["cuda:0"]
+    );
+    for bad in ["tpu", "cudax", "cuda:x"] {
+        let e = new_run::rank_devices(bad, 1).map_err(|e| e.to_string());
+        assert!(
+            e.is_err_and(|e| e.contains("expected cpu or cuda:N")),
+            "{bad}"
+        );
+    }
+}
