@@ -1,7 +1,8 @@
 //! Training end to end on a CUDA device (a `cuda` build with a GPU): the first steps equal the
 //! CPU's from the same seed, every built-in objective trains, objectives swap live, checkpoints
 //! move between GPU and CPU in both directions, bf16 stays within the f32 bounds of
-//! `tests/amp.rs`, and inspection gives the CPU's maps. Without a usable GPU every test prints
+//! `tests/amp.rs`, inspection gives the CPU's maps, and the desktop app's session trains,
+//! swaps, answers and forks on the GPU. Without a usable GPU every test prints
 //! that it was skipped and why, and checks nothing.
 
 use crate::util::{tiny_config, tmpdir};
@@ -282,4 +283,72 @@ fn devices_finds_the_gpu_and_its_kernels_agree_with_the_cpu() {
             d.ordinal
         );
     }
+}
+
+#[test]
+fn a_session_on_the_gpu_steps_swaps_answers_and_forks_like_the_cpu() {
+    use crate::session::{drive, losses, wait_for};
+    use viz::session::{Reply, Request, Session};
+    let Some(_) = gpu("a_session_on_the_gpu_steps_swaps_answers_and_forks_like_the_cpu") else {
+        return;
+    };
+    let mut cfg = tiny_config();
+    cfg.train.steps = 50;
+    cfg.train.probe_every = 0;
+    let script = [
+        Request::Step,
+        Request::Step,
+        Request::Control(workbench::control::Command::Swap {
+            loss: LossConfig::by_name("siglip").unwrap(),
+        }),
+        Request::Attention {
+            split: Split::Val,
+            index: 3,
+        },
+        Request::Step,
+    ];
+    // The trainer is built on this thread and trains on the session's: the CUDA context
+    // follows it.
+    let mut g = Session::start_on(cfg.clone(), &["cuda:0"], "gpu").unwrap();
+    let mut c = Session::start_on(cfg, &["cpu"], "cpu").unwrap();
+    assert!(
+        g.history().device.starts_with("cuda:0"),
+        "{}",
+        g.history().device
+    );
+    let replies = drive(&mut g, &script, 3);
+    drive(&mut c, &script, 3);
+    assert!(
+        replies
+            .iter()
+            .any(|r| matches!(r, Reply::Attention(a) if a.sample == (Split::Val, 3))),
+        "{replies:?}"
+    );
+    for (step, (lg, lc)) in losses(&g).into_iter().zip(losses(&c)).enumerate() {
+        assert_near(
+            lg,
+            lc,
+            1e-3 * lc.abs().max(1.0),
+            &format!("session step {}", step + 1),
+        );
+    }
+    let m = g.history().steps.last().and_then(|s| s.device_memory);
+    assert!(m.is_some_and(|m| m.used_bytes > 0), "{m:?}");
+    // A fork resumes on the GPU and continues like its parent.
+    g.send(Request::Fork);
+    let r = wait_for(&mut g, "the fork", |_, r| !r.is_empty());
+    let Reply::Forked(dir) = &r[0] else {
+        panic!("{r:?}")
+    };
+    let mut fork = Session::resume_on(dir, &["cuda:0"], "fork").unwrap();
+    drive(&mut g, &[Request::Step], 4);
+    drive(&mut fork, &[Request::Step], 4);
+    let (lf, lg) = (losses(&fork)[0], losses(&g)[3]);
+    assert_near(
+        lf,
+        lg,
+        1e-5 * lg.abs().max(1.0),
+        "the fork's first step (GPU, both)",
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

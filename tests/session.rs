@@ -9,7 +9,7 @@ use workbench::data::Split;
 use workbench::loss::LossConfig;
 
 /// Polls until `done` holds, collecting replies; fails after 60 s.
-fn wait_for(
+pub(crate) fn wait_for(
     s: &mut Session,
     what: &str,
     mut done: impl FnMut(&Session, &[Reply]) -> bool,
@@ -156,13 +156,13 @@ fn a_session_plays_to_the_end_and_stops() {
 }
 
 /// The losses of a session's steps so far.
-fn losses(s: &Session) -> Vec<f32> {
+pub(crate) fn losses(s: &Session) -> Vec<f32> {
     s.history().steps.iter().map(|x| x.loss).collect()
 }
 
 /// Sends `requests` one after another, each answered before the next (paused, `Step` and
 /// `Control` are handled in order), and waits for `steps` steps.
-fn drive(s: &mut Session, requests: &[Request], steps: usize) -> Vec<Reply> {
+pub(crate) fn drive(s: &mut Session, requests: &[Request], steps: usize) -> Vec<Reply> {
     for r in requests {
         s.send(r.clone());
     }
