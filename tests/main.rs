@@ -24,7 +24,8 @@ mod prefetch;
 mod checkpoints;
 // Every fused kernel equals its reference, forward and backward.
 mod kernels;
-// Training on a CUDA device against the CPU: first steps, objectives, swaps, checkpoints, maps.
+// Training on a CUDA device against the CPU: first steps, objectives, swaps, checkpoints, maps,
+// the app's session.
 #[cfg(feature = "cuda")]
 mod gpu;
 // The two towers: attention weights, pooling, fused vs reference.
