@@ -5,6 +5,7 @@
 
 mod equivalence;
 mod leader;
+mod local_loss;
 #[cfg(feature = "nccl")]
 mod nccl;
 
@@ -339,7 +340,8 @@ fn workbench_train_devices_runs_resumes_and_matches_one_process() {
         let args = ["train", "--resume", dir, "--steps", "6", "--quiet"];
         run(&[&args[..], extra].concat()).unwrap();
     };
-    resume(&out_s, &["--devices", "cpu,cpu"]);
+    // With local losses (OpenCLIP's local_loss): the same gradients, so the same parameters.
+    resume(&out_s, &["--devices", "cpu,cpu", "--local-loss"]);
     let single_dir = dir.join("single");
     let single_s = single_dir.to_string_lossy();
     run(&[
@@ -367,6 +369,8 @@ fn workbench_train_devices_runs_resumes_and_matches_one_process() {
         .count();
     assert_eq!(steps, 6, "rank 0 alone logs each step once");
     // Bad input through the command line: named field, named feature, conflicting flags.
+    let e = run(&[&base[..], &["--local-loss"]].concat()).unwrap_err();
+    assert!(e.contains("--devices"), "{e}");
     let other = dir.join("other").to_string_lossy().into_owned();
     let e = run(&[
         "train",

@@ -77,46 +77,53 @@ fn w_ranks_train_exactly_like_one_process_with_the_global_batch() {
         r#"kind = "tcl""#,
     ];
     for loss in objectives {
-        let cfg = config(loss);
-        let (single, reference) = plain_run(&cfg);
-        let want = snapshot(&reference);
-        for w in [2, 4] {
-            let (stats, trainers, outcome) = parallel_run(&cfg, w);
-            assert_eq!(outcome, FitOutcome::Finished);
-            assert_eq!(stats.len(), 3, "{loss} W={w}");
-            let (mut dl, mut dn) = (0f32, 0f32);
-            for (s, p) in stats.iter().zip(&single) {
-                assert_eq!(s.batch_size, 16);
-                dl = dl.max((s.loss - p.loss).abs() / p.loss.abs());
-                dn = dn.max((s.grad_norm - p.grad_norm).abs() / p.grad_norm);
-                for (name, v) in &p.terms {
-                    let d = (s.terms[name] - v).abs() / v.abs().max(1e-3);
-                    assert!(
-                        d <= LOSS_RTOL,
-                        "{loss} W={w} term {name}: {} vs {v}",
-                        s.terms[name]
-                    );
-                }
-            }
-            let ranks: Vec<_> = trainers.iter().map(snapshot).collect();
-            let dp = max_param_diff(&ranks[0], &want);
-            eprintln!("{loss} W={w}: loss rel {dl:e}, grad-norm rel {dn:e}, params |Δ| {dp:e}");
-            assert!(
-                dl <= LOSS_RTOL && dn <= LOSS_RTOL,
-                "{loss} W={w}: {dl:e} {dn:e}"
-            );
-            assert!(
-                dp <= PARAM_ATOL,
-                "{loss} W={w}: parameters differ by {dp:e}"
-            );
-            for (r, snap) in ranks.iter().enumerate() {
+        ranks_against_one_process(&config(loss), loss);
+    }
+}
+
+/// `cfg` on 2 and on 4 ranks against one process: the loss, every term and the gradient norm
+/// of each of its 3 steps to [`LOSS_RTOL`], the parameters after them to [`PARAM_ATOL`], and
+/// every rank identical to rank 0.
+pub(super) fn ranks_against_one_process(cfg: &RunConfig, what: &str) {
+    let (single, reference) = plain_run(cfg);
+    let want = snapshot(&reference);
+    for w in [2, 4] {
+        let (stats, trainers, outcome) = parallel_run(cfg, w);
+        assert_eq!(outcome, FitOutcome::Finished);
+        assert_eq!(stats.len(), 3, "{what} W={w}");
+        let (mut dl, mut dn) = (0f32, 0f32);
+        for (s, p) in stats.iter().zip(&single) {
+            assert_eq!(s.batch_size, 16);
+            dl = dl.max((s.loss - p.loss).abs() / p.loss.abs());
+            dn = dn.max((s.grad_norm - p.grad_norm).abs() / p.grad_norm);
+            assert_eq!(s.terms.len(), p.terms.len(), "{what} W={w}");
+            for (name, v) in &p.terms {
+                let d = (s.terms[name] - v).abs() / v.abs().max(1e-3);
                 assert!(
-                    *snap == ranks[0],
-                    "{loss} W={w}: rank {r} differs from rank 0"
+                    d <= LOSS_RTOL,
+                    "{what} W={w} term {name}: {} vs {v}",
+                    s.terms[name]
                 );
             }
-            assert!(trainers.iter().all(|t| t.completed_steps() == 3));
         }
+        let ranks: Vec<_> = trainers.iter().map(snapshot).collect();
+        let dp = max_param_diff(&ranks[0], &want);
+        eprintln!("{what} W={w}: loss rel {dl:e}, grad-norm rel {dn:e}, params |Δ| {dp:e}");
+        assert!(
+            dl <= LOSS_RTOL && dn <= LOSS_RTOL,
+            "{what} W={w}: {dl:e} {dn:e}"
+        );
+        assert!(
+            dp <= PARAM_ATOL,
+            "{what} W={w}: parameters differ by {dp:e}"
+        );
+        for (r, snap) in ranks.iter().enumerate() {
+            assert!(
+                *snap == ranks[0],
+                "{what} W={w}: rank {r} differs from rank 0"
+            );
+        }
+        assert!(trainers.iter().all(|t| t.completed_steps() == 3));
     }
 }
 

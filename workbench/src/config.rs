@@ -112,6 +112,12 @@ pub struct TrainConfig {
     /// [`MAX_PREFETCH`](crate::data::prefetch::MAX_PREFETCH)). Changes no number: the batches,
     /// the checkpointed loader position and a resume are the same with any value.
     pub prefetch: usize,
+    /// Data parallel only: each rank computes the loss of its own rows of the gathered batch
+    /// against all of the other side's (OpenCLIP's `local_loss`) — `W` times less loss compute,
+    /// the same gradients and reported loss. For objectives that
+    /// [support it](crate::loss::Objective::supports_local_loss): CLIP, SigLIP and sums of
+    /// them. No effect on one device.
+    pub local_loss: bool,
 }
 
 impl Default for TrainConfig {
@@ -137,6 +143,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             augment: AugmentConfig::default(),
             prefetch: 2,
+            local_loss: false,
         }
     }
 }

@@ -190,6 +190,11 @@ pub struct TrainArgs {
     /// `nccl`). The batch size is the global batch and must divide by the number of devices.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<String>,
+    /// With `--devices`: each rank computes the loss of its own rows against the whole
+    /// gathered batch (OpenCLIP's `local_loss`; `train.local_loss`) — the same gradients for
+    /// less loss compute. CLIP, SigLIP and sums of them.
+    #[arg(long, requires = "devices")]
+    pub local_loss: bool,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -360,6 +365,9 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.precision {
         t.precision = v;
+    }
+    if a.local_loss {
+        t.local_loss = true;
     }
 }
 

@@ -17,11 +17,11 @@
 //! in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
 use super::common::{Temperature, TemperatureConfig, check_batch, similarity};
-use super::{LossInputs, LossOutput, Objective, info_nce};
+use super::{LossInputs, LossOutput, Objective, info_nce, local_cross_entropy};
 use crate::Result;
 use crate::model::Kernels;
 use crate::params::Scope;
-use candle_core::Var;
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// Settings of [`ClipLoss`].
@@ -60,6 +60,19 @@ impl Objective for ClipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "clip")?;
+        if let Some(l) = x.local {
+            // This rank's images against every caption, and its captions against every image.
+            let scale = self.temperature.scale()?;
+            let one_way = |rows: &Tensor, all: &Tensor| {
+                let logits = similarity(&rows.narrow(0, l.start, l.len)?, all)?;
+                local_cross_entropy(&logits.broadcast_mul(&scale)?, l.start)
+            };
+            let (i2t, t2i) = (one_way(x.image, x.text)?, one_way(x.text, x.image)?);
+            return Ok(LossOutput {
+                loss: ((&i2t + &t2i)? * 0.5)?,
+                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+            });
+        }
         if self.kernels == Kernels::Reference {
             let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
             return info_nce(&logits);
@@ -70,6 +83,10 @@ impl Objective for ClipLoss {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

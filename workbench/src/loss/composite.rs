@@ -123,6 +123,10 @@ impl Objective for SumLoss {
         Ok(LossOutput { loss, terms })
     }
 
+    fn supports_local_loss(&self) -> bool {
+        self.parts.iter().all(|(_, _, o)| o.supports_local_loss())
+    }
+
     fn parameters(&self) -> Vec<(String, Var)> {
         self.parts
             .iter()

@@ -108,6 +108,21 @@ pub struct LossInputs<'a> {
     pub progress: f64,
     /// Optimizer steps completed (seeds per-step random choices, e.g. random negatives).
     pub step: usize,
+    /// On one rank of a data-parallel run with `train.local_loss`: this rank's rows of the
+    /// gathered batch. An objective that [`Objective::supports_local_loss`] then computes only
+    /// those rows' share of the loss, against every row of the other side (OpenCLIP's
+    /// `local_loss`), as the mean over those rows — so that the mean over ranks is the loss of
+    /// the whole batch. `None` everywhere else.
+    pub local: Option<LocalRows>,
+}
+
+/// The rows `start .. start + len` of a gathered batch that belong to one rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalRows {
+    /// First row.
+    pub start: usize,
+    /// Number of rows.
+    pub len: usize,
 }
 
 impl<'a> LossInputs<'a> {
@@ -126,6 +141,7 @@ impl<'a> LossInputs<'a> {
             text2: None,
             progress: 0.0,
             step: 0,
+            local: None,
         }
     }
 }
@@ -163,6 +179,13 @@ pub trait Objective: Send {
     /// Human-facing values of its parameters and schedules to log (e.g. `logit_scale` = `exp(t)`).
     fn scalars(&self) -> candle_core::Result<Vec<(String, f32)>> {
         Ok(Vec::new())
+    }
+
+    /// Whether [`Objective::forward`] honours [`LossInputs::local`] (`train.local_loss`).
+    /// An objective whose loss couples every row with every other (a Hopfield retrieval over the
+    /// batch, say) keeps the default, `false`, and cannot be used with `train.local_loss`.
+    fn supports_local_loss(&self) -> bool {
+        false
     }
 
     /// Called once when the objective is swapped in mid-run, with the current embeddings of the
@@ -392,6 +415,20 @@ pub fn symmetric_cross_entropy(logits: &Tensor) -> candle_core::Result<(Tensor, 
             .neg()
     };
     Ok((diag_nll(logits)?, diag_nll(&logits.t()?.contiguous()?)?))
+}
+
+/// Cross-entropy of `(b, B)` logits whose row `i` has its positive in column `start + i`:
+/// `mean_i −log softmax_row(i)[start + i]` — one direction of InfoNCE for the rows of one rank.
+pub fn local_cross_entropy(logits: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+    let (b, n) = logits.dims2()?;
+    if start + b > n {
+        candle_core::bail!("local rows {start}..{} outside a batch of {n}", start + b);
+    }
+    let labels = Tensor::arange(start as u32, (start + b) as u32, logits.device())?.unsqueeze(1)?;
+    crate::model::layers::log_softmax_last(logits)?
+        .gather(&labels, 1)?
+        .mean_all()?
+        .neg()
 }
 
 /// `(B, B)` scaled logits `exp(t)·x·yᵀ` and CLIP's two cross-entropy terms, shared by several

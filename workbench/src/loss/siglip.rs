@@ -22,7 +22,9 @@
 //! With [`Kernels::Fused`] (the default) the loss is [`kernels::sigmoid_pairwise()`], whose memory
 //! is linear in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
-use super::common::{Temperature, TemperatureConfig, check_batch, eye, log_sigmoid, similarity};
+use super::common::{
+    Temperature, TemperatureConfig, check_batch, eye, log_sigmoid, mask, similarity,
+};
 use super::{LossInputs, LossOutput, Objective};
 use crate::Result;
 use crate::model::Kernels;
@@ -98,6 +100,20 @@ impl SiglipLoss {
     }
 }
 
+/// The positive and negative terms of the pairwise sigmoid loss of `logits` (rows × columns),
+/// positives where `pos_mask` is 1: `−Σ log σ(z·l) / rows` over each kind of pair.
+fn pairwise_terms(
+    logits: &Tensor,
+    pos_mask: &Tensor,
+    rows: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let z = ((pos_mask * 2.0)? - 1.0)?;
+    let ll = log_sigmoid(&(logits * &z)?)?; // log σ(z·l)
+    let positive = ((&ll * pos_mask)?.sum_all()? / -(rows as f64))?;
+    let negative = ((&ll * (1.0 - pos_mask)?)?.sum_all()? / -(rows as f64))?;
+    Ok((positive, negative))
+}
+
 /// The bias `b` minimising `−Σ_ij log σ(z_ij (l_ij + b))` for fixed logits `l` (row-major
 /// `n × n`, positives on the diagonal), by Newton's method from `start`.
 pub fn optimal_bias(logits: &[f32], n: usize, start: f64) -> f64 {
@@ -127,7 +143,15 @@ impl Objective for SiglipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         let b = check_batch(x.image, x.text, "siglip")?;
-        let (positive, negative) = if self.kernels == Kernels::Fused {
+        let (positive, negative) = if let Some(l) = x.local {
+            // This rank's images against every caption: its rows of the pairwise loss, over
+            // its own row count.
+            let logits = similarity(&x.image.narrow(0, l.start, l.len)?, x.text)?
+                .broadcast_mul(&self.temperature.scale()?)?
+                .broadcast_add(self.bias.as_tensor())?;
+            let pos_mask = mask(l.len, b, logits.device(), |i, j| j == l.start + i)?;
+            pairwise_terms(&logits, &pos_mask, l.len)?
+        } else if self.kernels == Kernels::Fused {
             let terms = kernels::sigmoid_pairwise(
                 x.image,
                 x.text,
@@ -137,17 +161,16 @@ impl Objective for SiglipLoss {
             (terms.get(0)?, terms.get(1)?)
         } else {
             let logits = self.logits(x)?;
-            let pos_mask = eye(b, logits.device())?;
-            let z = ((&pos_mask * 2.0)? - 1.0)?;
-            let ll = log_sigmoid(&(logits * &z)?)?; // log σ(z·l), (B, B)
-            let positive = ((&ll * &pos_mask)?.sum_all()? / -(b as f64))?;
-            let negative = ((&ll * (1.0 - &pos_mask)?)?.sum_all()? / -(b as f64))?;
-            (positive, negative)
+            pairwise_terms(&logits, &eye(b, logits.device())?, b)?
         };
         Ok(LossOutput {
             loss: (&positive + &negative)?,
             terms: vec![("positive".into(), positive), ("negative".into(), negative)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

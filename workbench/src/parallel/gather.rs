@@ -1,7 +1,7 @@
 //! The all-gather that keeps the gradient, and the gathering of a whole [`LossInputs`].
 
 use super::Communicator;
-use crate::loss::LossInputs;
+use crate::loss::{LocalRows, LossInputs};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use std::sync::Arc;
 
@@ -113,6 +113,8 @@ pub struct GatheredInputs {
     extra_text: Option<Tensor>,
     image2: Option<Tensor>,
     text2: Option<Tensor>,
+    /// This rank's rows of the gathered batch.
+    rows: LocalRows,
 }
 
 impl GatheredInputs {
@@ -160,7 +162,19 @@ impl GatheredInputs {
             extra_text: gather(local.extra_text)?,
             image2: gather(local.image2)?,
             text2: gather(local.text2)?,
+            rows: {
+                let len = local.image.dim(0)?;
+                LocalRows {
+                    start: comm.rank() * len,
+                    len,
+                }
+            },
         })
+    }
+
+    /// This rank's rows of the gathered batch (every rank sends the same number).
+    pub fn local_rows(&self) -> LocalRows {
+        self.rows
     }
 
     /// The global batch as the objective sees it; `progress` and `step` come from `local`.
@@ -178,6 +192,7 @@ impl GatheredInputs {
             text2: self.text2.as_ref(),
             progress: local.progress,
             step: local.step,
+            local: None,
         }
     }
 }

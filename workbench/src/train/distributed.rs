@@ -4,7 +4,7 @@
 
 use super::Trainer;
 use crate::data::Batch;
-use crate::loss::LossInputs;
+use crate::loss::{LossInputs, Objective};
 use crate::parallel::{
     Communicator, GatheredInputs, LEFT_THE_GROUP, all_reduce_gradients, any_rank,
 };
@@ -64,6 +64,49 @@ impl Trainer {
     /// The number of ranks training together (1 without a communicator).
     pub fn world_size(&self) -> usize {
         self.comm.as_ref().map_or(1, |c| c.world_size())
+    }
+
+    /// `train.local_loss` needs an objective that computes a rank's rows alone.
+    pub(super) fn check_local_loss(&self, objective: &dyn Objective) -> Result<()> {
+        if self.cfg.train.local_loss && !objective.supports_local_loss() {
+            return Err(Error::config(
+                "train.local_loss",
+                format!(
+                    "`{}` computes its loss over the whole batch at once; local losses work \
+                     with clip, siglip and sums of them",
+                    objective.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The objective's inputs on this rank: the gathered batch, with this rank's rows marked
+    /// under `train.local_loss`.
+    pub(super) fn global_inputs<'a>(
+        &self,
+        gathered: &'a GatheredInputs,
+        local: &LossInputs<'_>,
+    ) -> LossInputs<'a> {
+        let mut inputs = gathered.inputs(local);
+        if self.cfg.train.local_loss {
+            inputs.local = Some(gathered.local_rows());
+        }
+        inputs
+    }
+
+    /// The step's loss and terms as one process would report them: under `train.local_loss`
+    /// each rank has its rows' share, and the mean over the ranks is the whole batch's.
+    pub(super) fn report_values(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+        match &self.comm {
+            Some(comm) if self.cfg.train.local_loss && comm.world_size() > 1 => {
+                let n = values.len();
+                let sum =
+                    comm.all_reduce(&candle_core::Tensor::from_vec(values, n, &self.device)?)?;
+                Ok((sum / comm.world_size() as f64)?.to_vec1::<f32>()?)
+            }
+            _ => Ok(values),
+        }
     }
 
     /// The global batch gathered from every rank, or `None` in a plain run.

@@ -34,6 +34,7 @@ impl Trainer {
         loss: Option<LossConfig>,
         before: &BTreeSet<String>,
     ) -> Result<Event> {
+        self.check_local_loss(objective.as_ref())?;
         let (img, txt, _) = self.probe_embeddings()?;
         objective.on_activate(&LossInputs {
             progress: self.progress(),

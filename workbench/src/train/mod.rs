@@ -156,7 +156,7 @@ impl Trainer {
             device.clone(),
         )?;
         let loader = Prefetcher::new(loader, t.prefetch);
-        Ok(Self {
+        let trainer = Self {
             cfg,
             device,
             dataset,
@@ -174,7 +174,9 @@ impl Trainer {
             clamps: BTreeMap::new(),
             probe: None,
             comm: None,
-        })
+        };
+        trainer.check_local_loss(trainer.objective.as_ref())?;
+        Ok(trainer)
     }
 
     /// Writes checkpoints under `dir/checkpoint` during [`Trainer::fit`].
@@ -302,23 +304,32 @@ impl Trainer {
         };
         let gathered = self.gather_inputs(&inputs)?;
         let out = match &gathered {
-            Some(g) => self.objective.forward(&g.inputs(&inputs))?,
+            Some(g) => self.objective.forward(&self.global_inputs(g, &inputs))?,
             None => self.objective.forward(&inputs)?,
         };
-        let mut terms = BTreeMap::new();
+        let mut values = Vec::with_capacity(out.terms.len() + 1);
         let mut bad = None;
         for (name, value) in &out.terms {
             let v = value.to_scalar::<f32>()?;
             if !v.is_finite() && bad.is_none() {
                 bad = Some(name.clone());
             }
-            terms.insert(name.clone(), v);
+            values.push(v);
         }
         let loss = out.loss.to_scalar::<f32>()?;
         let bad = bad.or_else(|| (!loss.is_finite()).then(|| "loss".to_string()));
         if let Some(term) = self.agree_non_finite(bad)? {
             return Err(Error::NonFinite { step: next, term });
         }
+        values.push(loss);
+        let mut values = self.report_values(values)?;
+        let loss = values.pop().unwrap_or(loss);
+        let terms: BTreeMap<String, f32> = out
+            .terms
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(values)
+            .collect();
         let mut grads = out.loss.backward()?;
         let trainable = self.trainable();
         self.reduce_gradients(&trainable, &mut grads)?;

@@ -1,0 +1,218 @@
+//! `train.local_loss`: each rank computes the loss of its own rows of the gathered batch
+//! against every row of the other side (OpenCLIP's `local_loss`). The mean of the ranks'
+//! local losses is the whole batch's loss, checked here on the objectives directly; through
+//! the trainer, W ranks with local losses report the loss and terms of one process and end
+//! with its parameters (the bounds of `equivalence.rs`); objectives that couple every row with
+//! every other are refused, at the start and at a swap.
+
+use super::equivalence::{config, ranks_against_one_process};
+use crate::util::tiny_config;
+use candle_core::{Device, Tensor};
+use workbench::control::Command;
+use workbench::loss::{LocalRows, LossConfig, LossInputs};
+use workbench::params::Params;
+use workbench::train::Trainer;
+
+/// Unit rows of `(n, e)` from a seeded generator.
+fn embeddings(n: usize, e: usize, seed: u64) -> Tensor {
+    let v = workbench::rng::Rng::new(seed).normal_vec(n * e, 1.0);
+    let t = Tensor::from_vec(v, (n, e), &Device::Cpu).unwrap();
+    let norm = t.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+    t.broadcast_div(&norm).unwrap()
+}
+
+#[test]
+fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
+    let (image, text) = (embeddings(12, 8, 1), embeddings(12, 8, 2));
+    let sum = r#"
+        kind = "sum"
+        [[parts]]
+        weight = 1.0
+        loss = { kind = "clip" }
+        [[parts]]
+        weight = 0.5
+        loss = { kind = "siglip" }
+    "#;
+    for loss in [r#"kind = "clip""#, r#"kind = "siglip""#, sum] {
+        let cfg: LossConfig = toml::from_str(loss).unwrap();
+        let params = Params::new(0, &Device::Cpu);
+        let objective = cfg.build(&params.scope("loss")).unwrap();
+        assert!(objective.supports_local_loss(), "{loss}");
+        let (iv, tv) = (
+            candle_core::Var::from_tensor(&image).unwrap(),
+            candle_core::Var::from_tensor(&text).unwrap(),
+        );
+        let (image, text) = (iv.as_tensor().clone(), tv.as_tensor().clone());
+        let whole = objective.forward(&LossInputs::new(&image, &text)).unwrap();
+        let whole_grads = whole.loss.backward().unwrap();
+        let whole_loss = whole.loss.to_scalar::<f32>().unwrap();
+        for w in [2, 3, 4] {
+            let len = 12 / w;
+            let mut mean = 0f32;
+            let mut terms = vec![0f32; whole.terms.len()];
+            let mut total: Option<Tensor> = None;
+            for r in 0..w {
+                let x = LossInputs {
+                    local: Some(LocalRows {
+                        start: r * len,
+                        len,
+                    }),
+                    ..LossInputs::new(&image, &text)
+                };
+                let out = objective.forward(&x).unwrap();
+                mean += out.loss.to_scalar::<f32>().unwrap() / w as f32;
+                let share = (&out.loss / w as f64).unwrap();
+                total = Some(match total {
+                    None => share,
+                    Some(t) => (t + share).unwrap(),
+                });
+                for (t, (_, v)) in terms.iter_mut().zip(&out.terms) {
+                    *t += v.to_scalar::<f32>().unwrap() / w as f32;
+                }
+            }
+            assert!(
+                (mean - whole_loss).abs() <= 1e-6 * whole_loss.abs(),
+                "{loss} W={w}: mean of local losses {mean} vs {whole_loss}"
+            );
+            // The gradient of the mean of the local losses is the whole loss's gradient.
+            let grads = total.unwrap().backward().unwrap();
+            for (v, side) in [(&iv, "image"), (&tv, "text")] {
+                let (a, b) = (grads.get(v).unwrap(), whole_grads.get(v).unwrap());
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let d = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    d <= 1e-5 * scale,
+                    "{loss} W={w}: ∂/∂{side} differs by {d:e}"
+                );
+            }
+            for ((name, v), t) in whole.terms.iter().zip(&terms) {
+                let v = v.to_scalar::<f32>().unwrap();
+                assert!(
+                    (t - v).abs() <= 1e-5 * v.abs().max(1e-3),
+                    "{loss} W={w} {name}: {t} vs {v}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn w_ranks_with_local_losses_train_exactly_like_one_process() {
+    let sum = r#"
+        kind = "sum"
+        [[parts]]
+        weight = 1.0
+        loss = { kind = "clip" }
+        [[parts]]
+        weight = 0.5
+        loss = { kind = "siglip" }
+    "#;
+    for loss in [r#"kind = "clip""#, r#"kind = "siglip""#, sum] {
+        let mut cfg = config(loss);
+        cfg.train.local_loss = true;
+        ranks_against_one_process(&cfg, &format!("local {loss}"));
+    }
+}
+
+#[test]
+fn objectives_over_the_whole_batch_are_refused_with_local_losses() {
+    let mut cfg = tiny_config();
+    cfg.train.local_loss = true;
+    cfg.loss = LossConfig::by_name("cloob").unwrap();
+    let e = Trainer::new(cfg.clone()).err().unwrap().to_string();
+    assert!(e.contains("train.local_loss") && e.contains("cloob"), "{e}");
+    // A swap to one is rejected, and the run keeps its objective.
+    cfg.loss = LossConfig::by_name("clip").unwrap();
+    let mut t = Trainer::new(cfg).unwrap();
+    let swap = Command::Swap {
+        loss: LossConfig::by_name("cloob").unwrap(),
+    };
+    let e = t.apply(&swap).unwrap_err().to_string();
+    assert!(e.contains("train.local_loss"), "{e}");
+    assert_eq!(t.objective().name(), "clip");
+    // Without local losses the same swap goes through.
+    let mut t = Trainer::new(tiny_config()).unwrap();
+    t.apply(&swap).unwrap();
+    assert_eq!(t.objective().name(), "cloob");
+}
+
+/// A CLIP loss at a fixed temperature that records the rows it was asked for.
+struct RecordsRows(std::sync::Arc<std::sync::Mutex<Vec<Option<LocalRows>>>>);
+
+impl workbench::loss::Objective for RecordsRows {
+    fn name(&self) -> &'static str {
+        "records_rows"
+    }
+    fn supports_local_loss(&self) -> bool {
+        true
+    }
+    fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<workbench::loss::LossOutput> {
+        self.0.lock().unwrap().push(x.local);
+        let rows = x.local.unwrap_or(LocalRows {
+            start: 0,
+            len: x.image.dim(0)?,
+        });
+        let logits = (x
+            .image
+            .narrow(0, rows.start, rows.len)?
+            .matmul(&x.text.t()?)?
+            * 10.0)?;
+        Ok(workbench::loss::LossOutput {
+            loss: workbench::loss::local_cross_entropy(&logits, rows.start)?,
+            terms: Vec::new(),
+        })
+    }
+    fn parameters(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn each_rank_is_given_its_own_rows_only_with_local_losses() {
+    use std::sync::{Arc, Mutex};
+    for local_loss in [true, false] {
+        let mut cfg = tiny_config(); // global batch 16
+        cfg.train.steps = 2;
+        cfg.train.local_loss = local_loss;
+        let seen: Vec<Arc<Mutex<Vec<Option<LocalRows>>>>> =
+            (0..2).map(|_| Arc::default()).collect();
+        let record = seen.clone();
+        workbench::parallel::DataParallel::new(&["cpu", "cpu"])
+            .unwrap()
+            .fit_with(
+                move |rank, _| {
+                    let mut t = Trainer::new(cfg.clone())?;
+                    t.set_objective(Box::new(RecordsRows(record[rank].clone())))?;
+                    Ok(t)
+                },
+                |_| std::ops::ControlFlow::Continue(()),
+            )
+            .unwrap();
+        for (rank, seen) in seen.iter().enumerate() {
+            let want = local_loss.then_some(LocalRows {
+                start: rank * 8,
+                len: 8,
+            });
+            let seen = seen.lock().unwrap();
+            // The two steps; then rank 0's evaluation, which is not data parallel.
+            assert_eq!(seen[..2], [want; 2], "rank {rank}");
+            assert!(
+                seen[2..].iter().all(Option::is_none),
+                "rank {rank}: {seen:?}"
+            );
+        }
+    }
+}
