@@ -351,11 +351,14 @@ fn the_new_run_form_trains_on_several_ranks_and_forks_onto_them() {
         a.messages().iter().any(|m| m.contains("train.batch_size"))
     });
     h.state_mut().state_mut().ranks = 2;
+    h.step();
+    click(&mut h, "local loss");
+    assert!(h.state().state().local_loss);
     click(&mut h, "Reset");
     wait(&mut h, "the two-rank run", |a| {
         a.sessions()
             .first()
-            .is_some_and(|s| s.devices() == ["cpu", "cpu"])
+            .is_some_and(|s| s.devices() == ["cpu", "cpu"] && s.config().train.local_loss)
     });
     click(&mut h, "Step");
     wait(&mut h, "a step on both ranks", |a| step(a) == 1);

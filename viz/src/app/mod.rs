@@ -87,6 +87,10 @@ impl Tab {
 /// Everything the user chose that outlives a launch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each is one independent checkbox of the app"
+)]
 pub struct UiState {
     /// The panel shown in the central area.
     pub tab: Tab,
@@ -125,6 +129,8 @@ pub struct UiState {
     /// New run: data-parallel ranks — `cpu` that many times, or that many GPUs from the
     /// chosen one on (1: no data parallelism).
     pub ranks: usize,
+    /// New run, several ranks: each computes the loss of its own rows (`train.local_loss`).
+    pub local_loss: bool,
     /// New run: f32, or bf16 matrix products with f32 master weights.
     pub precision: Precision,
     /// New run: the synthetic dataset.
@@ -182,6 +188,7 @@ impl UiState {
             steps: cfg.train.steps,
             device: cfg.train.device.clone(),
             ranks: 1,
+            local_loss: cfg.train.local_loss,
             precision: cfg.train.precision,
             data: cfg.data.clone(),
             holdout_text: cfg.data.holdout.join(", "),
@@ -381,6 +388,7 @@ impl WorkbenchApp {
         cfg.train.steps = s.steps;
         cfg.train.device.clone_from(&s.device);
         cfg.train.precision = s.precision;
+        cfg.train.local_loss = s.local_loss;
         cfg.data = s.data.clone();
         Ok(cfg)
     }

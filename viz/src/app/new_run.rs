@@ -120,6 +120,17 @@ fn device_rows(s: &mut UiState, ui: &mut egui::Ui) {
             "Data parallel on GPUs goes through NCCL: this build lacks the `nccl` feature"
         });
     ui.end_row();
+    ui.label("");
+    ui.add_enabled(
+        s.ranks > 1,
+        egui::Checkbox::new(&mut s.local_loss, "local loss"),
+    )
+    .on_hover_text(
+        "Each rank computes the loss of its own rows against the whole gathered batch \
+             (OpenCLIP's local_loss): the same gradients for less loss compute. CLIP, SigLIP \
+             and sums of them",
+    );
+    ui.end_row();
 }
 
 /// The device choices of the new-run form: the CPU, and the GPUs when this binary has CUDA.
