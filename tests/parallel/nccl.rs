@@ -53,8 +53,14 @@ fn nccl_on_one_gpu_is_the_identity_and_gather_keeps_the_gradient() {
 
 /// W GPU ranks (NCCL) against one process on GPU 0 with the global batch.
 fn gpu_ranks_against_one_process(w: usize) {
+    gpu_ranks_against_one_process_with(w, false);
+}
+
+/// [`gpu_ranks_against_one_process`], the ranks computing local losses when `local_loss`.
+fn gpu_ranks_against_one_process_with(w: usize, local_loss: bool) {
     let mut cfg = config(r#"kind = "clip""#);
     cfg.train.device = "cuda:0".into();
+    cfg.train.local_loss = local_loss;
     let (single, reference) = plain_run(&cfg);
     let devices: Vec<String> = (0..w).map(|i| format!("cuda:{i}")).collect();
     let mut stats = Vec::new();
@@ -81,7 +87,10 @@ fn gpu_ranks_against_one_process(w: usize) {
     let want = snapshot(&reference);
     let ranks: Vec<_> = run.trainers.iter().map(snapshot).collect();
     let dp = max_param_diff(&ranks[0], &want);
-    eprintln!("NCCL W={w}: parameters after 3 steps within {dp:e} of one GPU");
+    eprintln!(
+        "NCCL W={w}{}: parameters after 3 steps within {dp:e} of one GPU",
+        if local_loss { ", local losses" } else { "" }
+    );
     assert!(dp <= 1e-4, "W={w}: parameters differ by {dp:e}");
     for (r, snap) in ranks.iter().enumerate() {
         assert!(*snap == ranks[0], "W={w}: rank {r} differs from rank 0");
@@ -92,6 +101,14 @@ fn gpu_ranks_against_one_process(w: usize) {
 fn one_gpu_rank_trains_like_a_plain_gpu_run() {
     if gpus("one_gpu_rank", 1) >= 1 {
         gpu_ranks_against_one_process(1);
+    }
+}
+
+#[test]
+fn gpu_ranks_with_local_losses_train_like_one_gpu() {
+    let n = gpus("gpu_ranks_with_local_losses", 1);
+    for w in [1, 2].into_iter().filter(|&w| w <= n) {
+        gpu_ranks_against_one_process_with(w, true);
     }
 }
 
