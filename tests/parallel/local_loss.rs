@@ -24,6 +24,14 @@ fn embeddings(n: usize, e: usize, seed: u64) -> Tensor {
 #[test]
 fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
     let (image, text) = (embeddings(12, 8, 1), embeddings(12, 8, 2));
+    // Per-token inputs for FILIP: 4 patches and 5 token positions per row, captions of 2 to
+    // 5 tokens.
+    let patches = embeddings(12 * 4, 8, 3).reshape((12, 4, 8)).unwrap();
+    let tokens = embeddings(12 * 5, 8, 4).reshape((12, 5, 8)).unwrap();
+    let mask: Vec<f32> = (0..12 * 5)
+        .map(|k| f32::from(u8::from(k % 5 < 2 + (k / 5) % 4)))
+        .collect();
+    let mask = Tensor::from_vec(mask, (12, 5), &Device::Cpu).unwrap();
     let sum = r#"
         kind = "sum"
         [[parts]]
@@ -33,17 +41,33 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
         weight = 0.5
         loss = { kind = "siglip" }
     "#;
-    for loss in [r#"kind = "clip""#, r#"kind = "siglip""#, sum] {
+    for loss in [
+        r#"kind = "clip""#,
+        r#"kind = "siglip""#,
+        r#"kind = "filip""#,
+        sum,
+    ] {
         let cfg: LossConfig = toml::from_str(loss).unwrap();
         let params = Params::new(0, &Device::Cpu);
         let objective = cfg.build(&params.scope("loss")).unwrap();
         assert!(objective.supports_local_loss(), "{loss}");
-        let (iv, tv) = (
-            candle_core::Var::from_tensor(&image).unwrap(),
-            candle_core::Var::from_tensor(&text).unwrap(),
-        );
-        let (image, text) = (iv.as_tensor().clone(), tv.as_tensor().clone());
-        let whole = objective.forward(&LossInputs::new(&image, &text)).unwrap();
+        let vars: Vec<(candle_core::Var, &str)> = [
+            (&image, "image"),
+            (&text, "text"),
+            (&patches, "patches"),
+            (&tokens, "tokens"),
+        ]
+        .into_iter()
+        .map(|(t, name)| (candle_core::Var::from_tensor(t).unwrap(), name))
+        .collect();
+        let inputs = |local| LossInputs {
+            image_tokens: Some(vars[2].0.as_tensor()),
+            text_tokens: Some(vars[3].0.as_tensor()),
+            text_mask: Some(&mask),
+            local,
+            ..LossInputs::new(vars[0].0.as_tensor(), vars[1].0.as_tensor())
+        };
+        let whole = objective.forward(&inputs(None)).unwrap();
         let whole_grads = whole.loss.backward().unwrap();
         let whole_loss = whole.loss.to_scalar::<f32>().unwrap();
         for w in [2, 3, 4] {
@@ -52,13 +76,10 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
             let mut terms = vec![0f32; whole.terms.len()];
             let mut total: Option<Tensor> = None;
             for r in 0..w {
-                let x = LossInputs {
-                    local: Some(LocalRows {
-                        start: r * len,
-                        len,
-                    }),
-                    ..LossInputs::new(&image, &text)
-                };
+                let x = inputs(Some(LocalRows {
+                    start: r * len,
+                    len,
+                }));
                 let out = objective.forward(&x).unwrap();
                 mean += out.loss.to_scalar::<f32>().unwrap() / w as f32;
                 let share = (&out.loss / w as f64).unwrap();
@@ -76,8 +97,15 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
             );
             // The gradient of the mean of the local losses is the whole loss's gradient.
             let grads = total.unwrap().backward().unwrap();
-            for (v, side) in [(&iv, "image"), (&tv, "text")] {
-                let (a, b) = (grads.get(v).unwrap(), whole_grads.get(v).unwrap());
+            for (v, side) in &vars {
+                let (Some(a), Some(b)) = (grads.get(v), whole_grads.get(v)) else {
+                    assert_eq!(
+                        grads.get(v).is_some(),
+                        whole_grads.get(v).is_some(),
+                        "{side}"
+                    );
+                    continue;
+                };
                 let scale = b
                     .abs()
                     .unwrap()
@@ -120,7 +148,12 @@ fn w_ranks_with_local_losses_train_exactly_like_one_process() {
         weight = 0.5
         loss = { kind = "siglip" }
     "#;
-    for loss in [r#"kind = "clip""#, r#"kind = "siglip""#, sum] {
+    for loss in [
+        r#"kind = "clip""#,
+        r#"kind = "siglip""#,
+        r#"kind = "filip""#,
+        sum,
+    ] {
         let mut cfg = config(loss);
         cfg.train.local_loss = true;
         ranks_against_one_process(&cfg, &format!("local {loss}"));

@@ -18,7 +18,9 @@
 //! identical for all texts and carries no information. Memory is `O(B²·n₁·n₂)`.
 
 use super::common::{NEG, Temperature, TemperatureConfig, check_batch};
-use super::{LossInputs, LossOutput, Needs, Objective, symmetric_cross_entropy};
+use super::{
+    LossInputs, LossOutput, Needs, Objective, local_cross_entropy, symmetric_cross_entropy,
+};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{D, Tensor, Var};
@@ -100,14 +102,31 @@ impl Objective for FilipLoss {
         else {
             candle_core::bail!("filip needs patch and token embeddings with the text mask");
         };
-        let (s_i, s_t) = late_interaction(patches, tokens, &word_mask(mask)?)?;
         let scale = self.temperature.scale()?;
+        if let Some(l) = x.local {
+            // This rank's images against every caption (s_i's rows), and its captions against
+            // every image (s_t's columns): two (b, B) blocks instead of (B, B).
+            let rows = |t: &Tensor| t.narrow(0, l.start, l.len);
+            let (s_i, _) = late_interaction(&rows(patches)?, tokens, &word_mask(mask)?)?;
+            let (_, s_t) = late_interaction(patches, &rows(tokens)?, &word_mask(&rows(mask)?)?)?;
+            let i2t = local_cross_entropy(&s_i.broadcast_mul(&scale)?, l.start)?;
+            let t2i = local_cross_entropy(&s_t.t()?.contiguous()?.broadcast_mul(&scale)?, l.start)?;
+            return Ok(LossOutput {
+                loss: ((&i2t + &t2i)? * 0.5)?,
+                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+            });
+        }
+        let (s_i, s_t) = late_interaction(patches, tokens, &word_mask(mask)?)?;
         let (i2t, _) = symmetric_cross_entropy(&s_i.broadcast_mul(&scale)?)?;
         let (_, t2i) = symmetric_cross_entropy(&s_t.broadcast_mul(&scale)?)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {
