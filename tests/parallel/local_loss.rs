@@ -32,6 +32,8 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
         .map(|k| f32::from(u8::from(k % 5 < 2 + (k / 5) % 4)))
         .collect();
     let mask = Tensor::from_vec(mask, (12, 5), &Device::Cpu).unwrap();
+    // Groups for multi-positive: pairs of rows describe the same content, and a triple.
+    let groups: Vec<u64> = vec![0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 7];
     let sum = r#"
         kind = "sum"
         [[parts]]
@@ -45,6 +47,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
         r#"kind = "clip""#,
         r#"kind = "siglip""#,
         r#"kind = "filip""#,
+        r#"kind = "multi_positive""#,
         sum,
     ] {
         let cfg: LossConfig = toml::from_str(loss).unwrap();
@@ -64,6 +67,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
             image_tokens: Some(vars[2].0.as_tensor()),
             text_tokens: Some(vars[3].0.as_tensor()),
             text_mask: Some(&mask),
+            groups: Some(&groups),
             local,
             ..LossInputs::new(vars[0].0.as_tensor(), vars[1].0.as_tensor())
         };
@@ -152,6 +156,7 @@ fn w_ranks_with_local_losses_train_exactly_like_one_process() {
         r#"kind = "clip""#,
         r#"kind = "siglip""#,
         r#"kind = "filip""#,
+        r#"kind = "multi_positive""#,
         sum,
     ] {
         let mut cfg = config(loss);

@@ -115,8 +115,8 @@ pub struct TrainConfig {
     /// Data parallel only: each rank computes the loss of its own rows of the gathered batch
     /// against all of the other side's (OpenCLIP's `local_loss`) — `W` times less loss compute,
     /// the same gradients and reported loss. For objectives that
-    /// [support it](crate::loss::Objective::supports_local_loss): CLIP, SigLIP, FILIP and sums
-    /// of them. No effect on one device.
+    /// [support it](crate::loss::Objective::supports_local_loss): CLIP, SigLIP, FILIP,
+    /// multi-positive and sums of them. No effect on one device.
     pub local_loss: bool,
 }
 

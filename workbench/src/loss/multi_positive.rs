@@ -73,7 +73,22 @@ impl Objective for MultiPositiveLoss {
         if groups.len() != b {
             candle_core::bail!("multi_positive: {} group ids for {b} rows", groups.len());
         }
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
+        let scale = self.temperature.scale()?;
+        if let Some(l) = x.local {
+            // This rank's rows of both directions; the relation is symmetric, so its rows of
+            // the targets serve both.
+            let targets = group_targets(groups, x.image.device())?.narrow(0, l.start, l.len)?;
+            let one_way = |rows: &Tensor, all: &Tensor| {
+                let logits = similarity(&rows.narrow(0, l.start, l.len)?, all)?;
+                soft_cross_entropy(&logits.broadcast_mul(&scale)?, &targets)
+            };
+            let (i2t, t2i) = (one_way(x.image, x.text)?, one_way(x.text, x.image)?);
+            return Ok(LossOutput {
+                loss: ((&i2t + &t2i)? * 0.5)?,
+                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+            });
+        }
+        let logits = similarity(x.image, x.text)?.broadcast_mul(&scale)?;
         let targets = group_targets(groups, logits.device())?; // symmetric relation: same for columns
         let i2t = soft_cross_entropy(&logits, &targets)?;
         let t2i = soft_cross_entropy(&logits.t()?.contiguous()?, &targets)?;
@@ -81,6 +96,10 @@ impl Objective for MultiPositiveLoss {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

@@ -73,7 +73,8 @@ impl Trainer {
                 "train.local_loss",
                 format!(
                     "`{}` computes its loss over the whole batch at once; local losses work \
-                     with clip, siglip, filip and sums of them",
+                     with clip, siglip, filip,
+                     multi_positive and sums of them",
                     objective.name()
                 ),
             ));
