@@ -48,6 +48,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
         r#"kind = "siglip""#,
         r#"kind = "filip""#,
         r#"kind = "multi_positive""#,
+        r#"kind = "dcl""#,
         sum,
     ] {
         let cfg: LossConfig = toml::from_str(loss).unwrap();
@@ -157,6 +158,7 @@ fn w_ranks_with_local_losses_train_exactly_like_one_process() {
         r#"kind = "siglip""#,
         r#"kind = "filip""#,
         r#"kind = "multi_positive""#,
+        r#"kind = "dcl""#,
         sum,
     ] {
         let mut cfg = config(loss);

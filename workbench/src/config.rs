@@ -116,7 +116,8 @@ pub struct TrainConfig {
     /// against all of the other side's (OpenCLIP's `local_loss`) — `W` times less loss compute,
     /// the same gradients and reported loss. For objectives that
     /// [support it](crate::loss::Objective::supports_local_loss): CLIP, SigLIP, FILIP,
-    /// multi-positive and sums of them. No effect on one device.
+    /// multi-positive, decoupled
+    /// (DCL) and sums of them. No effect on one device.
     pub local_loss: bool,
 }
 

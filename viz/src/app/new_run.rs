@@ -128,7 +128,7 @@ fn device_rows(s: &mut UiState, ui: &mut egui::Ui) {
     .on_hover_text(
         "Each rank computes the loss of its own rows against the whole gathered batch \
              (OpenCLIP's local_loss): the same gradients for less loss compute. CLIP, SigLIP, \
-             FILIP, multi-positive and sums of them",
+             FILIP, multi-positive, DCL and sums of them",
     );
     ui.end_row();
 }

@@ -22,7 +22,7 @@
 //! (`U_x = x`, `U_y = y`, `V_y = y`, `V_x = x`); `loob = false` puts the positive back into the
 //! denominator (InfoNCE).
 
-use super::common::{NEG, check_batch, diagonal, eye, logsumexp_last, similarity};
+use super::common::{NEG, check_batch, diagonal, eye, logsumexp_last, mask, similarity};
 use super::{LossInputs, LossOutput, Objective};
 use crate::Result;
 use crate::params::Scope;
@@ -90,6 +90,24 @@ pub fn loob_rows(k: &Tensor, leave_out: bool) -> candle_core::Result<Tensor> {
     let positives = diagonal(k)?;
     let denom_in = if leave_out {
         (k + (eye(n, k.device())? * NEG)?)?
+    } else {
+        k.clone()
+    };
+    (logsumexp_last(&denom_in)? - positives)?.mean_all()
+}
+
+/// [`loob_rows`] for `(b, B)` logits whose row `i` has its positive in column `start + i`: the
+/// rows of one rank under `train.local_loss`.
+pub fn loob_rows_from(k: &Tensor, start: usize, leave_out: bool) -> candle_core::Result<Tensor> {
+    let (b, n) = k.dims2()?;
+    if start + b > n {
+        candle_core::bail!("local rows {start}..{} outside a batch of {n}", start + b);
+    }
+    let labels = Tensor::arange(start as u32, (start + b) as u32, k.device())?.unsqueeze(1)?;
+    let positives = k.gather(&labels, 1)?.squeeze(1)?;
+    let denom_in = if leave_out {
+        let own = mask(b, n, k.device(), |i, j| j == start + i)?;
+        (k + (own * NEG)?)?
     } else {
         k.clone()
     };

@@ -21,7 +21,7 @@
 //!
 //! with the paper's defaults α = 2, t = 2, equal weights.
 
-use super::cloob::loob_rows;
+use super::cloob::{loob_rows, loob_rows_from};
 use super::common::{
     NEG, Temperature, TemperatureConfig, check_batch, eye, logsumexp_last, similarity,
 };
@@ -68,13 +68,30 @@ impl Objective for DclLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "dcl")?;
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
+        let scale = self.temperature.scale()?;
+        if let Some(l) = x.local {
+            // This rank's anchors of both directions, each against every row of the other side.
+            let one_way = |rows: &Tensor, all: &Tensor| {
+                let logits = similarity(&rows.narrow(0, l.start, l.len)?, all)?;
+                loob_rows_from(&logits.broadcast_mul(&scale)?, l.start, true)
+            };
+            let (i2t, t2i) = (one_way(x.image, x.text)?, one_way(x.text, x.image)?);
+            return Ok(LossOutput {
+                loss: ((&i2t + &t2i)? * 0.5)?,
+                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
+            });
+        }
+        let logits = similarity(x.image, x.text)?.broadcast_mul(&scale)?;
         let i2t = loob_rows(&logits, true)?;
         let t2i = loob_rows(&logits.t()?.contiguous()?, true)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

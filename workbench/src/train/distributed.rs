@@ -74,7 +74,7 @@ impl Trainer {
                 format!(
                     "`{}` computes its loss over the whole batch at once; local losses work \
                      with clip, siglip, filip,
-                     multi_positive and sums of them",
+                     multi_positive, dcl and sums of them",
                     objective.name()
                 ),
             ));
