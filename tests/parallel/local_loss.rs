@@ -13,6 +13,24 @@ use workbench::loss::{LocalRows, LossConfig, LossInputs};
 use workbench::params::Params;
 use workbench::train::Trainer;
 
+/// The objectives with local losses, and a weighted sum of two of them.
+const LOCAL: [&str; 6] = [
+    r#"kind = "clip""#,
+    r#"kind = "siglip""#,
+    r#"kind = "filip""#,
+    r#"kind = "multi_positive""#,
+    r#"kind = "dcl""#,
+    r#"
+        kind = "sum"
+        [[parts]]
+        weight = 1.0
+        loss = { kind = "clip" }
+        [[parts]]
+        weight = 0.5
+        loss = { kind = "siglip" }
+    "#,
+];
+
 /// Unit rows of `(n, e)` from a seeded generator.
 fn embeddings(n: usize, e: usize, seed: u64) -> Tensor {
     let v = workbench::rng::Rng::new(seed).normal_vec(n * e, 1.0);
@@ -34,23 +52,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
     let mask = Tensor::from_vec(mask, (12, 5), &Device::Cpu).unwrap();
     // Groups for multi-positive: pairs of rows describe the same content, and a triple.
     let groups: Vec<u64> = vec![0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 7];
-    let sum = r#"
-        kind = "sum"
-        [[parts]]
-        weight = 1.0
-        loss = { kind = "clip" }
-        [[parts]]
-        weight = 0.5
-        loss = { kind = "siglip" }
-    "#;
-    for loss in [
-        r#"kind = "clip""#,
-        r#"kind = "siglip""#,
-        r#"kind = "filip""#,
-        r#"kind = "multi_positive""#,
-        r#"kind = "dcl""#,
-        sum,
-    ] {
+    for loss in LOCAL {
         let cfg: LossConfig = toml::from_str(loss).unwrap();
         let params = Params::new(0, &Device::Cpu);
         let objective = cfg.build(&params.scope("loss")).unwrap();
@@ -118,14 +120,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = kernels::check::max_abs_diff(a, b).unwrap() as f32;
                 assert!(
                     d <= 1e-5 * scale,
                     "{loss} W={w}: ∂/∂{side} differs by {d:e}"
@@ -144,23 +139,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
 
 #[test]
 fn w_ranks_with_local_losses_train_exactly_like_one_process() {
-    let sum = r#"
-        kind = "sum"
-        [[parts]]
-        weight = 1.0
-        loss = { kind = "clip" }
-        [[parts]]
-        weight = 0.5
-        loss = { kind = "siglip" }
-    "#;
-    for loss in [
-        r#"kind = "clip""#,
-        r#"kind = "siglip""#,
-        r#"kind = "filip""#,
-        r#"kind = "multi_positive""#,
-        r#"kind = "dcl""#,
-        sum,
-    ] {
+    for loss in LOCAL {
         let mut cfg = config(loss);
         cfg.train.local_loss = true;
         ranks_against_one_process(&cfg, &format!("local {loss}"));
