@@ -105,6 +105,15 @@ pub(super) fn ranks_against_one_process(cfg: &RunConfig, what: &str) {
                     s.terms[name]
                 );
             }
+            assert_eq!(s.scalars.len(), p.scalars.len(), "{what} W={w}");
+            for (name, v) in &p.scalars {
+                let d = (s.scalars[name] - v).abs() / v.abs().max(1e-3);
+                assert!(
+                    d <= LOSS_RTOL,
+                    "{what} W={w} scalar {name}: {} vs {v}",
+                    s.scalars[name]
+                );
+            }
         }
         let ranks: Vec<_> = trainers.iter().map(snapshot).collect();
         let dp = max_param_diff(&ranks[0], &want);

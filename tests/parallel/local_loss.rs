@@ -13,13 +13,24 @@ use workbench::loss::{LocalRows, LossConfig, LossInputs};
 use workbench::params::Params;
 use workbench::train::Trainer;
 
-/// The objectives with local losses, and a weighted sum of two of them.
-const LOCAL: [&str; 6] = [
+/// Every built-in objective with a local loss, with its default settings, and a weighted sum
+/// of two of them.
+const LOCAL: [&str; 14] = [
     r#"kind = "clip""#,
     r#"kind = "siglip""#,
     r#"kind = "filip""#,
     r#"kind = "multi_positive""#,
     r#"kind = "dcl""#,
+    r#"kind = "focal""#,
+    r#"kind = "soft_targets""#,
+    r#"kind = "triplet""#,
+    r#"kind = "fn_mask""#,
+    r#"kind = "hard_negatives""#,
+    r#"kind = "tcl""#,
+    r#"
+        kind = "cloob"
+        hopfield = false
+    "#,
     r#"
         kind = "sum"
         [[parts]]
@@ -28,6 +39,65 @@ const LOCAL: [&str; 6] = [
         [[parts]]
         weight = 0.5
         loss = { kind = "siglip" }
+    "#,
+    r#"
+        kind = "sum"
+        [[parts]]
+        weight = 1.0
+        loss = { kind = "hard_negatives" }
+        [[parts]]
+        weight = 0.3
+        loss = { kind = "fn_mask" }
+    "#,
+];
+
+/// The other settings whose local losses take another path: checked on the objectives
+/// directly, beside [`LOCAL`].
+const VARIANTS: [&str; 10] = [
+    r#"
+        kind = "focal"
+        variant = "softmax"
+        gamma = 0.5
+    "#,
+    r#"
+        kind = "soft_targets"
+        epsilon_start = 0.1
+        schedule = "constant"
+    "#,
+    r#"
+        kind = "triplet"
+        mining = "all"
+    "#,
+    r#"
+        kind = "triplet"
+        mining = "semi_hard"
+        margin = 0.5
+    "#,
+    r#"
+        kind = "triplet"
+        mining = "random"
+    "#,
+    r#"
+        kind = "fn_mask"
+        by = "caption"
+    "#,
+    r#"
+        kind = "fn_mask"
+        by = "similarity"
+        threshold = 0.3
+    "#,
+    r#"
+        kind = "cloob"
+        hopfield = false
+        loob = false
+    "#,
+    r#"
+        kind = "hard_negatives"
+        per_image = 1
+    "#,
+    r#"
+        kind = "tcl"
+        cross_weight = 0.0
     "#,
 ];
 
@@ -50,18 +120,27 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
         .map(|k| f32::from(u8::from(k % 5 < 2 + (k / 5) % 4)))
         .collect();
     let mask = Tensor::from_vec(mask, (12, 5), &Device::Cpu).unwrap();
-    // Groups for multi-positive: pairs of rows describe the same content, and a triple.
+    // Groups for multi-positive and false-negative masking: pairs of rows describe the same
+    // content, and a triple; repeated captions, by other rows.
     let groups: Vec<u64> = vec![0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 7];
-    for loss in LOCAL {
+    let text_ids: Vec<u64> = vec![0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 6, 7];
+    // Second views for TCL.
+    let (image2, text2) = (embeddings(12, 8, 5), embeddings(12, 8, 6));
+    for loss in LOCAL.iter().chain(&VARIANTS) {
         let cfg: LossConfig = toml::from_str(loss).unwrap();
         let params = Params::new(0, &Device::Cpu);
         let objective = cfg.build(&params.scope("loss")).unwrap();
         assert!(objective.supports_local_loss(), "{loss}");
+        // Hard-negative captions, as many per image as the objective asks for.
+        let extra = embeddings(12 * objective.needs().hard_negatives.max(1), 8, 7);
         let vars: Vec<(candle_core::Var, &str)> = [
             (&image, "image"),
             (&text, "text"),
             (&patches, "patches"),
             (&tokens, "tokens"),
+            (&extra, "hard negatives"),
+            (&image2, "second image view"),
+            (&text2, "second caption"),
         ]
         .into_iter()
         .map(|(t, name)| (candle_core::Var::from_tensor(t).unwrap(), name))
@@ -71,16 +150,22 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
             text_tokens: Some(vars[3].0.as_tensor()),
             text_mask: Some(&mask),
             groups: Some(&groups),
+            text_ids: Some(&text_ids),
+            extra_text: Some(vars[4].0.as_tensor()),
+            image2: Some(vars[5].0.as_tensor()),
+            text2: Some(vars[6].0.as_tensor()),
             local,
             ..LossInputs::new(vars[0].0.as_tensor(), vars[1].0.as_tensor())
         };
         let whole = objective.forward(&inputs(None)).unwrap();
+        let whole_scalars = objective.scalars().unwrap();
         let whole_grads = whole.loss.backward().unwrap();
         let whole_loss = whole.loss.to_scalar::<f32>().unwrap();
         for w in [2, 3, 4] {
             let len = 12 / w;
             let mut mean = 0f32;
             let mut terms = vec![0f32; whole.terms.len()];
+            let mut scalars = vec![0f32; whole_scalars.len()];
             let mut total: Option<Tensor> = None;
             for r in 0..w {
                 let x = inputs(Some(LocalRows {
@@ -88,6 +173,11 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
                     len,
                 }));
                 let out = objective.forward(&x).unwrap();
+                // A scalar measured on the batch is the rank's share; the trainer reports the
+                // mean over ranks, which must be the whole batch's.
+                for (s, (_, v)) in scalars.iter_mut().zip(objective.scalars().unwrap()) {
+                    *s += v / w as f32;
+                }
                 mean += out.loss.to_scalar::<f32>().unwrap() / w as f32;
                 let share = (&out.loss / w as f64).unwrap();
                 total = Some(match total {
@@ -133,6 +223,12 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
                     "{loss} W={w} {name}: {t} vs {v}"
                 );
             }
+            for ((name, v), s) in whole_scalars.iter().zip(&scalars) {
+                assert!(
+                    (s - v).abs() <= 1e-5 * v.abs().max(1e-3),
+                    "{loss} W={w} scalar {name}: {s} vs {v}"
+                );
+            }
         }
     }
 }
@@ -150,9 +246,11 @@ fn w_ranks_with_local_losses_train_exactly_like_one_process() {
 fn objectives_over_the_whole_batch_are_refused_with_local_losses() {
     let mut cfg = tiny_config();
     cfg.train.local_loss = true;
-    cfg.loss = LossConfig::by_name("cloob").unwrap();
-    let e = Trainer::new(cfg.clone()).err().unwrap().to_string();
-    assert!(e.contains("train.local_loss") && e.contains("cloob"), "{e}");
+    for name in ["cloob", "align_uniform"] {
+        cfg.loss = LossConfig::by_name(name).unwrap();
+        let e = Trainer::new(cfg.clone()).err().unwrap().to_string();
+        assert!(e.contains("train.local_loss") && e.contains(name), "{e}");
+    }
     // A swap to one is rejected, and the run keeps its objective.
     cfg.loss = LossConfig::by_name("clip").unwrap();
     let mut t = Trainer::new(cfg).unwrap();

@@ -115,9 +115,9 @@ pub struct TrainConfig {
     /// Data parallel only: each rank computes the loss of its own rows of the gathered batch
     /// against all of the other side's (OpenCLIP's `local_loss`) — `W` times less loss compute,
     /// the same gradients and reported loss. For objectives that
-    /// [support it](crate::loss::Objective::supports_local_loss): CLIP, SigLIP, FILIP,
-    /// multi-positive, decoupled
-    /// (DCL) and sums of them. No effect on one device.
+    /// [support it](crate::loss::Objective::supports_local_loss): every built-in objective but
+    /// `align_uniform` and `cloob` with `hopfield = true`, whose losses couple every row with the
+    /// whole batch, and sums of them. No effect on one device.
     pub local_loss: bool,
 }
 

@@ -127,8 +127,8 @@ fn device_rows(s: &mut UiState, ui: &mut egui::Ui) {
     )
     .on_hover_text(
         "Each rank computes the loss of its own rows against the whole gathered batch \
-             (OpenCLIP's local_loss): the same gradients for less loss compute. CLIP, SigLIP, \
-             FILIP, multi-positive, DCL and sums of them",
+             (OpenCLIP's local_loss): the same gradients for less loss compute. Every \
+             objective but align_uniform and CLOOB with its Hopfield retrieval",
     );
     ui.end_row();
 }

@@ -192,8 +192,8 @@ pub struct TrainArgs {
     pub devices: Vec<String>,
     /// With `--devices`: each rank computes the loss of its own rows against the whole
     /// gathered batch (OpenCLIP's `local_loss`; `train.local_loss`) — the same gradients for
-    /// less loss compute. CLIP, SigLIP, FILIP, multi-positive, DCL and sums of
-    /// them.
+    /// less loss compute. Every objective but `align_uniform` and `cloob` with its Hopfield
+    /// retrieval.
     #[arg(long, requires = "devices")]
     pub local_loss: bool,
     /// Run directory (default: `runs/<preset>`, numbered if taken).

@@ -17,11 +17,13 @@
 //! in the batch; [`Kernels::Reference`] composes it from the `B × B` logits.
 
 use super::common::{Temperature, TemperatureConfig, check_batch, similarity};
-use super::{LossInputs, LossOutput, Objective, info_nce, local_cross_entropy};
+use super::{
+    LossInputs, LossOutput, Objective, anchor_similarities, info_nce, local_cross_entropy,
+};
 use crate::Result;
 use crate::model::Kernels;
 use crate::params::Scope;
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 /// Settings of [`ClipLoss`].
@@ -60,14 +62,12 @@ impl Objective for ClipLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "clip")?;
-        if let Some(l) = x.local {
+        if x.local.is_some() {
             // This rank's images against every caption, and its captions against every image.
             let scale = self.temperature.scale()?;
-            let one_way = |rows: &Tensor, all: &Tensor| {
-                let logits = similarity(&rows.narrow(0, l.start, l.len)?, all)?;
-                local_cross_entropy(&logits.broadcast_mul(&scale)?, l.start)
-            };
-            let (i2t, t2i) = (one_way(x.image, x.text)?, one_way(x.text, x.image)?);
+            let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+            let i2t = local_cross_entropy(&i2t.broadcast_mul(&scale)?, start)?;
+            let t2i = local_cross_entropy(&t2i.broadcast_mul(&scale)?, start)?;
             return Ok(LossOutput {
                 loss: ((&i2t + &t2i)? * 0.5)?,
                 terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],

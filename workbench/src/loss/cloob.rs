@@ -20,10 +20,12 @@
 //!
 //! The 2 × 2 ablation of the paper's §4: `hopfield = false` uses the embeddings themselves
 //! (`U_x = x`, `U_y = y`, `V_y = y`, `V_x = x`); `loob = false` puts the positive back into the
-//! denominator (InfoNCE).
+//! denominator (InfoNCE). Without the retrieval each anchor's term involves only its own row,
+//! so `hopfield = false` has a local loss (`train.local_loss`); with it, every retrieved
+//! pattern mixes the whole batch, and it has none.
 
-use super::common::{NEG, check_batch, diagonal, eye, logsumexp_last, mask, similarity};
-use super::{LossInputs, LossOutput, Objective};
+use super::common::{NEG, check_batch, logsumexp_last, similarity};
+use super::{LossInputs, LossOutput, Objective, anchor_similarities, positive_mask};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{Tensor, Var};
@@ -83,21 +85,10 @@ pub fn hopfield_retrieve(
     crate::model::l2_normalize(&attn.matmul(stored)?)
 }
 
-/// `−(1/B) Σ_i [k_ii − log Σ_{j≠i} exp(k_ij)]` for logits `k` (LOOB), or with `j = i` included
-/// (InfoNCE) when `leave_out` is false. Row-wise: anchors are rows.
-pub fn loob_rows(k: &Tensor, leave_out: bool) -> candle_core::Result<Tensor> {
-    let n = k.dim(0)?;
-    let positives = diagonal(k)?;
-    let denom_in = if leave_out {
-        (k + (eye(n, k.device())? * NEG)?)?
-    } else {
-        k.clone()
-    };
-    (logsumexp_last(&denom_in)? - positives)?.mean_all()
-}
-
-/// [`loob_rows`] for `(b, B)` logits whose row `i` has its positive in column `start + i`: the
-/// rows of one rank under `train.local_loss`.
+/// `−(1/b) Σ_i [k_{i,s+i} − log Σ_{j≠s+i} exp(k_ij)]` for `(b, B)` logits `k` whose row `i`
+/// has its positive in column `s + i` (LOOB; `s = 0` for a whole square batch, a rank's first
+/// row under `train.local_loss`), or with the positive included (InfoNCE) when `leave_out` is
+/// false. Row-wise: anchors are rows.
 pub fn loob_rows_from(k: &Tensor, start: usize, leave_out: bool) -> candle_core::Result<Tensor> {
     let (b, n) = k.dims2()?;
     if start + b > n {
@@ -106,8 +97,7 @@ pub fn loob_rows_from(k: &Tensor, start: usize, leave_out: bool) -> candle_core:
     let labels = Tensor::arange(start as u32, (start + b) as u32, k.device())?.unsqueeze(1)?;
     let positives = k.gather(&labels, 1)?.squeeze(1)?;
     let denom_in = if leave_out {
-        let own = mask(b, n, k.device(), |i, j| j == start + i)?;
-        (k + (own * NEG)?)?
+        (k + (positive_mask(b, n, start, k.device())? * NEG)?)?
     } else {
         k.clone()
     };
@@ -122,30 +112,43 @@ impl Objective for CloobLoss {
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "cloob")?;
         let (img, txt) = (x.image, x.text);
-        let (u_x, u_y, v_y, v_x) = if self.cfg.hopfield {
+        let (image, text, start) = if self.cfg.hopfield {
+            if x.local.is_some() {
+                candle_core::bail!(
+                    "cloob: the Hopfield retrieval couples every row with the whole batch, \
+                     so it has no local loss (set hopfield = false)"
+                );
+            }
             let beta = self.cfg.beta;
-            (
+            let (u_x, u_y) = (
                 hopfield_retrieve(img, img, beta)?,
                 hopfield_retrieve(img, txt, beta)?,
+            );
+            let (v_y, v_x) = (
                 hopfield_retrieve(txt, txt, beta)?,
                 hopfield_retrieve(txt, img, beta)?,
-            )
+            );
+            (similarity(&u_x, &u_y)?, similarity(&v_y, &v_x)?, 0)
         } else {
-            (img.clone(), txt.clone(), txt.clone(), img.clone())
+            // U_x = x, U_y = y, V_y = y, V_x = x: the image anchors against every caption and
+            // the caption anchors against every image (this rank's, under local losses).
+            anchor_similarities(img, txt, x.local)?
         };
         let tau = 1.0 / self.cfg.inv_tau;
-        let image = (loob_rows(
-            &(similarity(&u_x, &u_y)? * self.cfg.inv_tau)?,
-            self.cfg.loob,
-        )? * tau)?;
-        let text = (loob_rows(
-            &(similarity(&v_y, &v_x)? * self.cfg.inv_tau)?,
-            self.cfg.loob,
-        )? * tau)?;
+        let term = |k: &Tensor| -> candle_core::Result<Tensor> {
+            loob_rows_from(&(k * self.cfg.inv_tau)?, start, self.cfg.loob)? * tau
+        };
+        let (image, text) = (term(&image)?, term(&text)?);
         Ok(LossOutput {
             loss: (&image + &text)?,
             terms: vec![("image".into(), image), ("text".into(), text)],
         })
+    }
+
+    /// Without the Hopfield retrieval each row's InfoLOOB term involves only its own anchor;
+    /// with it, every retrieved pattern mixes the whole batch.
+    fn supports_local_loss(&self) -> bool {
+        !self.cfg.hopfield
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

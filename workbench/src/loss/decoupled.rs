@@ -20,12 +20,16 @@
 //! ```
 //!
 //! with the paper's defaults α = 2, t = 2, equal weights.
+//!
+//! DCL has a local loss (`train.local_loss`); alignment–uniformity has none: `L_uniform` is the
+//! log of a mean over every pair of the batch, and no split of it by rows has the ranks' mean
+//! equal to it.
 
-use super::cloob::{loob_rows, loob_rows_from};
+use super::cloob::loob_rows_from;
 use super::common::{
     NEG, Temperature, TemperatureConfig, check_batch, eye, logsumexp_last, similarity,
 };
-use super::{LossInputs, LossOutput, Objective};
+use super::{LossInputs, LossOutput, Objective, anchor_similarities};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{D, Tensor, Var};
@@ -69,21 +73,11 @@ impl Objective for DclLoss {
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "dcl")?;
         let scale = self.temperature.scale()?;
-        if let Some(l) = x.local {
-            // This rank's anchors of both directions, each against every row of the other side.
-            let one_way = |rows: &Tensor, all: &Tensor| {
-                let logits = similarity(&rows.narrow(0, l.start, l.len)?, all)?;
-                loob_rows_from(&logits.broadcast_mul(&scale)?, l.start, true)
-            };
-            let (i2t, t2i) = (one_way(x.image, x.text)?, one_way(x.text, x.image)?);
-            return Ok(LossOutput {
-                loss: ((&i2t + &t2i)? * 0.5)?,
-                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
-            });
-        }
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&scale)?;
-        let i2t = loob_rows(&logits, true)?;
-        let t2i = loob_rows(&logits.t()?.contiguous()?, true)?;
+        // The anchors of both directions (this rank's, under local losses), each against every
+        // row of the other side.
+        let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+        let i2t = loob_rows_from(&i2t.broadcast_mul(&scale)?, start, true)?;
+        let t2i = loob_rows_from(&t2i.broadcast_mul(&scale)?, start, true)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],

@@ -21,10 +21,9 @@
 //! γ = 0 recovers SigLIP (sigmoid) or CLIP (softmax).
 
 use super::common::{
-    NEG, Temperature, TemperatureConfig, check_batch, diagonal, eye, log_sigmoid, logsumexp_last,
-    similarity,
+    NEG, Temperature, TemperatureConfig, check_batch, log_sigmoid, logsumexp_last,
 };
-use super::{LossInputs, LossOutput, Objective};
+use super::{LossInputs, LossOutput, Objective, anchor_rows, anchor_similarities, positive_mask};
 use crate::Result;
 use crate::params::{Init, Scope};
 use candle_core::{Tensor, Var};
@@ -111,12 +110,15 @@ fn focal_term(logp: &Tensor, log_one_minus_p: &Tensor, gamma: f64) -> candle_cor
     ((log_one_minus_p * gamma)?.exp()? * logp)?.neg()
 }
 
-/// `(log p_i, log(1 − p_i))` for the softmax probability `p_i` of each row's diagonal entry:
-/// `log(1 − p_i) = logsumexp_{j≠i} l_ij − logsumexp_j l_ij`.
-fn softmax_diagonal_log_probs(l: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let n = l.dim(0)?;
-    let logp = diagonal(&crate::model::layers::log_softmax_last(l)?)?;
-    let others = (l + (eye(n, l.device())? * NEG)?)?;
+/// `(log p_i, log(1 − p_i))` for the softmax probability `p_i` of each row's positive, in column
+/// `start + i` of `(b, B)` logits: `log(1 − p_i) = logsumexp_{j≠s+i} l_ij − logsumexp_j l_ij`.
+fn softmax_positive_log_probs(l: &Tensor, start: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, n) = l.dims2()?;
+    let labels = Tensor::arange(start as u32, (start + b) as u32, l.device())?.unsqueeze(1)?;
+    let logp = crate::model::layers::log_softmax_last(l)?
+        .gather(&labels, 1)?
+        .squeeze(1)?;
+    let others = (l + (positive_mask(b, n, start, l.device())? * NEG)?)?;
     let log_one_minus_p = (logsumexp_last(&others)? - logsumexp_last(l)?)?;
     Ok((logp, log_one_minus_p))
 }
@@ -127,34 +129,43 @@ impl Objective for FocalLoss {
     }
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
-        let b = check_batch(x.image, x.text, "focal")?;
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
+        check_batch(x.image, x.text, "focal")?;
+        let scale = self.temperature.scale()?;
         let g = self.cfg.gamma;
         if let Some((_, bias)) = &self.bias {
-            let l = logits.broadcast_add(bias.as_tensor())?;
-            let pos = eye(b, l.device())?;
+            // Every cell of the image rows (this rank's, under local losses) against every
+            // caption, normalised by the rows' count.
+            let (s, start) = anchor_rows(x.image, x.text, x.local)?;
+            let (rows, n) = s.dims2()?;
+            let l = s.broadcast_mul(&scale)?.broadcast_add(bias.as_tensor())?;
+            let pos = positive_mask(rows, n, start, l.device())?;
             let z = ((&pos * 2.0)? - 1.0)?;
             let zl = (l * z)?;
             // p = σ(z·l) and 1 − p = σ(−z·l).
             let cell = focal_term(&log_sigmoid(&zl)?, &log_sigmoid(&zl.neg()?)?, g)?;
-            let positive = ((&cell * &pos)?.sum_all()? / b as f64)?;
-            let negative = ((&cell * (1.0 - &pos)?)?.sum_all()? / b as f64)?;
+            let positive = ((&cell * &pos)?.sum_all()? / rows as f64)?;
+            let negative = ((&cell * (1.0 - &pos)?)?.sum_all()? / rows as f64)?;
             Ok(LossOutput {
                 loss: (&positive + &negative)?,
                 terms: vec![("positive".into(), positive), ("negative".into(), negative)],
             })
         } else {
-            let direction = |l: &Tensor| -> candle_core::Result<Tensor> {
-                let (logp, log_one_minus_p) = softmax_diagonal_log_probs(l)?;
+            let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+            let direction = |s: &Tensor| -> candle_core::Result<Tensor> {
+                let l = s.broadcast_mul(&scale)?;
+                let (logp, log_one_minus_p) = softmax_positive_log_probs(&l, start)?;
                 focal_term(&logp, &log_one_minus_p, g)?.mean_all()
             };
-            let i2t = direction(&logits)?;
-            let t2i = direction(&logits.t()?.contiguous()?)?;
+            let (i2t, t2i) = (direction(&i2t)?, direction(&t2i)?);
             Ok(LossOutput {
                 loss: ((&i2t + &t2i)? * 0.5)?,
                 terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
             })
         }
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

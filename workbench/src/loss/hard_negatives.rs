@@ -17,7 +17,7 @@
 //! own `K` negatives (the compositional test the negatives make).
 
 use super::common::{Temperature, TemperatureConfig, check_batch, similarity};
-use super::{LossInputs, LossOutput, Needs, Objective, symmetric_cross_entropy};
+use super::{LossInputs, LossOutput, Needs, Objective, anchor_similarities, local_cross_entropy};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{Tensor, Var};
@@ -89,26 +89,36 @@ impl Objective for HardNegativesLoss {
             candle_core::bail!("hard_negatives: {} negatives for {b} images", extra.dim(0)?);
         }
         let scale = self.temperature.scale()?;
-        let main = similarity(x.image, x.text)?; // (B, B)
-        let neg = similarity(x.image, extra)?; // (B, B·K)
+        // The anchors of both directions (this rank's rows, under local losses): images
+        // against every caption and every negative, captions against every image.
+        let (main, t2i, start) = anchor_similarities(x.image, x.text, x.local)?; // (b, B)
+        let rows = main.dim(0)?;
+        let neg = similarity(&x.image.narrow(0, start, rows)?, extra)?; // (b, B·K)
         let hits = {
             let (m, n) = (
                 main.detach().to_vec2::<f32>()?,
                 neg.detach().to_vec2::<f32>()?,
             );
-            (0..b)
-                .filter(|&i| n[i][i * k..(i + 1) * k].iter().all(|&v| m[i][i] > v))
+            (0..rows)
+                .filter(|&i| {
+                    let own = start + i;
+                    n[i][own * k..(own + 1) * k].iter().all(|&v| m[i][own] > v)
+                })
                 .count()
         };
         self.accuracy
-            .store((hits as f32 / b as f32).to_bits(), Ordering::Relaxed);
+            .store((hits as f32 / rows as f32).to_bits(), Ordering::Relaxed);
         let logits = Tensor::cat(&[&main, &neg], 1)?.broadcast_mul(&scale)?;
-        let i2t = image_to_text_wide(&logits)?;
-        let (_, t2i) = symmetric_cross_entropy(&main.broadcast_mul(&scale)?)?;
+        let i2t = local_cross_entropy(&logits, start)?;
+        let t2i = local_cross_entropy(&t2i.broadcast_mul(&scale)?, start)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {
@@ -128,15 +138,4 @@ impl Objective for HardNegativesLoss {
             ),
         ])
     }
-}
-
-/// `−(1/B) Σ_i log softmax(l_i·)_i` for a wide `(B, M)` logits matrix whose column `i` is row
-/// `i`'s positive.
-fn image_to_text_wide(logits: &Tensor) -> candle_core::Result<Tensor> {
-    let b = logits.dim(0)?;
-    let labels = Tensor::arange(0u32, b as u32, logits.device())?.unsqueeze(1)?;
-    crate::model::layers::log_softmax_last(logits)?
-        .gather(&labels, 1)?
-        .mean_all()?
-        .neg()
 }

@@ -13,8 +13,10 @@
 //! each InfoNCE symmetric (as CLIP), all with one learnable temperature. TCL's third term
 //! (local mutual information) and its momentum encoders are not part of this objective.
 
-use super::common::{Temperature, TemperatureConfig, check_batch, similarity};
-use super::{LossInputs, LossOutput, Needs, Objective, info_nce};
+use super::common::{Temperature, TemperatureConfig, check_batch};
+use super::{
+    LocalRows, LossInputs, LossOutput, Needs, Objective, anchor_similarities, local_cross_entropy,
+};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{Tensor, Var};
@@ -60,8 +62,19 @@ impl TclLoss {
         })
     }
 
-    fn contrast(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(info_nce(&similarity(a, b)?.broadcast_mul(&self.temperature.scale()?)?)?.loss)
+    /// Symmetric InfoNCE between two views, over the anchors of both (this rank's rows,
+    /// under local losses).
+    fn contrast(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        local: Option<LocalRows>,
+    ) -> candle_core::Result<Tensor> {
+        let scale = self.temperature.scale()?;
+        let (ab, ba, start) = anchor_similarities(a, b, local)?;
+        let ab = local_cross_entropy(&ab.broadcast_mul(&scale)?, start)?;
+        let ba = local_cross_entropy(&ba.broadcast_mul(&scale)?, start)?;
+        (ab + ba)? * 0.5
     }
 }
 
@@ -82,9 +95,9 @@ impl Objective for TclLoss {
         let (Some(image2), Some(text2)) = (x.image2, x.text2) else {
             candle_core::bail!("tcl needs a second view of every image and a second caption");
         };
-        let cross = self.contrast(x.image, x.text)?;
-        let image = self.contrast(x.image, image2)?;
-        let text = self.contrast(x.text, text2)?;
+        let cross = self.contrast(x.image, x.text, x.local)?;
+        let image = self.contrast(x.image, image2, x.local)?;
+        let text = self.contrast(x.text, text2, x.local)?;
         let loss = (((&cross * self.cfg.cross_weight)? + (&image * self.cfg.image_weight)?)?
             + (&text * self.cfg.text_weight)?)?;
         Ok(LossOutput {
@@ -95,6 +108,10 @@ impl Objective for TclLoss {
                 ("text_text".into(), text),
             ],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

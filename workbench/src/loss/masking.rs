@@ -16,7 +16,7 @@
 //! embeddings have cosine ≥ `threshold`, judged on detached embeddings).
 
 use super::common::{NEG, Temperature, TemperatureConfig, check_batch, similarity};
-use super::{LossInputs, LossOutput, Needs, Objective, symmetric_cross_entropy};
+use super::{LossInputs, LossOutput, Needs, Objective, anchor_similarities, local_cross_entropy};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{Tensor, Var};
@@ -74,8 +74,15 @@ impl FnMaskLoss {
         })
     }
 
-    /// `(B, B)` 0/1 matrix of false negatives (diagonal always 0).
-    fn false_negatives(&self, x: &LossInputs<'_>, b: usize) -> candle_core::Result<Vec<bool>> {
+    /// The false negatives of the anchors `start .. start + rows` against all `b` rows, row
+    /// by row (an anchor's own positive is never one).
+    fn false_negatives(
+        &self,
+        x: &LossInputs<'_>,
+        b: usize,
+        start: usize,
+        rows: usize,
+    ) -> candle_core::Result<Vec<bool>> {
         let same: Vec<bool> = match self.cfg.by {
             FalseNegativeBy::Group | FalseNegativeBy::Caption => {
                 let (ids, what) = match self.cfg.by {
@@ -88,10 +95,12 @@ impl FnMaskLoss {
                 if ids.len() != b {
                     candle_core::bail!("fn_mask: {} {what} for {b} rows", ids.len());
                 }
-                (0..b * b).map(|k| ids[k / b] == ids[k % b]).collect()
+                (0..rows * b)
+                    .map(|k| ids[start + k / b] == ids[k % b])
+                    .collect()
             }
             FalseNegativeBy::Similarity => {
-                let s = similarity(x.text, x.text)?
+                let s = similarity(&x.text.narrow(0, start, rows)?, x.text)?
                     .detach()
                     .flatten_all()?
                     .to_vec1::<f32>()?;
@@ -99,7 +108,9 @@ impl FnMaskLoss {
                 s.into_iter().map(|v| v >= th).collect()
             }
         };
-        Ok((0..b * b).map(|k| k / b != k % b && same[k]).collect())
+        Ok((0..rows * b)
+            .map(|k| start + k / b != k % b && same[k])
+            .collect())
     }
 }
 
@@ -117,24 +128,33 @@ impl Objective for FnMaskLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         let b = check_batch(x.image, x.text, "fn_mask")?;
-        let fneg = self.false_negatives(x, b)?;
+        // The anchors of both directions (this rank's rows, under local losses).
+        let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+        let rows = i2t.dim(0)?;
+        let fneg = self.false_negatives(x, b, start, rows)?;
         let count = fneg.iter().filter(|&&f| f).count();
-        let frac = count as f32 / (b * (b - 1)) as f32;
+        let frac = count as f32 / (rows * (b - 1)) as f32;
         self.masked
             .store(frac.to_bits(), std::sync::atomic::Ordering::Relaxed);
         let additive: Vec<f32> = fneg
             .iter()
             .map(|&f| if f { NEG as f32 } else { 0.0 })
             .collect();
-        let additive = Tensor::from_vec(additive, (b, b), x.image.device())?;
-        let logits = similarity(x.image, x.text)?
-            .broadcast_mul(&self.temperature.scale()?)?
-            .add(&additive)?; // the relation is symmetric, so columns are masked alike
-        let (i2t, t2i) = symmetric_cross_entropy(&logits)?;
+        let additive = Tensor::from_vec(additive, (rows, b), x.image.device())?;
+        let scale = self.temperature.scale()?;
+        // The relation is symmetric, so an anchor's false negatives are the same rows whichever
+        // side it is on.
+        let direction = |s: &Tensor| s.broadcast_mul(&scale)?.add(&additive);
+        let i2t = local_cross_entropy(&direction(&i2t)?, start)?;
+        let t2i = local_cross_entropy(&direction(&t2i)?, start)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

@@ -431,6 +431,62 @@ pub fn local_cross_entropy(logits: &Tensor, start: usize) -> candle_core::Result
         .neg()
 }
 
+/// The similarities of both directions for the anchors this call computes, and the column of
+/// the first anchor's positive. Over the whole batch (`local` is `None`): `(a·bᵀ, b·aᵀ, 0)`,
+/// positives on the diagonal. For one rank's rows under [`LossInputs::local`]: its rows of `a`
+/// against every row of `b` and its rows of `b` against every row of `a`, `(len, B)` each, with
+/// row `i`'s positive in column `start + i`. An objective written over these rows, normalised
+/// by their count, serves both cases: the mean of the ranks' local losses is the whole batch's.
+pub fn anchor_similarities(
+    a: &Tensor,
+    b: &Tensor,
+    local: Option<LocalRows>,
+) -> candle_core::Result<(Tensor, Tensor, usize)> {
+    if local.is_none() {
+        // One product, transposed for the other direction.
+        let s = common::similarity(a, b)?;
+        let t = s.t()?.contiguous()?;
+        return Ok((s, t, 0));
+    }
+    let (forward, start) = anchor_rows(a, b, local)?;
+    let (backward, _) = anchor_rows(b, a, local)?;
+    Ok((forward, backward, start))
+}
+
+/// One direction of [`anchor_similarities`]: this call's rows of `a` against every row of `b`,
+/// and the column of the first row's positive.
+pub fn anchor_rows(
+    a: &Tensor,
+    b: &Tensor,
+    local: Option<LocalRows>,
+) -> candle_core::Result<(Tensor, usize)> {
+    let Some(l) = local else {
+        return Ok((common::similarity(a, b)?, 0));
+    };
+    let n = a.dim(0)?;
+    if l.start + l.len > n || l.len == 0 {
+        candle_core::bail!(
+            "local rows {}..{} outside a batch of {n}",
+            l.start,
+            l.start + l.len
+        );
+    }
+    Ok((
+        common::similarity(&a.narrow(0, l.start, l.len)?, b)?,
+        l.start,
+    ))
+}
+
+/// The `(len, n)` 0/1 mask of each anchor's own positive, column `start + i` of row `i`.
+pub fn positive_mask(
+    len: usize,
+    n: usize,
+    start: usize,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    common::mask(len, n, device, |i, j| j == start + i)
+}
+
 /// `(B, B)` scaled logits `exp(t)·x·yᵀ` and CLIP's two cross-entropy terms, shared by several
 /// objectives.
 pub fn info_nce(logits: &Tensor) -> candle_core::Result<LossOutput> {

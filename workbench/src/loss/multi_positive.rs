@@ -15,10 +15,8 @@
 //! canonical description, so a batch's repeated captions ("a large red circle") are positives of
 //! every image they describe instead of false negatives.
 
-use super::common::{
-    Temperature, TemperatureConfig, check_batch, mask, similarity, soft_cross_entropy,
-};
-use super::{LossInputs, LossOutput, Needs, Objective};
+use super::common::{Temperature, TemperatureConfig, check_batch, mask, soft_cross_entropy};
+use super::{LossInputs, LossOutput, Needs, Objective, anchor_similarities};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::{Device, Tensor, Var};
@@ -74,24 +72,12 @@ impl Objective for MultiPositiveLoss {
             candle_core::bail!("multi_positive: {} group ids for {b} rows", groups.len());
         }
         let scale = self.temperature.scale()?;
-        if let Some(l) = x.local {
-            // This rank's rows of both directions; the relation is symmetric, so its rows of
-            // the targets serve both.
-            let targets = group_targets(groups, x.image.device())?.narrow(0, l.start, l.len)?;
-            let one_way = |rows: &Tensor, all: &Tensor| {
-                let logits = similarity(&rows.narrow(0, l.start, l.len)?, all)?;
-                soft_cross_entropy(&logits.broadcast_mul(&scale)?, &targets)
-            };
-            let (i2t, t2i) = (one_way(x.image, x.text)?, one_way(x.text, x.image)?);
-            return Ok(LossOutput {
-                loss: ((&i2t + &t2i)? * 0.5)?,
-                terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
-            });
-        }
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&scale)?;
-        let targets = group_targets(groups, logits.device())?; // symmetric relation: same for columns
-        let i2t = soft_cross_entropy(&logits, &targets)?;
-        let t2i = soft_cross_entropy(&logits.t()?.contiguous()?, &targets)?;
+        // The anchors of both directions (this rank's rows, under local losses); the relation
+        // is symmetric, so the anchors' rows of the targets serve both.
+        let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+        let targets = group_targets(groups, x.image.device())?.narrow(0, start, i2t.dim(0)?)?;
+        let i2t = soft_cross_entropy(&i2t.broadcast_mul(&scale)?, &targets)?;
+        let t2i = soft_cross_entropy(&t2i.broadcast_mul(&scale)?, &targets)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],

@@ -14,10 +14,8 @@
 //! ε follows a schedule over training progress `p ∈ [0, 1]` from `epsilon_start` to
 //! `epsilon_end`: constant (start), linear, or cosine. ε = 0 is CLIP.
 
-use super::common::{
-    Temperature, TemperatureConfig, check_batch, mask, similarity, soft_cross_entropy,
-};
-use super::{LossInputs, LossOutput, Objective};
+use super::common::{Temperature, TemperatureConfig, check_batch, soft_cross_entropy};
+use super::{LossInputs, LossOutput, Objective, anchor_similarities, positive_mask};
 use crate::Result;
 use crate::params::Scope;
 use candle_core::Var;
@@ -112,15 +110,21 @@ impl Objective for SoftTargetsLoss {
         let b = check_batch(x.image, x.text, "soft_targets")?;
         let eps = self.cfg.epsilon(x.progress);
         self.last_epsilon.store(eps.to_bits(), Ordering::Relaxed);
-        let logits = similarity(x.image, x.text)?.broadcast_mul(&self.temperature.scale()?)?;
-        let pos = mask(b, b, logits.device(), |i, j| i == j)?;
+        let scale = self.temperature.scale()?;
+        // The anchors of both directions (this rank's rows, under local losses).
+        let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+        let pos = positive_mask(i2t.dim(0)?, b, start, x.image.device())?;
         let targets = ((&pos * (1.0 - eps))? + ((1.0 - &pos)? * (eps / (b - 1) as f64))?)?;
-        let i2t = soft_cross_entropy(&logits, &targets)?;
-        let t2i = soft_cross_entropy(&logits.t()?.contiguous()?, &targets)?;
+        let i2t = soft_cross_entropy(&i2t.broadcast_mul(&scale)?, &targets)?;
+        let t2i = soft_cross_entropy(&t2i.broadcast_mul(&scale)?, &targets)?;
         Ok(LossOutput {
             loss: ((&i2t + &t2i)? * 0.5)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

@@ -20,8 +20,8 @@
 //! Each direction is averaged over anchors; `loss = image_to_text + text_to_image` as in VSE++.
 //! Selection is made on the detached similarities; the chosen cells are differentiated.
 
-use super::common::{check_batch, diagonal, mask, similarity};
-use super::{LossInputs, LossOutput, Objective};
+use super::common::check_batch;
+use super::{LossInputs, LossOutput, Objective, anchor_similarities, positive_mask};
 use crate::Result;
 use crate::params::Scope;
 use crate::rng::Rng;
@@ -78,45 +78,73 @@ impl TripletLoss {
         Ok(Self { cfg: cfg.clone() })
     }
 
-    /// The negative chosen for each anchor (row) of `s` `(n × n)`, by the mining mode.
-    fn select(&self, s: &[f32], n: usize, step: usize, stream: &str) -> Vec<u32> {
+    /// The negative chosen for each anchor (row) of `s` `(rows × n)`, whose row `i` has its
+    /// positive in column `start + i`, by the mining mode. Random choices are drawn for all `n`
+    /// anchors of the batch in order, so that one rank's rows under local losses get the draws
+    /// the whole batch would give them.
+    fn select(
+        &self,
+        s: &[f32],
+        (rows, n): (usize, usize),
+        start: usize,
+        step: usize,
+        stream: &str,
+    ) -> Vec<u32> {
         let m = self.cfg.margin as f32;
-        let mut rng = Rng::derive(step as u64, stream, 0);
-        (0..n)
+        let random: Vec<usize> = if self.cfg.mining == Mining::Random {
+            let mut rng = Rng::derive(step as u64, stream, 0);
+            (0..n)
+                .map(|i| {
+                    let k = rng.below(n - 1);
+                    if k >= i { k + 1 } else { k }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (0..rows)
             .map(|i| {
+                let own = start + i;
                 let row = &s[i * n..(i + 1) * n];
-                let pos = row[i];
+                let pos = row[own];
                 let hardest = (0..n)
-                    .filter(|&j| j != i)
+                    .filter(|&j| j != own)
                     .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                     .unwrap_or(0);
                 let j = match self.cfg.mining {
                     Mining::Hardest | Mining::All => hardest,
                     Mining::SemiHard => (0..n)
-                        .filter(|&j| j != i && row[j] < pos && row[j] > pos - m)
+                        .filter(|&j| j != own && row[j] < pos && row[j] > pos - m)
                         .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                         .unwrap_or(hardest),
-                    Mining::Random => {
-                        let k = rng.below(n - 1);
-                        if k >= i { k + 1 } else { k }
-                    }
+                    Mining::Random => random[own],
                 };
                 j as u32
             })
             .collect()
     }
 
-    /// Mean hinge over anchors (rows of `s`).
-    fn direction(&self, s: &Tensor, step: usize, stream: &str) -> candle_core::Result<Tensor> {
-        let n = s.dim(0)?;
-        let pos = diagonal(s)?;
+    /// Mean hinge over anchors (rows of `s` `(rows × n)`, row `i`'s positive in column
+    /// `start + i`).
+    fn direction(
+        &self,
+        s: &Tensor,
+        start: usize,
+        step: usize,
+        stream: &str,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, n) = s.dims2()?;
+        let labels =
+            Tensor::arange(start as u32, (start + rows) as u32, s.device())?.unsqueeze(1)?;
+        let pos = s.gather(&labels, 1)?.squeeze(1)?;
         if self.cfg.mining == Mining::All {
-            let off = mask(n, n, s.device(), |i, j| i != j)?;
+            let off = (1.0 - positive_mask(rows, n, start, s.device())?)?;
             let hinge = (s.broadcast_sub(&pos.unsqueeze(1)?)? + self.cfg.margin)?.relu()?;
-            return (hinge * off)?.sum_all()? / n as f64;
+            return (hinge * off)?.sum_all()? / rows as f64;
         }
         let host = s.detach().flatten_all()?.to_vec1::<f32>()?;
-        let idx = Tensor::from_vec(self.select(&host, n, step, stream), (n, 1), s.device())?;
+        let chosen = self.select(&host, (rows, n), start, step, stream);
+        let idx = Tensor::from_vec(chosen, (rows, 1), s.device())?;
         let neg = s.gather(&idx, 1)?.squeeze(1)?;
         ((neg - pos)? + self.cfg.margin)?.relu()?.mean_all()
     }
@@ -129,13 +157,18 @@ impl Objective for TripletLoss {
 
     fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
         check_batch(x.image, x.text, "triplet")?;
-        let s = similarity(x.image, x.text)?;
-        let i2t = self.direction(&s, x.step, "triplet/image")?;
-        let t2i = self.direction(&s.t()?.contiguous()?, x.step, "triplet/text")?;
+        // The anchors of both directions (this rank's rows, under local losses).
+        let (i2t, t2i, start) = anchor_similarities(x.image, x.text, x.local)?;
+        let i2t = self.direction(&i2t, start, x.step, "triplet/image")?;
+        let t2i = self.direction(&t2i, start, x.step, "triplet/text")?;
         Ok(LossOutput {
             loss: (&i2t + &t2i)?,
             terms: vec![("image_to_text".into(), i2t), ("text_to_image".into(), t2i)],
         })
+    }
+
+    fn supports_local_loss(&self) -> bool {
+        true
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {

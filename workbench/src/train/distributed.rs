@@ -73,8 +73,8 @@ impl Trainer {
                 "train.local_loss",
                 format!(
                     "`{}` computes its loss over the whole batch at once; local losses work \
-                     with clip, siglip, filip,
-                     multi_positive, dcl and sums of them",
+                     with every built-in objective but align_uniform and cloob with \
+                     hopfield = true, and with sums of them",
                     objective.name()
                 ),
             ));
@@ -107,6 +107,36 @@ impl Trainer {
                 Ok((sum / comm.world_size() as f64)?.to_vec1::<f32>()?)
             }
             _ => Ok(values),
+        }
+    }
+
+    /// The objective's scalars as one process would report them. Under `train.local_loss` a
+    /// scalar measured on the batch (`masked_fraction`, `hard_negative_accuracy`) is each
+    /// rank's share of its own rows, and all ranks have as many rows, so the batch's value is
+    /// their mean; a scalar every rank has alike (a temperature, a weight) is kept as it is.
+    pub(super) fn report_scalars(&self, scalars: Vec<(String, f32)>) -> Result<Vec<(String, f32)>> {
+        match &self.comm {
+            Some(comm) if self.cfg.train.local_loss && comm.world_size() > 1 => {
+                let n = scalars.len();
+                if n == 0 {
+                    return Ok(scalars);
+                }
+                let mine: Vec<f32> = scalars.iter().map(|(_, v)| *v).collect();
+                let all = comm
+                    .all_gather(&candle_core::Tensor::from_vec(mine, (1, n), &self.device)?)?
+                    .to_vec2::<f32>()?;
+                Ok(scalars
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (name, v))| {
+                        let alike = all.iter().all(|r| r[k].to_bits() == v.to_bits());
+                        let mean =
+                            all.iter().map(|r| f64::from(r[k])).sum::<f64>() / all.len() as f64;
+                        (name, if alike { v } else { mean as f32 })
+                    })
+                    .collect())
+            }
+            _ => Ok(scalars),
         }
     }
 

@@ -355,7 +355,10 @@ impl Trainer {
             step: self.step,
             loss,
             terms,
-            scalars: self.objective.scalars()?.into_iter().collect(),
+            scalars: self
+                .report_scalars(self.objective.scalars()?)?
+                .into_iter()
+                .collect(),
             lr,
             grad_norm: norm as f32,
             batch_size: batch.len() * self.world_size(),
