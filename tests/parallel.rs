@@ -119,6 +119,19 @@ fn thread_collectives_reject_bad_input_and_a_departed_rank() {
     drop(c1);
     let e = c0.all_reduce(&x).unwrap_err().to_string();
     assert!(e.contains("rank 1 left the group"), "{e}");
+    // A rank that fails aborts the group while its communicator is still referenced: the
+    // other rank, already waiting in a collective, is woken with an error naming it.
+    let mut comms = ThreadGroup::new(2);
+    let c1 = std::sync::Arc::new(comms.pop().unwrap());
+    let c0 = comms.pop().unwrap();
+    let waiting =
+        std::thread::spawn(move || c0.all_reduce(&x).map(drop).map_err(|e| e.to_string()));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    c1.abort("its batch failed");
+    let e = waiting.join().unwrap().unwrap_err();
+    assert!(e.contains("rank 1 left the group"), "{e}");
+    let x = Tensor::new(&[[1f32]], &Device::Cpu).unwrap();
+    assert!(c1.all_reduce(&x).is_err());
     // Solo checks the same things and is otherwise the identity.
     assert!(Solo.all_gather(&ints).is_err());
     assert_eq!(

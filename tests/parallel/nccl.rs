@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor, Var};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use workbench::events::Event;
-use workbench::parallel::{Communicator, DataParallel, NcclComm, gather_with_grad};
+use workbench::parallel::{Communicator, DataParallel, NcclComm, NcclGroup, gather_with_grad};
 
 /// The number of usable GPUs (at most 8), printing why a test is skipped when below `need`.
 fn gpus(test: &str, need: usize) -> usize {
@@ -25,8 +25,8 @@ fn nccl_on_one_gpu_is_the_identity_and_gather_keeps_the_gradient() {
         return;
     }
     let dev = Device::new_cuda(0).unwrap();
-    let id = NcclComm::unique_id().unwrap();
-    let comm: Arc<dyn Communicator> = Arc::new(NcclComm::new(&dev, 0, 1, id).unwrap());
+    let group = NcclGroup::new(1).unwrap();
+    let comm: Arc<dyn Communicator> = Arc::new(NcclComm::join(&group, &dev, 0).unwrap());
     assert_eq!((comm.rank(), comm.world_size()), (0, 1));
     let x = Tensor::new(&[[1f32, -2.0], [3.5, 4.0], [0.25, 6.0]], &dev).unwrap();
     let want = x.to_vec2::<f32>().unwrap();
@@ -49,6 +49,87 @@ fn nccl_on_one_gpu_is_the_identity_and_gather_keeps_the_gradient() {
     let grads = (g * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
     let grad = grads.get(&v).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(grad, vec![vec![3.0; 2]; 3]);
+    // Aborted (a rank failed), the group refuses every later collective at once, naming the
+    // rank and why, and a second abort is harmless.
+    comm.abort("its loader failed");
+    comm.abort("again");
+    assert!(group.broken().is_some());
+    for e in [
+        comm.all_reduce(&x).unwrap_err(),
+        comm.all_gather(&x).unwrap_err(),
+        comm.reduce_scatter(&x).unwrap_err(),
+    ] {
+        let e = e.to_string();
+        assert!(
+            e.contains("rank 0 left the group (its loader failed)"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_gpu_rank_that_fails_mid_run_ends_its_group_with_its_error() {
+    if gpus("a_gpu_rank_that_fails", 1) < 1 {
+        return;
+    }
+    // One NCCL rank per GPU present (at most two); the last one's objective fails at its
+    // second step, after the step's gather, so that the other ranks are inside the step's
+    // collectives when it leaves. Without the abort they would wait there for ever.
+    let w = gpus("a_gpu_rank_that_fails", 2).clamp(1, 2);
+    let devices: Vec<String> = (0..w).map(|i| format!("cuda:{i}")).collect();
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.steps = 4;
+    let started = std::time::Instant::now();
+    let e = DataParallel::new(&devices)
+        .unwrap()
+        .fit_with(
+            move |rank, device| {
+                let mut c = cfg.clone();
+                c.train.device = device.to_string();
+                let mut t = workbench::train::Trainer::new(c)?;
+                if rank == w - 1 {
+                    t.set_objective(Box::new(FailsAtStep(2)))?;
+                }
+                Ok(t)
+            },
+            |_| ControlFlow::Continue(()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("fails at step 2"), "{e}");
+    println!(
+        "a GPU rank failing mid-run on {w} GPU(s) ended the group in {:.1} s: {e}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// CLIP at a fixed temperature whose forward fails at one step.
+struct FailsAtStep(usize);
+
+impl workbench::loss::Objective for FailsAtStep {
+    fn name(&self) -> &'static str {
+        "fails_at_step"
+    }
+    fn supports_local_loss(&self) -> bool {
+        true
+    }
+    fn forward(
+        &self,
+        x: &workbench::loss::LossInputs<'_>,
+    ) -> candle_core::Result<workbench::loss::LossOutput> {
+        if x.step + 1 == self.0 {
+            candle_core::bail!("the objective fails at step {}", self.0);
+        }
+        let logits = (x.image.matmul(&x.text.t()?)? * 10.0)?;
+        Ok(workbench::loss::LossOutput {
+            loss: workbench::loss::local_cross_entropy(&logits, 0)?,
+            terms: Vec::new(),
+        })
+    }
+    fn parameters(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
 }
 
 /// W GPU ranks (NCCL) against one process on GPU 0 with the global batch.

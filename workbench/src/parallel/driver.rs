@@ -244,10 +244,7 @@ impl DataParallel {
 pub(super) enum Backend {
     Threads(Vec<Mutex<Option<ThreadComm>>>),
     #[cfg(feature = "nccl")]
-    Nccl {
-        id: candle_core::cuda_backend::cudarc::nccl::safe::Id,
-        world: usize,
-    },
+    Nccl(Arc<super::NcclGroup>),
 }
 
 impl Backend {
@@ -260,10 +257,7 @@ impl Backend {
         }
         #[cfg(feature = "nccl")]
         {
-            Ok(Self::Nccl {
-                id: super::NcclComm::unique_id()?,
-                world: devices.len(),
-            })
+            Ok(Self::Nccl(super::NcclGroup::new(devices.len())?))
         }
         #[cfg(not(feature = "nccl"))]
         Err(Error::config(
@@ -288,11 +282,10 @@ impl Backend {
                 Ok(Arc::new(comm))
             }
             #[cfg(feature = "nccl")]
-            Self::Nccl { id, world } => Ok(Arc::new(super::NcclComm::new(
+            Self::Nccl(group) => Ok(Arc::new(super::NcclComm::join(
+                group,
                 trainer.device(),
                 rank,
-                *world,
-                *id,
             )?)),
         }
     }

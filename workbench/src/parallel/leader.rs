@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-/// How long a broken group waits for its other ranks to end before leaving them be (an NCCL
-/// rank waiting in a collective never ends; a thread rank ends at once).
+/// How long a broken group waits for its other ranks to end before leaving them be (a rank
+/// ends at once once the group is aborted; one inside a call into NCCL that does not return
+/// is left to itself).
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 
 /// What rank 0 tells the other ranks to do, in order.
@@ -349,7 +350,7 @@ impl Leader {
     /// rather than wait), the other ranks are told to stop and given a moment to end, and the
     /// cause among all their errors is kept and returned.
     fn break_up(&mut self, e: Error) -> Error {
-        self.trainer.leave_group();
+        self.trainer.leave_group(&e);
         let mut errors = vec![(0, e)];
         errors.extend(leave(&mut self.followers));
         let e = cause(errors);
@@ -373,8 +374,8 @@ impl Follower {
 }
 
 /// Tells every follower to stop and collects the errors of those that end within
-/// [`LEAVE_WAIT`]; one still running after that (an NCCL rank waiting in a collective for a
-/// rank that is gone) is left to itself.
+/// [`LEAVE_WAIT`]; one still running after that (an NCCL rank that the abort could not reach)
+/// is left to itself.
 fn leave(followers: &mut Vec<Follower>) -> Vec<(usize, Error)> {
     for f in followers.iter_mut() {
         f.orders = None;
@@ -410,18 +411,20 @@ fn panicked(rank: usize) -> Error {
 }
 
 /// A rank other than 0: carries out rank 0's orders until rank 0 closes the channel, then
-/// gives its trainer back; an error ends it (and, through its communicator, the group).
+/// gives its trainer back. An error ends it and, by aborting its communicator, the group:
+/// rank 0 may be waiting in a collective for it.
 fn follow(mut trainer: Trainer, orders: &Receiver<Order>) -> Result<Trainer> {
     for order in orders {
-        match order {
-            Order::Tick => {
-                // A pause (a non-finite value) is agreed on by every rank; the next tick goes on.
-                let _ = trainer.tick(|_| ControlFlow::Continue(()))?;
-            }
-            Order::Apply(command) => {
-                let _ = trainer
-                    .apply_live(&command, None::<&mut dyn FnMut(&Event) -> ControlFlow<()>>)?;
-            }
+        let done = match order {
+            // A pause (a non-finite value) is agreed on by every rank; the next tick goes on.
+            Order::Tick => trainer.tick(|_| ControlFlow::Continue(())).map(drop),
+            Order::Apply(command) => trainer
+                .apply_live(&command, None::<&mut dyn FnMut(&Event) -> ControlFlow<()>>)
+                .map(drop),
+        };
+        if let Err(e) = done {
+            trainer.leave_group(&e);
+            return Err(e);
         }
     }
     Ok(trainer)

@@ -66,7 +66,7 @@ pub use driver::{DataParallel, ParallelOutcome};
 pub use gather::{GatheredInputs, gather_ids, gather_with_grad};
 pub use leader::Leader;
 #[cfg(feature = "nccl")]
-pub use nccl::NcclComm;
+pub use nccl::{NcclComm, NcclGroup};
 pub use thread::{ThreadComm, ThreadGroup};
 
 use candle_core::backprop::GradStore;
@@ -75,8 +75,8 @@ use std::fmt::Debug;
 
 /// The collectives data-parallel training needs, on `f32` tensors whose first dimension is
 /// the batch. Every rank must call the same collectives in the same order with tensors of the
-/// same shape; a rank that fails or leaves makes the others' next collective fail (threads) or
-/// wait (NCCL, which has no way to notice).
+/// same shape. A rank that fails mid-run calls [`Communicator::abort`], so that the others'
+/// collectives, in flight or later, fail instead of waiting for it.
 pub trait Communicator: Send + Sync + Debug {
     /// This rank, `0 .. world_size()`.
     fn rank(&self) -> usize;
@@ -93,6 +93,15 @@ pub trait Communicator: Send + Sync + Debug {
 
     /// The element-wise sum over ranks, on every rank.
     fn all_reduce(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Ends the group because this rank failed (`why`, for the log): every rank's collectives,
+    /// those waiting now and any later, fail with an error saying that this rank left the
+    /// group, rather than wait for a contribution that will never come. A group that ends
+    /// normally is not aborted: its ranks just drop their communicators. The default does
+    /// nothing (a world of one has nobody to wait for).
+    fn abort(&self, why: &str) {
+        let _ = why;
+    }
 }
 
 /// A world of one: every collective returns its input. Training with it runs the

@@ -7,7 +7,7 @@
 //! wait (its thread failed or stopped) ends their round with an error naming it instead of a
 //! hang.
 
-use super::{Communicator, check_f32};
+use super::{Communicator, LEFT_THE_GROUP, check_f32};
 use candle_core::{Device, Tensor};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -186,14 +186,27 @@ impl Communicator for ThreadComm {
         let data = sum_in_order(all.iter().map(|c| c.data.as_slice()), x.elem_count());
         tensor(data, x.dims().to_vec(), x.device())
     }
+
+    /// What dropping the communicator does, while it is still referenced (by a trainer's
+    /// autograd graph, say).
+    fn abort(&self, _why: &str) {
+        self.leave();
+    }
+}
+
+impl ThreadComm {
+    /// Marks the group broken by this rank and wakes every rank waiting in a round.
+    fn leave(&self) {
+        let mut round = self.shared.lock();
+        if round.broken.is_none() {
+            round.broken = Some(format!("rank {} {LEFT_THE_GROUP}", self.rank));
+        }
+        self.shared.done.notify_all();
+    }
 }
 
 impl Drop for ThreadComm {
     fn drop(&mut self) {
-        let mut round = self.shared.lock();
-        if round.broken.is_none() {
-            round.broken = Some(format!("rank {} left the group", self.rank));
-        }
-        self.shared.done.notify_all();
+        self.leave();
     }
 }

@@ -49,11 +49,14 @@ impl Trainer {
         self.run_dir = None;
     }
 
-    /// Leaves the group this trainer was a rank of: the communicator is dropped, so the other
-    /// ranks' collectives fail instead of waiting for this one. Its loader keeps its shard; a
-    /// group's driver calls this only once the group is over.
-    pub(crate) fn leave_group(&mut self) {
-        self.comm = None;
+    /// Leaves the group this trainer was a rank of, after `why` (an error) ended its part: the
+    /// communicator is aborted and dropped, so the other ranks' collectives, in flight or
+    /// later, fail instead of waiting for this one. Its loader keeps its shard; a group's
+    /// driver calls this only once the group is over.
+    pub(crate) fn leave_group(&mut self, why: &Error) {
+        if let Some(comm) = self.comm.take() {
+            comm.abort(&why.to_string());
+        }
     }
 
     /// The communicator, when this trainer is one rank of a data-parallel run.
