@@ -352,3 +352,47 @@ fn a_session_on_the_gpu_steps_swaps_answers_and_forks_like_the_cpu() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn running_out_of_gpu_memory_is_named_and_leaves_the_run_intact() {
+    let Some(dev) = gpu("running_out_of_gpu_memory") else {
+        return;
+    };
+    let mut cfg = tiny_config();
+    cfg.train.batch_size = 256;
+    let mut t = on("cuda", cfg);
+    let before = crate::util::snapshot(&t);
+    // Take all but 16 MiB of what is free: the model is on the device already, its first
+    // step's activations are not.
+    let free = workbench::devices::memory(&dev)
+        .unwrap()
+        .map(|m| m.total_bytes - m.used_bytes)
+        .unwrap();
+    let hog_floats = (free.saturating_sub(16 << 20) / 4) as usize;
+    let hog = candle_core::Tensor::zeros(hog_floats, candle_core::DType::F32, &dev).unwrap();
+    let e = t.step().unwrap_err();
+    eprintln!("out of memory, as the run reports it: {e}");
+    let workbench::Error::OutOfMemory { during, memory, .. } = &e else {
+        panic!("expected OutOfMemory, got {e}")
+    };
+    assert_eq!(during, "step 1");
+    assert!(memory.contains("GiB in use"), "{memory}");
+    assert!(e.to_string().contains("train.batch_size (now 256)"), "{e}");
+    assert_eq!(t.completed_steps(), 0);
+    assert!(crate::util::snapshot(&t) == before, "parameters untouched");
+    // With the memory back, the same run takes the same batch and trains.
+    drop(hog);
+    let s = t.step().unwrap();
+    assert_eq!(s.step, 1);
+    let mut c = on("cpu", {
+        let mut cfg = tiny_config();
+        cfg.train.batch_size = 256;
+        cfg
+    });
+    assert_near(
+        s.loss,
+        c.step().unwrap().loss,
+        1e-4,
+        "the first step after the failure",
+    );
+}

@@ -325,3 +325,137 @@ fn a_short_run_learns_far_above_chance() {
         zs(&after)
     );
 }
+
+/// InfoNCE at a fixed temperature whose forward fails at one call, with `message`: the
+/// driver's words when a GPU runs out of memory, or any other failure.
+struct FailsAtCall {
+    at: usize,
+    calls: AtomicUsize,
+    message: &'static str,
+}
+
+impl FailsAtCall {
+    fn boxed(at: usize, message: &'static str) -> Box<Self> {
+        Box::new(Self {
+            at,
+            calls: AtomicUsize::new(0),
+            message,
+        })
+    }
+}
+
+impl Objective for FailsAtCall {
+    fn name(&self) -> &'static str {
+        "fails_at_call"
+    }
+    fn supports_local_loss(&self) -> bool {
+        true
+    }
+    fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
+        if self.calls.fetch_add(1, Ordering::Relaxed) == self.at {
+            return Err(candle_core::Error::Msg(self.message.to_string()));
+        }
+        let logits = (x.image.matmul(&x.text.t()?)? * 10.0)?;
+        let (i2t, t2i) = workbench::loss::symmetric_cross_entropy(&logits)?;
+        Ok(LossOutput {
+            loss: ((i2t + t2i)? / 2.0)?,
+            terms: Vec::new(),
+        })
+    }
+    fn parameters(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}
+
+/// What CUDA says when an allocation fails (cudarc's `DriverError` as candle shows it).
+const CUDA_OUT_OF_MEMORY: &str = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+
+#[test]
+fn a_device_out_of_memory_names_the_step_and_what_to_lower_and_changes_nothing() {
+    let mut t = Trainer::new(tiny_config()).unwrap();
+    t.set_objective(FailsAtCall::boxed(3, CUDA_OUT_OF_MEMORY))
+        .unwrap();
+    losses(&mut t, 3);
+    let before = snapshot(&t);
+    let err = t.step().unwrap_err();
+    let Error::OutOfMemory {
+        device,
+        during,
+        memory,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!((device.as_str(), during.as_str()), ("cpu", "step 4"));
+    assert_eq!(memory, "", "the CPU reports no device memory");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("train.batch_size (now 16)") && msg.contains("bf16"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&t), before, "parameters untouched");
+    assert_eq!(t.completed_steps(), 3);
+    // Other errors are left as they are.
+    t.set_objective(FailsAtCall::boxed(0, "the objective fails"))
+        .unwrap();
+    let other = t.step().unwrap_err();
+    assert!(matches!(other, Error::Candle(_)), "{other}");
+    // The failed batch is served again, and training goes on.
+    assert_eq!(t.step().unwrap().step, 4);
+}
+
+#[test]
+fn a_run_that_fails_keeps_its_last_good_state_in_a_checkpoint() {
+    let dir = tmpdir("fails-mid-run");
+    let mut cfg = tiny_config();
+    cfg.train.steps = 10;
+    cfg.train.checkpoint_every = 0;
+    let mut t = Trainer::new(cfg.clone()).unwrap();
+    t.set_run_dir(&dir);
+    t.set_objective(FailsAtCall::boxed(
+        5,
+        "the objective fails at its sixth call",
+    ))
+    .unwrap();
+    let mut saved = None;
+    let e = t
+        .fit(|e| {
+            if let Event::Checkpoint { step, .. } = e {
+                saved = Some(*step);
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("sixth call"), "{e}");
+    assert_eq!(saved, Some(5));
+    let (_, state) = Trainer::read_state(&dir).unwrap();
+    assert_eq!(state.step, 5);
+    assert_eq!(state.objective, "fails_at_call");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Two ranks, the second failing inside its sixth step while rank 0 waits for it in a
+    // collective: the group ends with rank 1's error, and rank 0 saves step 5.
+    let e = workbench::parallel::DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .fit_with(
+            |rank, _| {
+                let mut t = Trainer::new(cfg.clone())?;
+                if rank == 0 {
+                    t.set_run_dir(&dir);
+                    t.set_objective(FailsAtCall::boxed(usize::MAX, ""))?;
+                } else {
+                    t.set_objective(FailsAtCall::boxed(5, "rank 1's objective fails"))?;
+                }
+                Ok(t)
+            },
+            |_| ControlFlow::Continue(()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("rank 1's objective fails"), "{e}");
+    let (_, state) = Trainer::read_state(&dir).unwrap();
+    assert_eq!(state.step, 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}

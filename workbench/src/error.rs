@@ -80,6 +80,22 @@ pub enum Error {
         /// Which loss term, or `grad:<parameter>`.
         term: String,
     },
+
+    /// A device ran out of memory; the step (or evaluation) was not applied and the run keeps
+    /// its last good state.
+    #[error(
+        "out of memory on {device} during {during}{memory}: nothing was updated and the run keeps its last good state; {remedy}"
+    )]
+    OutOfMemory {
+        /// The device, as [`crate::devices::describe`] names it.
+        device: String,
+        /// What ran out: `step 12`, `evaluation at step 12`.
+        during: String,
+        /// ` (79.1 of 79.6 GiB in use)` when the driver says, else empty.
+        memory: String,
+        /// What to change: the settings that need less memory.
+        remedy: String,
+    },
 }
 
 /// Result with the workbench [`Error`].
@@ -108,6 +124,38 @@ impl Error {
             path: path.into(),
             line,
             msg: msg.into(),
+        }
+    }
+
+    /// `self` as [`Error::OutOfMemory`] when it is a device's allocation failure (CUDA's
+    /// `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`), naming `device`,
+    /// what was running (`during`) and the settings that would need less (`remedy`); any other
+    /// error unchanged.
+    #[must_use]
+    pub fn out_of_memory(
+        self,
+        device: &candle_core::Device,
+        during: impl FnOnce() -> String,
+        remedy: &str,
+    ) -> Self {
+        let Self::Candle(e) = &self else {
+            return self;
+        };
+        let text = e.to_string();
+        if !["OUT_OF_MEMORY", "out of memory", "ALLOC_FAILED"]
+            .iter()
+            .any(|k| text.contains(k))
+        {
+            return self;
+        }
+        Self::OutOfMemory {
+            device: crate::devices::describe(device),
+            during: during(),
+            memory: match crate::devices::memory(device) {
+                Ok(Some(m)) => format!(" ({m})"),
+                _ => String::new(),
+            },
+            remedy: remedy.to_string(),
         }
     }
 

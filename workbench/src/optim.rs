@@ -92,6 +92,12 @@ impl AdamW {
     /// One update of every parameter in `params` that has a gradient in `grads`; gradients are
     /// multiplied by `grad_scale` first (the clipping factor). Parameters without a gradient are
     /// left untouched, moments included.
+    ///
+    /// All or nothing: the new values of every device parameter and its moments are computed
+    /// before any is stored, so an error half way (a GPU out of memory) leaves every parameter
+    /// and moment as it was — the run's last good state. That holds the new values of all
+    /// device parameters at once (three tensors per parameter) until they are stored; host
+    /// parameters are updated in place afterwards, a loop that cannot fail half way.
     pub fn step(
         &mut self,
         params: &[(String, Var)],
@@ -99,36 +105,51 @@ impl AdamW {
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
+        let mut staged = Vec::new();
         for (name, var) in params {
             let Some(g) = grads.get(var) else { continue };
-            let host = !self.tensor_path && matches!(var.device(), Device::Cpu);
-            if !self.state.contains_key(name) {
-                let fresh = if host {
-                    Moments::Host {
-                        m: vec![0.0; g.elem_count()],
-                        v: vec![0.0; g.elem_count()],
-                        t: 0,
-                    }
-                } else {
-                    Moments::Device {
-                        m: g.zeros_like()?,
-                        v: g.zeros_like()?,
-                        t: 0,
-                    }
-                };
-                self.state.insert(name.clone(), fresh);
+            if g.dims() != var.dims() {
+                return Err(Error::Data(format!(
+                    "optimizer: the gradient of `{name}` has shape {:?}, the parameter {:?}",
+                    g.dims(),
+                    var.dims()
+                )));
             }
-            match self.state.get_mut(name) {
-                Some(Moments::Host { m, v, t }) => {
-                    host_update(&self.hp, var, g, m, v, t, lr, grad_scale)?;
-                }
-                Some(Moments::Device { m, v, t }) => {
-                    device_update(&self.hp, var, g, m, v, t, lr, grad_scale)?;
-                }
-                None => {}
+            if self.on_host(var) {
+                continue;
+            }
+            let (m, v, t) = match self.state.get(name) {
+                Some(Moments::Device { m, v, t }) => (m.clone(), v.clone(), *t),
+                _ => (g.zeros_like()?, g.zeros_like()?, 0),
+            };
+            let (m, v, p) = device_update(&self.hp, var, g, (&m, &v, t + 1), lr, grad_scale)?;
+            staged.push((name, var, Moments::Device { m, v, t: t + 1 }, p));
+        }
+        for (name, var) in params {
+            let Some(g) = grads.get(var) else { continue };
+            if !self.on_host(var) {
+                continue;
+            }
+            let n = g.elem_count();
+            let st = self.state.entry(name.clone()).or_insert(Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+                t: 0,
+            });
+            if let Moments::Host { m, v, t } = st {
+                host_update(&self.hp, var, g, m, v, t, lr, grad_scale)?;
             }
         }
+        for (name, var, moments, p) in staged {
+            var.set(&p)?;
+            self.state.insert(name.clone(), moments);
+        }
         Ok(())
+    }
+
+    /// Whether `var`'s update runs as a loop over host memory (CPU, not the tensor path).
+    fn on_host(&self, var: &Var) -> bool {
+        !self.tensor_path && matches!(var.device(), Device::Cpu)
     }
 
     /// Moments as tensors named `m.<param>` / `v.<param>`, for checkpoints.
@@ -224,7 +245,10 @@ fn host_update(
     grad_scale: f64,
 ) -> Result<()> {
     *t += 1;
-    let g = g.flatten_all()?.to_vec1::<f32>()?;
+    let g = g
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
     let (b1, b2) = (hp.beta1 as f32, hp.beta2 as f32);
     let bc1 = 1.0 - hp.beta1.powi(*t as i32);
@@ -247,27 +271,25 @@ fn host_update(
     Ok(())
 }
 
-/// The same update with device tensor ops.
+/// The same update with device tensor ops, stored nowhere: the new `(m, v, p)` from the old
+/// moments and their step count after this update, `t`.
 fn device_update(
     hp: &AdamWParams,
     var: &Var,
     g: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
-    t: &mut u64,
+    (m, v, t): (&Tensor, &Tensor, u64),
     lr: f64,
     grad_scale: f64,
-) -> Result<()> {
-    *t += 1;
+) -> Result<(Tensor, Tensor, Tensor)> {
     let g = if (grad_scale - 1.0).abs() < f64::EPSILON {
         g.clone()
     } else {
         (g * grad_scale)?
     };
-    *m = ((&*m * hp.beta1)? + (&g * (1.0 - hp.beta1))?)?;
-    *v = ((&*v * hp.beta2)? + (g.sqr()? * (1.0 - hp.beta2))?)?;
-    let bc1 = 1.0 - hp.beta1.powi(*t as i32);
-    let bc2 = 1.0 - hp.beta2.powi(*t as i32);
+    let m = ((m * hp.beta1)? + (&g * (1.0 - hp.beta1))?)?;
+    let v = ((v * hp.beta2)? + (g.sqr()? * (1.0 - hp.beta2))?)?;
+    let bc1 = 1.0 - hp.beta1.powi(t as i32);
+    let bc2 = 1.0 - hp.beta2.powi(t as i32);
     let p = var.as_tensor();
     let p = if decays(p.rank()) && hp.weight_decay > 0.0 {
         (p * (1.0 - lr * hp.weight_decay))?
@@ -276,8 +298,8 @@ fn device_update(
     };
     let denom = ((v.sqrt()? / bc2.sqrt())? + hp.eps)?;
     let update = (m.div(&denom)? * (lr / bc1))?;
-    var.set(&(p - update)?)?;
-    Ok(())
+    let p = (p - update)?;
+    Ok((m, v, p))
 }
 
 /// Global L2 norm of the gradients of `params` (those with no gradient count as zero), and the
@@ -317,7 +339,7 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
@@ -368,6 +390,63 @@ mod tests {
             assert!((pv[0][0] - 0.978_011).abs() < 1e-5, "{pv:?}");
             assert!((pv[0][1] + 2.015_992).abs() < 1e-5, "{pv:?}");
             assert!((bv[0] - 0.48).abs() < 1e-5, "{bv:?}");
+        }
+    }
+
+    /// An update that fails at its second parameter (here a gradient of the wrong shape; on a
+    /// GPU, running out of memory) changes neither parameter nor any moment, on either path.
+    #[test]
+    fn a_failing_update_changes_nothing() {
+        let dev = Device::Cpu;
+        let hp = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        for tensor_path in [false, true] {
+            let a = Var::new(&[[1f32, -2.0, 3.0], [0.5, 0.25, -1.0]], &dev).unwrap();
+            let b = Var::new(&[[4f32, 5.0], [6.0, 7.0], [8.0, 9.0]], &dev).unwrap();
+            let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+            let mut opt = if tensor_path {
+                AdamW::with_tensor_path(hp)
+            } else {
+                AdamW::new(hp)
+            };
+            // Gradients of `sum(a) + sum(b)`, with `b`'s replaced by `gb`.
+            let grads_of = |gb: Tensor| {
+                let loss =
+                    (a.as_tensor().sum_all().unwrap() + b.as_tensor().sum_all().unwrap()).unwrap();
+                let mut g = loss.backward().unwrap();
+                g.insert(b.as_tensor(), gb);
+                g
+            };
+            // One good step, so that there are moments to keep.
+            let good = grads_of(b.as_tensor().ones_like().unwrap());
+            opt.step(&params, &good, 0.01, 1.0).unwrap();
+            let snapshot = |opt: &AdamW| {
+                let mut s: Vec<Vec<f32>> = [&a, &b]
+                    .iter()
+                    .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+                    .collect();
+                for t in opt.state_tensors().unwrap().values() {
+                    s.push(t.flatten_all().unwrap().to_vec1().unwrap());
+                }
+                (s, opt.steps())
+            };
+            let before = snapshot(&opt);
+            // A (2, 3) gradient for the (3, 2) `b` is refused before anything is touched.
+            let bad = grads_of(Tensor::ones((2, 3), DType::F32, &dev).unwrap());
+            assert!(opt.step(&params, &bad, 0.01, 1.0).is_err());
+            assert!(snapshot(&opt) == before, "tensor path {tensor_path}");
+            if tensor_path {
+                // An f64 gradient meets `b`'s f32 moments only in its update, computed after
+                // `a`'s: the step fails there, and `a` is not changed either.
+                let late = grads_of(Tensor::ones((3, 2), DType::F64, &dev).unwrap());
+                let e = opt.step(&params, &late, 0.01, 1.0).unwrap_err();
+                assert!(e.to_string().contains("dtype"), "{e}");
+                assert!(snapshot(&opt) == before);
+            }
         }
     }
 

@@ -37,7 +37,7 @@ impl Trainer {
         &mut self,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<FitOutcome> {
-        let report = self.evaluate(Split::Val)?;
+        let report = self.scheduled_evaluation()?;
         let _ = on_event(&Event::Eval(report));
         self.checkpoint_event(&mut on_event)?;
         let pairs = (self.step * self.cfg.train.batch_size) as f64;
@@ -48,6 +48,36 @@ impl Trainer {
             bad_samples: self.dataset.bad_samples(),
         });
         Ok(FitOutcome::Finished)
+    }
+
+    /// The validation evaluation of the schedule; a device out of memory says which setting to
+    /// lower.
+    fn scheduled_evaluation(&mut self) -> Result<crate::events::EvalReport> {
+        self.evaluate(Split::Val).map_err(|e| {
+            let remedy = format!(
+                "lower train.eval_batch_size (now {})",
+                self.cfg.train.eval_batch_size
+            );
+            let step = self.step;
+            e.out_of_memory(
+                &self.device,
+                || format!("evaluation at step {step}"),
+                &remedy,
+            )
+        })
+    }
+
+    /// After an error that ended a run (a device out of memory, a failed evaluation, another
+    /// rank's failure), the trainer still holds its last good state: it is checkpointed (when
+    /// a run directory is set) so that no completed step is lost, and the error is returned.
+    /// A checkpoint that cannot be written is not reported over the error.
+    pub(crate) fn save_after(
+        &mut self,
+        e: Error,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Error {
+        let _ = self.checkpoint_event(on_event);
+        e
     }
 
     /// The `run_started` event describing this trainer now.
@@ -84,13 +114,20 @@ impl Trainer {
             return stopped();
         }
         if probe_every > 0 && step % probe_every == 0 {
-            let report = self.probe()?;
+            let report = self.probe().map_err(|e| {
+                let remedy = format!("lower train.probe_size (now {})", self.cfg.train.probe_size);
+                e.out_of_memory(
+                    &self.device,
+                    || format!("the probe at step {step}"),
+                    &remedy,
+                )
+            })?;
             if on_event(&Event::Probe(report)).is_break() {
                 return stopped();
             }
         }
         if every > 0 && step % every == 0 && step < steps {
-            let report = self.evaluate(Split::Val)?;
+            let report = self.scheduled_evaluation()?;
             if on_event(&Event::Eval(report)).is_break() {
                 return stopped();
             }
@@ -197,10 +234,14 @@ pub(crate) fn run_loop(
                 .reporter()
                 .pause(&mut on_event, "stopped by a command".into());
         }
-        match group.tick_all(&mut on_event)? {
-            Tick::Stepped => {}
-            Tick::Paused(reason) => return group.reporter().pause(&mut on_event, reason),
+        match group.tick_all(&mut on_event) {
+            Ok(Tick::Stepped) => {}
+            Ok(Tick::Paused(reason)) => return group.reporter().pause(&mut on_event, reason),
+            Err(e) => return Err(group.reporter().save_after(e, &mut on_event)),
         }
     }
-    group.reporter().finish(on_event)
+    match group.reporter().finish(&mut on_event) {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => Err(group.reporter().save_after(e, &mut on_event)),
+    }
 }

@@ -253,7 +253,8 @@ impl Trainer {
     /// wait is [`StepStats::data_seconds`]). On a non-finite loss or gradient nothing is updated
     /// (the loader is rewound: the next step takes the same batch) and [`Error::NonFinite`]
     /// names the step and term. A loader error comes from the step that would take the batch
-    /// (in a data-parallel run it stops every rank at that step).
+    /// (in a data-parallel run it stops every rank at that step). A device that runs out of
+    /// memory is [`Error::OutOfMemory`], with what to lower; nothing is updated then either.
     pub fn step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
         let before = self.loader.state();
@@ -270,7 +271,14 @@ impl Trainer {
         if result.is_err() {
             self.loader.set_state(before);
         }
-        result
+        result.map_err(|e| {
+            let remedy = format!(
+                "lower train.batch_size (now {}), set train.precision = \"bf16\", or choose a \
+                 smaller model",
+                self.cfg.train.batch_size
+            );
+            e.out_of_memory(&self.device, || format!("step {}", self.step + 1), &remedy)
+        })
     }
 
     /// One step on a given batch (e.g. to overfit it).
