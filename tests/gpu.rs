@@ -377,7 +377,11 @@ fn running_out_of_gpu_memory_is_named_and_leaves_the_run_intact() {
     };
     assert_eq!(during, "step 1");
     assert!(memory.contains("GiB in use"), "{memory}");
-    assert!(e.to_string().contains("train.batch_size (now 256)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("train.micro_batches (now 1) to keep the batch of 256"),
+        "{e}"
+    );
     assert_eq!(t.completed_steps(), 0);
     assert!(crate::util::snapshot(&t) == before, "parameters untouched");
     // With the memory back, the same run takes the same batch and trains.

@@ -324,18 +324,24 @@ fn a_run_on_a_missing_device_reports_why() {
 }
 
 #[test]
-fn the_new_run_form_chooses_the_precision() {
+fn the_new_run_form_chooses_the_precision_and_micro_batches() {
     let mut h = app();
     h.run_steps(2);
     let _ = h.get_by_label("precision");
+    let _ = h.get_by_label("micro-batches");
     assert_eq!(h.state().state().precision, Precision::F32);
+    assert_eq!(h.state().state().micro_batches, 1);
     h.state_mut().state_mut().precision = Precision::Bf16;
+    h.state_mut().state_mut().micro_batches = 4;
     click(&mut h, "Reset");
-    wait(&mut h, "the bf16 run", |a| {
-        a.sessions()
-            .first()
-            .is_some_and(|s| s.config().train.precision == Precision::Bf16)
+    wait(&mut h, "the bf16 run in micro-batches", |a| {
+        a.sessions().first().is_some_and(|s| {
+            let t = &s.config().train;
+            t.precision == Precision::Bf16 && t.micro_batches == 4
+        })
     });
+    click(&mut h, "Step");
+    wait(&mut h, "a step in micro-batches", |a| step(a) == 1);
 }
 
 #[test]

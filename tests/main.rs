@@ -56,7 +56,8 @@ mod notebook;
 mod notebooks;
 // `bench torch`: arguments, our half of the PyTorch comparison, missing interpreters.
 mod bench;
-// Data parallel: collectives, gather with gradient, W ranks against one process.
+// Data parallel: collectives, gather with gradient, W ranks against one process; local losses
+// and micro-batches, the other ways of splitting a batch's work.
 mod parallel;
 // The desktop app, driven by widget labels: play, pause, step, swap, word maps, fork.
 mod gui;

@@ -1,11 +1,13 @@
 //! Data parallel: the thread communicator's collectives against hand-computed values, the
 //! gradient of `gather_with_grad`, the errors of the driver; training with W ranks against
 //! one process in `parallel/equivalence.rs`; the group stepped tick by tick in
-//! `parallel/leader.rs`.
+//! `parallel/leader.rs`; local losses in `parallel/local_loss.rs`; micro-batches, alone and on
+//! ranks, in `parallel/micro_batches.rs`.
 
 mod equivalence;
 mod leader;
 mod local_loss;
+mod micro_batches;
 #[cfg(feature = "nccl")]
 mod nccl;
 
@@ -353,8 +355,18 @@ fn workbench_train_devices_runs_resumes_and_matches_one_process() {
         let args = ["train", "--resume", dir, "--steps", "6", "--quiet"];
         run(&[&args[..], extra].concat()).unwrap();
     };
-    // With local losses (OpenCLIP's local_loss): the same gradients, so the same parameters.
-    resume(&out_s, &["--devices", "cpu,cpu", "--local-loss"]);
+    // With local losses (OpenCLIP's local_loss), and each rank's share of the batch in two
+    // micro-batches: the same gradients, so the same parameters.
+    resume(
+        &out_s,
+        &[
+            "--devices",
+            "cpu,cpu",
+            "--local-loss",
+            "--micro-batches",
+            "2",
+        ],
+    );
     let single_dir = dir.join("single");
     let single_s = single_dir.to_string_lossy();
     run(&[
@@ -384,6 +396,8 @@ fn workbench_train_devices_runs_resumes_and_matches_one_process() {
     // Bad input through the command line: named field, named feature, conflicting flags.
     let e = run(&[&base[..], &["--local-loss"]].concat()).unwrap_err();
     assert!(e.contains("--devices"), "{e}");
+    let e = run(&[&base[..], &["--micro-batches", "3"]].concat()).unwrap_err();
+    assert!(e.contains("train.micro_batches"), "{e}");
     let other = dir.join("other").to_string_lossy().into_owned();
     let e = run(&[
         "train",

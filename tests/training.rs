@@ -391,7 +391,7 @@ fn a_device_out_of_memory_names_the_step_and_what_to_lower_and_changes_nothing()
     assert_eq!(memory, "", "the CPU reports no device memory");
     let msg = err.to_string();
     assert!(
-        msg.contains("train.batch_size (now 16)") && msg.contains("bf16"),
+        msg.contains("train.micro_batches (now 1) to keep the batch of 16") && msg.contains("bf16"),
         "{msg}"
     );
     assert_eq!(snapshot(&t), before, "parameters untouched");

@@ -119,6 +119,15 @@ pub struct TrainConfig {
     /// `align_uniform` and `cloob` with `hopfield = true`, whose losses couple every row with the
     /// whole batch, and sums of them. No effect on one device.
     pub local_loss: bool,
+    /// Splits each step's batch (each rank's share of it, in a data-parallel run) into this
+    /// many micro-batches that pass through the model one at a time, so that activations need
+    /// the memory of one micro-batch, while the loss still contrasts the whole batch: the
+    /// embeddings of every micro-batch are computed first without keeping activations, the
+    /// loss and its gradient with respect to them over the whole batch, then each micro-batch
+    /// again with its activations to carry that gradient into the model (GradCache; OpenCLIP's
+    /// `--accum-freq`). The gradients are those of the whole batch, for one more forward pass
+    /// per micro-batch. 1 (the default) is a plain step; the batch must divide evenly.
+    pub micro_batches: usize,
 }
 
 impl Default for TrainConfig {
@@ -145,6 +154,7 @@ impl Default for TrainConfig {
             augment: AugmentConfig::default(),
             prefetch: 2,
             local_loss: false,
+            micro_batches: 1,
         }
     }
 }
@@ -335,6 +345,15 @@ impl RunConfig {
             if !ok {
                 return Err(Error::config(field, msg));
             }
+        }
+        if t.micro_batches == 0 || !t.batch_size.is_multiple_of(t.micro_batches) {
+            return Err(Error::config(
+                "train.micro_batches",
+                format!(
+                    "must be at least 1 and divide train.batch_size ({}), got {}",
+                    t.batch_size, t.micro_batches
+                ),
+            ));
         }
         if t.grad_clip < 0.0 || !t.grad_clip.is_finite() {
             return Err(Error::config(

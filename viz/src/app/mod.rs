@@ -118,6 +118,9 @@ pub struct UiState {
     pub preset: String,
     /// New run: pairs per batch.
     pub batch_size: usize,
+    /// New run: micro-batches each step's batch passes through the model in
+    /// (`train.micro_batches`; 1: the whole batch at once).
+    pub micro_batches: usize,
     /// New run: peak learning rate.
     pub lr: f64,
     /// New run: seed.
@@ -183,6 +186,7 @@ impl UiState {
             refresh_every: 250,
             preset: cfg.preset.clone(),
             batch_size: cfg.train.batch_size,
+            micro_batches: cfg.train.micro_batches,
             lr: cfg.train.lr,
             seed: cfg.train.seed,
             steps: cfg.train.steps,
@@ -383,6 +387,7 @@ impl WorkbenchApp {
             RunConfig::preset(&s.preset)?
         };
         cfg.train.batch_size = s.batch_size;
+        cfg.train.micro_batches = s.micro_batches;
         cfg.train.lr = s.lr;
         cfg.train.seed = s.seed;
         cfg.train.steps = s.steps;

@@ -31,6 +31,16 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.add(DragValue::new(&mut s.batch_size).range(2..=4096))
             .labelled_by(l.id);
         ui.end_row();
+        let l = ui.label("micro-batches");
+        ui.add(DragValue::new(&mut s.micro_batches).range(1..=256))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "Pass each step's batch through the model in this many parts, so that the \
+                 activations need the memory of one part; the loss still contrasts the whole \
+                 batch and the gradients are the same (one more forward pass per part). It \
+                 must divide the batch (each rank's share of it on several ranks)",
+            );
+        ui.end_row();
         let l = ui.label("learning rate");
         ui.add(
             DragValue::new(&mut s.lr)

@@ -196,6 +196,11 @@ pub struct TrainArgs {
     /// retrieval.
     #[arg(long, requires = "devices")]
     pub local_loss: bool,
+    /// Pass each step's batch through the model in N micro-batches (`train.micro_batches`):
+    /// the activation memory of one, the gradients of the whole batch, one more forward pass
+    /// per micro-batch. N must divide the batch (each rank's share of it with `--devices`).
+    #[arg(long, value_name = "N")]
+    pub micro_batches: Option<usize>,
     /// Run directory (default: `runs/<preset>`, numbered if taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -369,6 +374,9 @@ fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if a.local_loss {
         t.local_loss = true;
+    }
+    if let Some(v) = a.micro_batches {
+        t.micro_batches = v;
     }
 }
 

@@ -37,6 +37,18 @@ impl Trainer {
                 ),
             ));
         }
+        let micro = self.cfg.train.micro_batches;
+        if !(batch / world).is_multiple_of(micro) {
+            return Err(Error::config(
+                "train.micro_batches",
+                format!(
+                    "each of the {world} ranks has {} pairs of the batch of {batch}, which do not \
+                     split into {micro} micro-batches; make the batch a multiple of {}",
+                    batch / world,
+                    world * micro
+                ),
+            ));
+        }
         self.loader.set_shard(rank, world);
         self.comm = Some(comm);
         Ok(())

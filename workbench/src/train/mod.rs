@@ -19,13 +19,13 @@ use crate::data::{
 };
 use crate::eval::{EvalContext, EvalSet, evaluate};
 use crate::events::{EvalReport, StepStats};
-use crate::loss::{LossInputs, Needs, Objective};
-use crate::model::{Capture, ClipModel};
+use crate::loss::{LossInputs, Objective};
+use crate::model::ClipModel;
 use crate::optim::{AdamW, AdamWParams, clip_factor, grad_norm, lr_at};
 use crate::parallel::Communicator;
 use crate::params::{Params, Scope};
 use crate::{Error, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Var};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ mod distributed;
 mod fit;
 mod inspect;
 mod live;
+mod micro;
 mod pretrained;
 mod resume;
 
@@ -272,10 +273,12 @@ impl Trainer {
             self.loader.set_state(before);
         }
         result.map_err(|e| {
+            let t = &self.cfg.train;
             let remedy = format!(
-                "lower train.batch_size (now {}), set train.precision = \"bf16\", or choose a \
-                 smaller model",
-                self.cfg.train.batch_size
+                "raise train.micro_batches (now {}) to keep the batch of {} in less memory, \
+                 lower train.batch_size, set train.precision = \"bf16\", or choose a smaller \
+                 model",
+                t.micro_batches, t.batch_size
             );
             e.out_of_memory(&self.device, || format!("step {}", self.step + 1), &remedy)
         })
@@ -291,24 +294,20 @@ impl Trainer {
         let next = self.step + 1;
         let lr = lr_at(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio);
         let needs = self.objective.needs();
-        let capture = Capture {
-            attention: false,
-            tokens: needs.tokens,
-        };
-        let emb = self.model.forward(batch, capture)?;
-        let (extra_text, second) = self.encode_extras(batch, needs)?;
+        let encoding = self.encode_batch(batch, needs)?;
+        let emb = &encoding.encoded;
         let inputs = LossInputs {
-            image_tokens: emb.image.tokens.as_ref(),
-            text_tokens: emb.text.tokens.as_ref(),
+            image_tokens: emb.image_tokens.as_ref(),
+            text_tokens: emb.text_tokens.as_ref(),
             text_mask: Some(&batch.text_mask),
             groups: Some(&batch.groups),
             text_ids: Some(&batch.text_ids),
-            extra_text: extra_text.as_ref(),
-            image2: second.as_ref().map(|s| &s.0),
-            text2: second.as_ref().map(|s| &s.1),
+            extra_text: emb.extra_text.as_ref(),
+            image2: emb.second.as_ref().map(|s| &s.0),
+            text2: emb.second.as_ref().map(|s| &s.1),
             progress: self.progress(),
             step: self.step,
-            ..LossInputs::new(&emb.image.embedding, &emb.text.embedding)
+            ..LossInputs::new(&emb.image, &emb.text)
         };
         let gathered = self.gather_inputs(&inputs)?;
         let out = match &gathered {
@@ -339,6 +338,8 @@ impl Trainer {
             .zip(values)
             .collect();
         let mut grads = out.loss.backward()?;
+        drop((out, gathered));
+        self.backward_micro_batches(batch, needs, encoding, &mut grads)?;
         let trainable = self.trainable();
         self.reduce_gradients(&trainable, &mut grads)?;
         let (norm, bad) = grad_norm(&trainable, &grads)?;
@@ -375,46 +376,6 @@ impl Trainer {
             data_seconds,
             device_memory: crate::devices::memory(&self.device).ok().flatten(),
         })
-    }
-
-    /// Embeddings of the hard negatives and of the second views, when the objective needs them.
-    #[allow(clippy::type_complexity, reason = "a private pair of optional tensors")]
-    fn encode_extras(
-        &self,
-        batch: &Batch,
-        needs: Needs,
-    ) -> Result<(Option<Tensor>, Option<(Tensor, Tensor)>)> {
-        let name = self.objective.name();
-        let extra = if needs.hard_negatives > 0 {
-            let n = batch.negatives.as_ref().ok_or_else(|| {
-                Error::Data(format!(
-                    "objective `{name}` needs hard-negative captions; the batch has none"
-                ))
-            })?;
-            Some(
-                self.model
-                    .encode_text(&n.tokens, &n.eos, Capture::NONE)?
-                    .embedding,
-            )
-        } else {
-            None
-        };
-        let second = if needs.second_views {
-            let v = batch.second.as_ref().ok_or_else(|| {
-                Error::Data(format!(
-                    "objective `{name}` needs second views; the batch has none"
-                ))
-            })?;
-            Some((
-                self.model.encode_image(&v.images, Capture::NONE)?.embedding,
-                self.model
-                    .encode_text(&v.texts.tokens, &v.texts.eos, Capture::NONE)?
-                    .embedding,
-            ))
-        } else {
-            None
-        };
-        Ok((extra, second))
     }
 
     /// Evaluates on `split` (retrieval, zero-shot, gap, loss).
