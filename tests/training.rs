@@ -1,6 +1,6 @@
 //! Training: overfitting, determinism, checkpoints, resume, non-finite values, user objectives.
 
-use crate::util::{snapshot, tiny_config, tmpdir};
+use crate::util::{CUDA_OUT_OF_MEMORY, FailsAtCall, snapshot, tiny_config, tmpdir};
 use candle_core::{Tensor, Var};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -325,50 +325,6 @@ fn a_short_run_learns_far_above_chance() {
         zs(&after)
     );
 }
-
-/// InfoNCE at a fixed temperature whose forward fails at one call, with `message`: the
-/// driver's words when a GPU runs out of memory, or any other failure.
-struct FailsAtCall {
-    at: usize,
-    calls: AtomicUsize,
-    message: &'static str,
-}
-
-impl FailsAtCall {
-    fn boxed(at: usize, message: &'static str) -> Box<Self> {
-        Box::new(Self {
-            at,
-            calls: AtomicUsize::new(0),
-            message,
-        })
-    }
-}
-
-impl Objective for FailsAtCall {
-    fn name(&self) -> &'static str {
-        "fails_at_call"
-    }
-    fn supports_local_loss(&self) -> bool {
-        true
-    }
-    fn forward(&self, x: &LossInputs<'_>) -> candle_core::Result<LossOutput> {
-        if self.calls.fetch_add(1, Ordering::Relaxed) == self.at {
-            return Err(candle_core::Error::Msg(self.message.to_string()));
-        }
-        let logits = (x.image.matmul(&x.text.t()?)? * 10.0)?;
-        let (i2t, t2i) = workbench::loss::symmetric_cross_entropy(&logits)?;
-        Ok(LossOutput {
-            loss: ((i2t + t2i)? / 2.0)?,
-            terms: Vec::new(),
-        })
-    }
-    fn parameters(&self) -> Vec<(String, Var)> {
-        Vec::new()
-    }
-}
-
-/// What CUDA says when an allocation fails (cudarc's `DriverError` as candle shows it).
-const CUDA_OUT_OF_MEMORY: &str = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
 
 #[test]
 fn a_device_out_of_memory_names_the_step_and_what_to_lower_and_changes_nothing() {

@@ -52,3 +52,51 @@ pub fn snapshot(t: &workbench::train::Trainer) -> Vec<(String, Vec<f32>)> {
         })
         .collect()
 }
+
+/// InfoNCE at a fixed temperature whose forward fails at one call, with `message`: the
+/// driver's words when a GPU runs out of memory, or any other failure.
+pub struct FailsAtCall {
+    at: usize,
+    calls: std::sync::atomic::AtomicUsize,
+    message: &'static str,
+}
+
+impl FailsAtCall {
+    pub fn boxed(at: usize, message: &'static str) -> Box<Self> {
+        Box::new(Self {
+            at,
+            calls: std::sync::atomic::AtomicUsize::new(0),
+            message,
+        })
+    }
+}
+
+impl workbench::loss::Objective for FailsAtCall {
+    fn name(&self) -> &'static str {
+        "fails_at_call"
+    }
+    fn forward(
+        &self,
+        x: &workbench::loss::LossInputs<'_>,
+    ) -> candle_core::Result<workbench::loss::LossOutput> {
+        if self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            == self.at
+        {
+            return Err(candle_core::Error::Msg(self.message.to_string()));
+        }
+        let logits = (x.image.matmul(&x.text.t()?)? * 10.0)?;
+        let (i2t, t2i) = workbench::loss::symmetric_cross_entropy(&logits)?;
+        Ok(workbench::loss::LossOutput {
+            loss: ((i2t + t2i)? / 2.0)?,
+            terms: Vec::new(),
+        })
+    }
+    fn parameters(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
+}
+
+/// What CUDA says when an allocation fails (cudarc's `DriverError` as candle shows it).
+pub const CUDA_OUT_OF_MEMORY: &str = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";

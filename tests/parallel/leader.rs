@@ -262,3 +262,29 @@ fn a_rank_that_panics_mid_run_ends_the_group_with_an_error() {
         .to_string();
     assert!(e.contains("rank 1 panicked"), "{e}");
 }
+
+#[test]
+fn a_leader_of_one_rank_reports_a_failed_step_and_goes_on() {
+    // A step that runs out of device memory (the driver's words, from the objective), alone:
+    // nobody waits for this rank, and a failed step changes nothing, so the leader reports
+    // the error and the next tick trains the same batch.
+    let mut t = Trainer::new(tiny_config()).unwrap();
+    t.set_objective(crate::util::FailsAtCall::boxed(
+        1,
+        crate::util::CUDA_OUT_OF_MEMORY,
+    ))
+    .unwrap();
+    let mut group = workbench::parallel::Leader::solo(t);
+    group.tick(|_| ControlFlow::Continue(())).unwrap();
+    let before = crate::util::snapshot(group.trainer());
+    let e = group.tick(|_| ControlFlow::Continue(())).unwrap_err();
+    assert!(matches!(e, workbench::Error::OutOfMemory { .. }), "{e}");
+    assert!(group.broken().is_none());
+    assert!(crate::util::snapshot(group.trainer()) == before);
+    // The remedy it names, as a live command, then the step again.
+    let set = workbench::control::Command::SetMicroBatches { micro_batches: 4 };
+    group.command(&set, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(group.trainer().config().train.micro_batches, 4);
+    group.tick(|_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(group.trainer().completed_steps(), 2);
+}

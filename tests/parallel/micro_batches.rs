@@ -146,3 +146,67 @@ fn a_batch_that_does_not_split_into_micro_batches_is_refused() {
     );
     assert!(snapshot(&t) == before);
 }
+
+#[test]
+fn micro_batches_set_live_change_no_number_and_bad_values_are_rejected() {
+    use workbench::control::Command;
+    let cfg = config(r#"kind = "clip""#);
+    let (want, reference) = plain_run(&cfg);
+    // Two ranks (8 pairs each), stepped by a leader; micro-batches from the second step on.
+    let mut group = DataParallel::new(&["cpu", "cpu"])
+        .unwrap()
+        .lead(move |_, _| Trainer::new(cfg.clone()))
+        .unwrap();
+    let mut events = Vec::new();
+    let mut record = |e: &Event| {
+        events.push(e.clone());
+        ControlFlow::Continue(())
+    };
+    group.tick(&mut record).unwrap();
+    for micro in [3, 16, 0] {
+        let bad = Command::SetMicroBatches {
+            micro_batches: micro,
+        };
+        group.command(&bad, &mut record).unwrap();
+    }
+    group
+        .command(&Command::SetMicroBatches { micro_batches: 4 }, &mut record)
+        .unwrap();
+    group.tick(&mut record).unwrap();
+    group.tick(&mut record).unwrap();
+    let rejected: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CommandRejected { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 3, "{events:?}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.contains("micro_batches") && r.contains("8 pairs")),
+        "{rejected:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Edited { params, .. } if params.get("train.micro_batches") == Some(&4.0)
+    )));
+    let got: Vec<StepStats> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    compare(
+        &got,
+        &want,
+        "micro-batches set live on two ranks",
+        LOSS_RTOL,
+    );
+    let trainers = group.into_trainers().unwrap();
+    assert!(trainers.iter().all(|t| t.config().train.micro_batches == 4));
+    let dp = max_param_diff(&snapshot(&trainers[0]), &snapshot(&reference));
+    assert!(dp <= PARAM_ATOL, "parameters differ by {dp:e}");
+}

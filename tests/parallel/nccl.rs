@@ -87,9 +87,12 @@ fn a_gpu_rank_that_fails_mid_run_ends_its_group_with_its_error() {
                 let mut c = cfg.clone();
                 c.train.device = device.to_string();
                 let mut t = workbench::train::Trainer::new(c)?;
-                if rank == w - 1 {
-                    t.set_objective(Box::new(FailsAtStep(2)))?;
-                }
+                // The same objective on every rank (the same parameters to all-reduce).
+                let at = if rank == w - 1 { 1 } else { usize::MAX };
+                t.set_objective(crate::util::FailsAtCall::boxed(
+                    at,
+                    "the objective fails at step 2",
+                ))?;
                 Ok(t)
             },
             |_| ControlFlow::Continue(()),
@@ -102,34 +105,6 @@ fn a_gpu_rank_that_fails_mid_run_ends_its_group_with_its_error() {
         "a GPU rank failing mid-run on {w} GPU(s) ended the group in {:.1} s: {e}",
         started.elapsed().as_secs_f64()
     );
-}
-
-/// CLIP at a fixed temperature whose forward fails at one step.
-struct FailsAtStep(usize);
-
-impl workbench::loss::Objective for FailsAtStep {
-    fn name(&self) -> &'static str {
-        "fails_at_step"
-    }
-    fn supports_local_loss(&self) -> bool {
-        true
-    }
-    fn forward(
-        &self,
-        x: &workbench::loss::LossInputs<'_>,
-    ) -> candle_core::Result<workbench::loss::LossOutput> {
-        if x.step + 1 == self.0 {
-            candle_core::bail!("the objective fails at step {}", self.0);
-        }
-        let logits = (x.image.matmul(&x.text.t()?)? * 10.0)?;
-        Ok(workbench::loss::LossOutput {
-            loss: workbench::loss::local_cross_entropy(&logits, 0)?,
-            terms: Vec::new(),
-        })
-    }
-    fn parameters(&self) -> Vec<(String, Var)> {
-        Vec::new()
-    }
 }
 
 /// W GPU ranks (NCCL) against one process on GPU 0 with the global batch.

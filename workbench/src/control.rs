@@ -79,6 +79,14 @@ pub enum Command {
         /// `[min, max]`, or `None` to remove.
         range: Option<[f64; 2]>,
     },
+    /// Pass each step's batch through the model in this many micro-batches from the next step
+    /// on (`train.micro_batches`): the same gradients in less memory, for one more forward pass
+    /// per micro-batch — what to do when a step ran out of device memory. It must divide the
+    /// batch (each rank's share of it).
+    SetMicroBatches {
+        /// Micro-batches per step (1: the whole batch at once).
+        micro_batches: usize,
+    },
     /// Stop after the current step (checkpointed; `fit` can continue it).
     Stop,
 }

@@ -70,6 +70,7 @@ pub fn show(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.separator();
         temperature(app, ui);
         bias(app, ui);
+        micro_batches(app, ui);
     }
 
     ui.separator();
@@ -394,6 +395,32 @@ fn bias(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             run.send(Request::Control(Command::Clamp {
                 prefix: param.clone(),
                 range: None,
+            }));
+        }
+    });
+}
+
+/// The micro-batches of the active run's steps, set between two steps (a step that ran out
+/// of device memory suggests more).
+fn micro_batches(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
+    let Some(run) = app.runs.get(app.active) else {
+        return;
+    };
+    let state = &mut app.state;
+    ui.horizontal(|ui| {
+        let l = ui.label("micro-batches now");
+        ui.add(DragValue::new(&mut state.live_micro_batches).range(1..=256))
+            .labelled_by(l.id);
+        if ui
+            .button("Set micro-batches")
+            .on_hover_text(
+                "From the next step, pass each batch through the model in this many parts: \
+                 the same gradients in less memory, one more forward pass per part",
+            )
+            .clicked()
+        {
+            run.send(Request::Control(Command::SetMicroBatches {
+                micro_batches: state.live_micro_batches,
             }));
         }
     });

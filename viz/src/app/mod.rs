@@ -121,6 +121,8 @@ pub struct UiState {
     /// New run: micro-batches each step's batch passes through the model in
     /// (`train.micro_batches`; 1: the whole batch at once).
     pub micro_batches: usize,
+    /// The micro-batches to set on the active run.
+    pub live_micro_batches: usize,
     /// New run: peak learning rate.
     pub lr: f64,
     /// New run: seed.
@@ -187,6 +189,7 @@ impl UiState {
             preset: cfg.preset.clone(),
             batch_size: cfg.train.batch_size,
             micro_batches: cfg.train.micro_batches,
+            live_micro_batches: 2,
             lr: cfg.train.lr,
             seed: cfg.train.seed,
             steps: cfg.train.steps,

@@ -255,6 +255,7 @@ pub fn describe(command: &Command) -> String {
             Some([lo, hi]) => format!("clamp {prefix} to [{lo}, {hi}]"),
             None => format!("unclamp {prefix}"),
         },
+        Command::SetMicroBatches { micro_batches } => format!("micro-batches = {micro_batches}"),
         Command::Stop => "stop".into(),
     }
 }

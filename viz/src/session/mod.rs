@@ -437,9 +437,16 @@ fn tick(group: &mut Leader, send: &impl Fn(Message)) -> bool {
             }));
             false
         }
-        Err(e) => {
+        Err(e) if group.broken().is_some() => {
             send(Message::Reply(Reply::Error(format!(
                 "training stopped: {e}"
+            ))));
+            false
+        }
+        Err(e) => {
+            // One rank, its state intact: the next Play or Step tries again.
+            send(Message::Reply(Reply::Error(format!(
+                "training paused: {e}; play to try again"
             ))));
             false
         }

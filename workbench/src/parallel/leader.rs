@@ -46,9 +46,13 @@ struct Follower {
 /// A leader of one rank ([`Leader::solo`]) is a plain trainer behind the same interface, so
 /// a front end holds a `Leader` whatever the number of devices.
 ///
-/// When a tick fails on any rank the group is over: the leader names the rank that failed
-/// and why, refuses further ticks and commands with that reason, and keeps rank 0's trainer,
-/// whose state is that of its last completed step, for inspection and checkpoints.
+/// When a tick fails on any rank of several the group is over: the leader names the rank that
+/// failed and why, refuses further ticks and commands with that reason, and keeps rank 0's
+/// trainer, whose state is that of its last completed step, for inspection and checkpoints.
+/// A leader of one rank only reports the error: its trainer keeps its last good state (a
+/// failed step changes nothing) and the next tick tries again — after, say, a
+/// [`Command::SetMicroBatches`](crate::control::Command::SetMicroBatches) for a step that ran
+/// out of device memory.
 /// [`Leader::into_trainers`] ends the group and gives back every rank's trainer; dropping the
 /// leader ends it too (each other rank finishes its current order and stops).
 ///
@@ -265,6 +269,8 @@ impl Leader {
         }
         match self.trainer.tick(on_event) {
             Ok(tick) => Ok(tick),
+            // Alone, nobody waits for this rank and its state is intact: it can go on.
+            Err(e) if self.followers.is_empty() => Err(e),
             Err(e) => Err(self.break_up(e)),
         }
     }

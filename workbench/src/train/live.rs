@@ -165,8 +165,33 @@ impl Trainer {
                 }
                 Ok(edited(self.values(prefix)?))
             }
+            Command::SetMicroBatches { micro_batches } => {
+                self.set_micro_batches(*micro_batches)?;
+                Ok(edited(BTreeMap::from([(
+                    "train.micro_batches".to_string(),
+                    *micro_batches as f32,
+                )])))
+            }
             Command::Stop => Ok(edited(BTreeMap::new())),
         }
+    }
+
+    /// Passes each step's batch through the model in `n` micro-batches from the next step on
+    /// (`train.micro_batches`; the same gradients, in the memory of one micro-batch). `n` must
+    /// divide the pairs this trainer encodes per step (its share, on one rank of several).
+    pub fn set_micro_batches(&mut self, n: usize) -> Result<()> {
+        let rows = self.cfg.train.batch_size / self.world_size();
+        if n == 0 || !rows.is_multiple_of(n) {
+            return Err(Error::config(
+                "command.set_micro_batches.micro_batches",
+                format!(
+                    "must be at least 1 and divide the {rows} pairs each step passes through \
+                     this model, got {n}"
+                ),
+            ));
+        }
+        self.cfg.train.micro_batches = n;
+        Ok(())
     }
 
     /// A live command between two steps, as a fit applies it: applied, or rejected without
