@@ -40,7 +40,10 @@ pub(super) fn plain_run(cfg: &RunConfig) -> (Vec<StepStats>, Trainer) {
     (stats, t)
 }
 
-fn parallel_run(cfg: &RunConfig, w: usize) -> (Vec<StepStats>, Vec<Trainer>, FitOutcome) {
+pub(super) fn parallel_run(
+    cfg: &RunConfig,
+    w: usize,
+) -> (Vec<StepStats>, Vec<Trainer>, FitOutcome) {
     let mut stats = Vec::new();
     let run = DataParallel::new(&vec!["cpu"; w])
         .unwrap()

@@ -4,7 +4,7 @@
 //! (`equivalence.rs`), which splits the batch the other way; the two combine, with and
 //! without local losses; a batch that does not split is refused naming the field.
 
-use super::equivalence::{LOSS_RTOL, PARAM_ATOL, config, max_param_diff, plain_run};
+use super::equivalence::{LOSS_RTOL, PARAM_ATOL, config, max_param_diff, parallel_run, plain_run};
 use crate::util::snapshot;
 use std::ops::ControlFlow;
 use workbench::config::RunConfig;
@@ -81,17 +81,8 @@ fn micro_batches_train_exactly_like_one_pass_over_the_batch() {
 
 /// `cfg` on two CPU ranks, their steps and rank 0's trainer.
 fn two_ranks(cfg: &RunConfig) -> (Vec<StepStats>, Trainer) {
-    let mut stats = Vec::new();
-    let run = DataParallel::new(&["cpu", "cpu"])
-        .unwrap()
-        .fit(cfg, None, |e| {
-            if let Event::Step(s) = e {
-                stats.push(s.clone());
-            }
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    (stats, run.trainers.into_iter().next().unwrap())
+    let (stats, trainers, _) = parallel_run(cfg, 2);
+    (stats, trainers.into_iter().next().unwrap())
 }
 
 #[test]

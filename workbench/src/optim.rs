@@ -352,6 +352,22 @@ mod tests {
         assert!(lr(30) > lr(31));
     }
 
+    /// `torch.optim.AdamW(betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)`, on the host loop or
+    /// the tensor path.
+    fn optimizer(tensor_path: bool) -> AdamW {
+        let hp = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        if tensor_path {
+            AdamW::with_tensor_path(hp)
+        } else {
+            AdamW::new(hp)
+        }
+    }
+
     /// Two AdamW steps on `L = 3·p₀ + 4·p₁ + 2·b` (constant gradients), checked by hand with
     /// PyTorch's update (`p ← p·(1 − lr·wd)`, then `p −= lr/bc₁ · m / (√v/√bc₂ + ε)`), as
     /// `torch.optim.AdamW(lr=0.01, betas=(0.9, 0.98), eps=1e-6)` with weight decay 0.1 on `p`
@@ -362,21 +378,11 @@ mod tests {
     #[test]
     fn adamw_matches_pytorch() {
         let dev = Device::Cpu;
-        let hp = AdamWParams {
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-6,
-            weight_decay: 0.1,
-        };
         for tensor_path in [false, true] {
             let p = Var::new(&[[1f32, -2.0]], &dev).unwrap();
             let b = Var::new(&[0.5f32], &dev).unwrap();
             let params = vec![("b".to_string(), b.clone()), ("p".to_string(), p.clone())];
-            let mut opt = if tensor_path {
-                AdamW::with_tensor_path(hp)
-            } else {
-                AdamW::new(hp)
-            };
+            let mut opt = optimizer(tensor_path);
             let c = Tensor::new(&[[3f32, 4.0]], &dev).unwrap();
             for _ in 0..2 {
                 let loss = ((p.as_tensor() * &c).unwrap().sum_all().unwrap()
@@ -398,21 +404,11 @@ mod tests {
     #[test]
     fn a_failing_update_changes_nothing() {
         let dev = Device::Cpu;
-        let hp = AdamWParams {
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-6,
-            weight_decay: 0.1,
-        };
         for tensor_path in [false, true] {
             let a = Var::new(&[[1f32, -2.0, 3.0], [0.5, 0.25, -1.0]], &dev).unwrap();
             let b = Var::new(&[[4f32, 5.0], [6.0, 7.0], [8.0, 9.0]], &dev).unwrap();
             let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
-            let mut opt = if tensor_path {
-                AdamW::with_tensor_path(hp)
-            } else {
-                AdamW::new(hp)
-            };
+            let mut opt = optimizer(tensor_path);
             // Gradients of `sum(a) + sum(b)`, with `b`'s replaced by `gb`.
             let grads_of = |gb: Tensor| {
                 let loss =
