@@ -418,7 +418,8 @@ pub fn symmetric_cross_entropy(logits: &Tensor) -> candle_core::Result<(Tensor, 
 }
 
 /// Cross-entropy of `(b, B)` logits whose row `i` has its positive in column `start + i`:
-/// `mean_i −log softmax_row(i)[start + i]` — one direction of InfoNCE for the rows of one rank.
+/// `mean_i −log softmax_row(i)[start + i]` — one direction of InfoNCE, for the rows of one rank
+/// or (`start = 0`, wider logits allowed) for a whole batch.
 pub fn local_cross_entropy(logits: &Tensor, start: usize) -> candle_core::Result<Tensor> {
     let (b, n) = logits.dims2()?;
     if start + b > n {

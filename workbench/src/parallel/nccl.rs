@@ -32,8 +32,8 @@ pub struct NcclGroup {
 
 #[derive(Debug, Default)]
 struct GroupState {
-    /// The communicator of every rank that joined.
-    members: Vec<Weak<SharedComm>>,
+    /// The communicator of every rank that joined, with its rank.
+    members: Vec<(usize, Weak<SharedComm>)>,
     /// Why the group ended, once a rank aborted it.
     broken: Option<String>,
 }
@@ -64,27 +64,38 @@ impl NcclGroup {
         self.state().broken.clone()
     }
 
-    /// Ends the group on behalf of `rank`: every member's communicator is aborted (a member
-    /// whose thread is inside a call into NCCL for longer than [`ABORT_PATIENCE`] is left as
-    /// it is). Idempotent.
+    /// Ends the group on behalf of `rank`: every member's communicator is aborted. A member
+    /// whose thread is inside a call into NCCL for longer than [`ABORT_PATIENCE`], or whose
+    /// abort fails, is left as it is, and the reason the group gives says so. Idempotent.
     fn abort(&self, rank: usize, why: &str) {
-        let members: Vec<Arc<SharedComm>> = {
+        let members: Vec<(usize, Arc<SharedComm>)> = {
             let mut s = self.state();
             if s.broken.is_some() {
                 return;
             }
             s.broken = Some(format!("rank {rank} {LEFT_THE_GROUP} ({why})"));
-            s.members.iter().filter_map(Weak::upgrade).collect()
+            s.members
+                .iter()
+                .filter_map(|(r, m)| Some((*r, m.upgrade()?)))
+                .collect()
         };
-        for (r, m) in members.iter().enumerate() {
-            match m.abort(ABORT_PATIENCE) {
-                Abort::Aborted | Abort::AlreadyAborted => {}
-                Abort::Busy => eprintln!(
-                    "NCCL: rank {rank} failed, and the communicator of member {r} is inside a \
-                     call into NCCL; it was not aborted"
-                ),
-                Abort::Failed => eprintln!("NCCL: aborting the communicator of member {r} failed"),
-            }
+        let stuck: Vec<String> = members
+            .iter()
+            .filter(|(_, m)| {
+                !matches!(
+                    m.abort(ABORT_PATIENCE),
+                    Abort::Aborted | Abort::AlreadyAborted
+                )
+            })
+            .map(|(r, _)| r.to_string())
+            .collect();
+        if !stuck.is_empty()
+            && let Some(reason) = &mut self.state().broken
+        {
+            *reason = format!(
+                "{reason}; the communicator of rank {} could not be aborted and may still wait",
+                stuck.join(", rank ")
+            );
         }
     }
 }
@@ -117,7 +128,7 @@ impl NcclComm {
         let comm = Comm::from_rank(stream, rank, world, id)
             .map_err(|e| Error::Data(format!("NCCL: rank {rank} of {world} cannot join: {e:?}")))?;
         let comm = Arc::new(SharedComm::new(comm));
-        group.state().members.push(Arc::downgrade(&comm));
+        group.state().members.push((rank, Arc::downgrade(&comm)));
         Ok(Self {
             comm,
             group: group.clone(),
