@@ -16,7 +16,9 @@
 #     loader  `bench loader --device cuda`: device idle time waiting for data, batches loaded in
 #             the step vs built ahead by the prefetch thread;
 #     torch   `bench torch --device cuda`: training throughput and peak memory of tiny and small
-#             at batch 256 and 1024 in f32 and bf16, beside PyTorch eager in the same run.
+#             at batch 256 and 1024 in f32 and bf16, beside PyTorch eager in the same run;
+#     micro   `bench micro --device cuda`: peak device memory and throughput of small at batch
+#             1024 in 1, 2, 4 and 8 micro-batches, f32 and bf16.
 #   Not yet timed on a GPU: each stage is capped (STAGE_TIMEOUT, default 420 s), so `tests
 #   loader` and `torch` can go in separate calls of a time-limited GPU machine.
 #

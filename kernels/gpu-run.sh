@@ -2,7 +2,7 @@
 # The GPU check, run on a machine with an NVIDIA GPU from a folder made by kernels/gpu-bundle.sh
 # (copied there as run.sh beside integration.xz and workbench.xz):
 #
-#   bash run.sh [devices] [tests] [loader] [torch]      # default: all four
+#   bash run.sh [devices] [tests] [loader] [torch] [micro]      # default: all five
 #
 # Logs go to $OUT, else $WB_GPU_OUT, else ./gpu-results. PYTHON names the Python with PyTorch
 # (default python3); STAGE_TIMEOUT caps each stage in seconds (default 420).
@@ -13,7 +13,7 @@ results="${OUT:-${WB_GPU_OUT:-$PWD/gpu-results}}"
 python="${PYTHON:-python3}"
 limit="${STAGE_TIMEOUT:-420}"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(devices tests loader torch)
+[ ${#stages[@]} -gt 0 ] || stages=(devices tests loader torch micro)
 mkdir -p "$results"
 summary="$results/summary.txt"
 say() { echo "$*" | tee -a "$summary"; }
@@ -84,7 +84,13 @@ for stage in "${stages[@]}"; do
         --threads "$threads" --python "$python"
       grep -A12 "^preset" "$results/torch.log" | tee -a "$summary"
       ;;
-    *) say "unknown stage $stage (expected devices, tests, loader or torch)" ;;
+    micro)
+      # Peak device memory and throughput of small at batch 1024 in 1, 2, 4 and 8 micro-batches.
+      run_stage micro "$bin/workbench" bench micro --device cuda --preset small --batch 1024 \
+        --micro 1,2,4,8 --precision f32,bf16 --rounds 3 --steps 5 --warmup 2
+      grep -A9 "^preset" "$results/micro.log" | tee -a "$summary"
+      ;;
+    *) say "unknown stage $stage (expected devices, tests, loader, torch or micro)" ;;
   esac
 done
 rm -rf "$bin"

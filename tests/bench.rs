@@ -329,3 +329,32 @@ fn a_load_at_the_thread_count_is_warned_about() {
         assert!(load.is_finite() && load >= 0.0, "{load}");
     }
 }
+
+#[test]
+fn bench_micro_measures_each_setting_and_refuses_a_split_that_does_not_divide() {
+    let run = |args: &[&str]| {
+        let argv = ["workbench", "bench", "micro"]
+            .into_iter()
+            .chain(args.iter().copied());
+        viz::cli::run(Cli::try_parse_from(argv).unwrap()).map_err(|e| format!("{e:#}"))
+    };
+    let quick = [
+        "--preset", "tiny", "--rounds", "1", "--steps", "1", "--warmup", "1",
+    ];
+    run(&[&quick[..], &["--batch", "8", "--micro", "1,4"]].concat()).unwrap();
+    let e = run(&[&quick[..], &["--batch", "8", "--micro", "3"]].concat()).unwrap_err();
+    assert!(e.contains("micro_batches") && e.contains("8 pairs"), "{e}");
+    // The library half: rows in the order asked, the whole batch's ratios exactly 1.
+    let s = viz::bench::micro::Settings {
+        preset: "tiny".into(),
+        batch: 8,
+        micro: vec![2, 1],
+        rounds: 1,
+        steps: 1,
+        ..Default::default()
+    };
+    let rows = viz::bench::micro::measure(&s, |_| Ok(())).unwrap();
+    assert_eq!(rows.iter().map(|r| r.micro).collect::<Vec<_>>(), [2, 1]);
+    let whole = viz::bench::micro::line(&s, &rows[1], Some(&rows[1]));
+    assert!(whole.contains(" 1.00 "), "{whole}");
+}

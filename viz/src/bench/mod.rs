@@ -13,6 +13,7 @@
 //! (the binary counts allocations; see [`kernels::alloc::CountingAllocator`]).
 
 pub mod loader;
+pub mod micro;
 pub mod torch;
 
 use anyhow::Result;

@@ -131,6 +131,12 @@ impl Ours {
         })
     }
 
+    /// Passes each step's batch through the model in `n` micro-batches from now on
+    /// ([`Trainer::set_micro_batches`]).
+    pub fn set_micro_batches(&mut self, n: usize) -> Result<()> {
+        Ok(self.trainer.set_micro_batches(n)?)
+    }
+
     /// The run's configuration.
     pub fn config(&self) -> &RunConfig {
         self.trainer.config()

@@ -13,11 +13,13 @@ pub struct BenchArgs {
     /// What to measure: every objective (`losses`), the fused pairwise losses against their
     /// references (`infonce`), training and embedding throughput of our model beside the
     /// same model in PyTorch (`torch`; needs a Python interpreter with torch), or training on
-    /// PNG files with the batches loaded in the step and built ahead on a thread (`loader`).
-    #[arg(value_parser = ["losses", "infonce", "torch", "loader"])]
+    /// PNG files with the batches loaded in the step and built ahead on a thread (`loader`), or
+    /// training throughput and peak memory in micro-batches against the whole batch at once
+    /// (`micro`).
+    #[arg(value_parser = ["losses", "infonce", "torch", "loader", "micro"])]
     pub what: String,
     /// Batch sizes, comma-separated [default: 256,1024,4096 for losses, 1024,16384 for infonce,
-    /// 256 for torch, 128 for loader].
+    /// 256 for torch and micro, 128 for loader].
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
     /// Embedding sizes for `infonce`, comma-separated.
@@ -29,7 +31,10 @@ pub struct BenchArgs {
     /// Skip a measurement whose estimated memory exceeds this many GiB.
     #[arg(long, default_value_t = 8.0)]
     pub max_memory_gb: f64,
-    /// `torch`: presets to compare, comma-separated.
+    /// `micro`: micro-batch counts to compare, comma-separated (each must divide the batch).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    pub micro: Vec<usize>,
+    /// `torch`, `micro`: presets to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = ["tiny".to_string(), "small".to_string()])]
     pub preset: Vec<String>,
     /// `torch`, `loader`: timed rounds; each round times both sides, alternating which goes
@@ -86,6 +91,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         "torch" => torch(a),
         "infonce" => infonce(a),
         "loader" => loader(a),
+        "micro" => micro(a),
         _ => losses(a),
     }
 }
@@ -215,6 +221,57 @@ fn loader(a: &BenchArgs) -> Result<()> {
     for line in c.summary().lines() {
         say(line)?;
     }
+    report_end_load(load, threads)
+}
+
+fn micro(a: &BenchArgs) -> Result<()> {
+    use crate::bench::micro::{HEADER, Settings, line, measure};
+    let threads = rayon::current_num_threads();
+    let batches = if a.batch.is_empty() {
+        vec![256]
+    } else {
+        a.batch.clone()
+    };
+    say(&format!(
+        "training steps (forward, loss, backward, clipping, AdamW) with each batch in micro-batches (train.micro_batches) against the whole batch at once; device {}; batches pre-built; {} warm-up steps per setting (peak memory measured over them), then the median of {} runs of {} steps; settings from the most micro-batches to the fewest; CPU: {}",
+        a.device,
+        a.warmup.max(1),
+        a.rounds,
+        a.steps,
+        threads_and_load(threads)
+    ))?;
+    let load = warn_if_busy(threads)?;
+    let mut table = Vec::new();
+    for preset in &a.preset {
+        for &batch in &batches {
+            for &precision in &a.precision {
+                let s = Settings {
+                    preset: preset.clone(),
+                    batch,
+                    micro: a.micro.clone(),
+                    rounds: a.rounds,
+                    steps: a.steps,
+                    warmup: a.warmup,
+                    device: a.device.clone(),
+                    precision,
+                };
+                say(&format!("{preset}, batch {batch}, {}:", precision.name()))?;
+                let rows = measure(&s, say)?;
+                let whole = rows.iter().find(|r| r.micro == 1).copied();
+                table.extend(rows.iter().map(|r| line(&s, r, whole.as_ref())));
+            }
+        }
+    }
+    say("")?;
+    say(HEADER)?;
+    for l in &table {
+        say(l)?;
+    }
+    say(if a.device == "cpu" {
+        "peak: this process's peak resident set over the warm-up steps of each setting"
+    } else {
+        "peak: the device's used memory (driver total − free, sampled every ms) over the warm-up steps of each setting, minus the reading before the trainer was built"
+    })?;
     report_end_load(load, threads)
 }
 
