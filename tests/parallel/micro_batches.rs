@@ -201,3 +201,35 @@ fn micro_batches_set_live_change_no_number_and_bad_values_are_rejected() {
     let dp = max_param_diff(&snapshot(&trainers[0]), &snapshot(&reference));
     assert!(dp <= PARAM_ATOL, "parameters differ by {dp:e}");
 }
+
+#[test]
+fn micro_batches_in_bf16_train_like_one_pass_in_bf16() {
+    // In bf16 every matrix product rounds its result to bf16, and a part's product is rounded
+    // before the parts are added: the two agree to bf16's precision, within the bounds that
+    // `tests/amp.rs` sets between bf16 and f32 (first-step loss 3e-3, gradient norm 2e-2).
+    let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.precision = workbench::model::Precision::Bf16;
+    let (want, reference) = plain_run(&cfg);
+    cfg.train.micro_batches = 4;
+    let (got, trainer) = plain_run(&cfg);
+    let rel = |a: f32, b: f32| (a - b).abs() / b.abs();
+    for (g, w) in got.iter().zip(&want) {
+        eprintln!(
+            "bf16 step {}: loss {} vs {} ({:e}), gradient norm {} vs {} ({:e})",
+            w.step,
+            g.loss,
+            w.loss,
+            rel(g.loss, w.loss),
+            g.grad_norm,
+            w.grad_norm,
+            rel(g.grad_norm, w.grad_norm)
+        );
+        assert!(rel(g.loss, w.loss) <= 3e-3 && rel(g.grad_norm, w.grad_norm) <= 2e-2);
+    }
+    // AdamW moves a parameter by about the learning rate whatever its gradient's size, so a
+    // gradient near zero that bf16 rounds the other way moves it by up to 2·lr per step.
+    let dp = max_param_diff(&snapshot(&trainer), &snapshot(&reference));
+    let lr = cfg.train.lr as f32;
+    eprintln!("bf16, 4 micro-batches: params |Δ| {dp:e} after three steps (lr {lr:e})");
+    assert!(dp <= 6.0 * lr, "bf16 in 4: parameters differ by {dp:e}");
+}
