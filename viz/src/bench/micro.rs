@@ -116,7 +116,7 @@ fn mib(b: Option<u64>) -> String {
     )
 }
 
-/// The table header of [`line`].
+/// The table header of [`line()`].
 pub const HEADER: &str = "preset   batch  prec   micro   pairs/s  ×whole   peak MiB  ×whole";
 
 /// One row of the table: its figures and their ratios to the whole batch at once (`whole`,
