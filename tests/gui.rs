@@ -342,20 +342,20 @@ fn the_new_run_form_chooses_the_precision_and_micro_batches() {
     });
     click(&mut h, "Step");
     wait(&mut h, "a step in micro-batches", |a| step(a) == 1);
-    // The run's micro-batches set live, between two steps, and logged.
-    let _ = h.get_by_label("micro-batches now");
+    // The run's micro-batches shown, set live between two steps, and logged.
+    let _ = h.get_by_label("micro-batches 4 →");
     h.state_mut().state_mut().live_micro_batches = 8;
     click(&mut h, "Set micro-batches");
     wait(&mut h, "the edit in the event log", |a| {
         a.session().is_some_and(|s| {
-            s.history()
-                .log
-                .iter()
-                .any(|l| l.contains("micro-batches = 8"))
+            let history = s.history();
+            history.micro_batches == 8
+                && history.log.iter().any(|l| l.contains("micro-batches = 8"))
         })
     });
     click(&mut h, "Step");
     wait(&mut h, "a step in 8 micro-batches", |a| step(a) == 2);
+    let _ = h.get_by_label("micro-batches 8 →");
 }
 
 #[test]

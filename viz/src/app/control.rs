@@ -406,9 +406,10 @@ fn micro_batches(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let Some(run) = app.runs.get(app.active) else {
         return;
     };
+    let now = run.session.history().micro_batches.max(1);
     let state = &mut app.state;
     ui.horizontal(|ui| {
-        let l = ui.label("micro-batches now");
+        let l = ui.label(format!("micro-batches {now} →"));
         ui.add(DragValue::new(&mut state.live_micro_batches).range(1..=256))
             .labelled_by(l.id);
         if ui

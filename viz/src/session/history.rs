@@ -40,6 +40,8 @@ pub struct RunHistory {
     /// Where it trains, as `run_started` says: `cpu`, `cuda:0 (NVIDIA H100 …)`, or every rank
     /// of a data-parallel run (`2 ranks: cpu, cpu`).
     pub device: String,
+    /// Micro-batches per step (`train.micro_batches`), with live changes applied.
+    pub micro_batches: usize,
 }
 
 impl RunHistory {
@@ -57,6 +59,7 @@ impl RunHistory {
                 self.device.clone_from(device);
                 self.loss = Some(config.loss.clone());
                 self.total_steps = config.train.steps;
+                self.micro_batches = config.train.micro_batches;
                 if self.steps.is_empty() {
                     self.start_step = *step;
                 }
@@ -83,6 +86,9 @@ impl RunHistory {
                     && let Some(p) = sum.parts.iter_mut().find(|p| p.loss.name() == part)
                 {
                     p.weight = *weight;
+                }
+                if let Command::SetMicroBatches { micro_batches } = command {
+                    self.micro_batches = *micro_batches;
                 }
                 self.mark(*step, describe(command));
             }
