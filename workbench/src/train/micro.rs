@@ -51,36 +51,32 @@ impl Encoded {
         v
     }
 
-    /// The same fields, each made by `f` from its tensors in every element of `all`.
-    fn zip_with(all: &[Self], f: impl Fn(&[&Tensor]) -> Result<Tensor>) -> Result<Self> {
-        let Some(first) = all.first() else {
-            return Err(Error::Data("no micro-batch to encode".into()));
-        };
-        let field = |get: &dyn Fn(&Self) -> Option<&Tensor>| -> Result<Option<Tensor>> {
-            if get(first).is_none() {
-                return Ok(None);
-            }
-            let ts: Vec<&Tensor> = all.iter().filter_map(get).collect();
-            f(&ts).map(Some)
-        };
-        let required = |get: &dyn Fn(&Self) -> Option<&Tensor>| -> Result<Tensor> {
-            field(get)?.ok_or_else(|| Error::Data("a micro-batch lacks an embedding".into()))
-        };
+    /// The same fields, filled from `parts` in [`Encoded::parts`] order.
+    fn with_parts(&self, parts: Vec<Tensor>) -> Result<Self> {
+        let n = parts.len();
+        if n != self.parts().len() {
+            return Err(Error::Data(format!(
+                "{n} tensors for a micro-batch's {} embeddings",
+                self.parts().len()
+            )));
+        }
+        let mut it = parts.into_iter();
+        let mut take = |present: bool| if present { it.next() } else { None };
         Ok(Self {
-            image: required(&|e| Some(&e.image))?,
-            text: required(&|e| Some(&e.text))?,
-            image_tokens: field(&|e| e.image_tokens.as_ref())?,
-            text_tokens: field(&|e| e.text_tokens.as_ref())?,
-            extra_text: field(&|e| e.extra_text.as_ref())?,
-            second: match (
-                field(&|e| e.second.as_ref().map(|s| &s.0))?,
-                field(&|e| e.second.as_ref().map(|s| &s.1))?,
-            ) {
-                (Some(a), Some(b)) => Some((a, b)),
-                _ => None,
-            },
+            image: take(true).ok_or_else(|| short(n))?,
+            text: take(true).ok_or_else(|| short(n))?,
+            image_tokens: take(self.image_tokens.is_some()),
+            text_tokens: take(self.text_tokens.is_some()),
+            extra_text: take(self.extra_text.is_some()),
+            second: take(self.second.is_some()).zip(take(self.second.is_some())),
         })
     }
+}
+
+fn short(n: usize) -> Error {
+    Error::Data(format!(
+        "{n} tensors do not fill a micro-batch's embeddings"
+    ))
 }
 
 /// The whole batch's embeddings for the objective, and in micro-batches the leaves they are
@@ -164,32 +160,23 @@ impl Trainer {
             ));
         }
         let len = rows / micro;
+        // Each part's embeddings, detached: its activations are freed as it is dropped.
         let parts = (0..micro)
             .map(|c| {
                 let e = self.encode_rows(batch, c * len..(c + 1) * len, needs)?;
-                Encoded::zip_with(&[e], |t| Ok(t[0].detach()))
+                e.with_parts(e.parts().into_iter().map(Tensor::detach).collect())
             })
             .collect::<Result<Vec<_>>>()?;
-        let whole = Encoded::zip_with(&parts, |ts| Ok(Tensor::cat(ts, 0)?))?;
-        drop(parts);
-        let leaves = whole
-            .parts()
-            .into_iter()
-            .map(Var::from_tensor)
+        // Their concatenation, part by part, as the leaves of the loss's graph.
+        let leaves = (0..parts[0].parts().len())
+            .map(|k| {
+                let column: Vec<&Tensor> = parts.iter().map(|p| p.parts()[k]).collect();
+                Var::from_tensor(&Tensor::cat(&column, 0)?)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut it = leaves.iter().map(|v| v.as_tensor().clone());
-        let mut next = || it.next();
-        let encoded = Encoded {
-            image: next().ok_or_else(missing)?,
-            text: next().ok_or_else(missing)?,
-            image_tokens: whole.image_tokens.as_ref().and_then(|_| next()),
-            text_tokens: whole.text_tokens.as_ref().and_then(|_| next()),
-            extra_text: whole.extra_text.as_ref().and_then(|_| next()),
-            second: match whole.second {
-                Some(_) => next().zip(next()),
-                None => None,
-            },
-        };
+        let encoded =
+            parts[0].with_parts(leaves.iter().map(|v| v.as_tensor().clone()).collect())?;
+        drop(parts);
         Ok(BatchEncoding {
             encoded,
             leaves: Some(leaves),
@@ -252,8 +239,4 @@ impl Trainer {
         }
         Ok(())
     }
-}
-
-fn missing() -> Error {
-    Error::Data("a micro-batch lacks an embedding".into())
 }
