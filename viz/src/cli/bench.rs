@@ -242,25 +242,21 @@ fn micro(a: &BenchArgs) -> Result<()> {
     ))?;
     let load = warn_if_busy(threads)?;
     let mut table = Vec::new();
-    for preset in &a.preset {
-        for &batch in &batches {
-            for &precision in &a.precision {
-                let s = Settings {
-                    preset: preset.clone(),
-                    batch,
-                    micro: a.micro.clone(),
-                    rounds: a.rounds,
-                    steps: a.steps,
-                    warmup: a.warmup,
-                    device: a.device.clone(),
-                    precision,
-                };
-                say(&format!("{preset}, batch {batch}, {}:", precision.name()))?;
-                let rows = measure(&s, say)?;
-                let whole = rows.iter().find(|r| r.micro == 1).copied();
-                table.extend(rows.iter().map(|r| line(&s, r, whole.as_ref())));
-            }
-        }
+    for (preset, batch, precision) in grid(a, &batches) {
+        let s = Settings {
+            preset: preset.clone(),
+            batch,
+            micro: a.micro.clone(),
+            rounds: a.rounds,
+            steps: a.steps,
+            warmup: a.warmup,
+            device: a.device.clone(),
+            precision,
+        };
+        say(&format!("{preset}, batch {batch}, {}:", precision.name()))?;
+        let rows = measure(&s, say)?;
+        let whole = rows.iter().find(|r| r.micro == 1).copied();
+        table.extend(rows.iter().map(|r| line(&s, r, whole.as_ref())));
     }
     say("")?;
     say(HEADER)?;
@@ -273,6 +269,18 @@ fn micro(a: &BenchArgs) -> Result<()> {
         "peak: the device's used memory (driver total − free, sampled every ms) over the warm-up steps of each setting, minus the reading before the trainer was built"
     })?;
     report_end_load(load, threads)
+}
+
+/// Every (preset, batch, precision) of `torch` and `micro`, presets outermost.
+fn grid<'a>(
+    a: &'a BenchArgs,
+    batches: &'a [usize],
+) -> impl Iterator<Item = (&'a String, usize, Precision)> + 'a {
+    a.preset.iter().flat_map(move |p| {
+        batches
+            .iter()
+            .flat_map(move |&b| a.precision.iter().map(move |&q| (p, b, q)))
+    })
 }
 
 /// A fresh scratch directory for the script and the batch files, removed when dropped.
@@ -318,24 +326,20 @@ fn torch(a: &BenchArgs) -> Result<()> {
     ))?;
     let scratch = Scratch::new("torch")?;
     let mut results: Vec<Comparison> = Vec::new();
-    for preset in &a.preset {
-        for &batch in &batches {
-            for &precision in &a.precision {
-                let s = Settings {
-                    preset: preset.clone(),
-                    batch,
-                    rounds: a.rounds,
-                    steps: a.steps,
-                    warmup: a.warmup,
-                    threads: a.threads,
-                    embed: a.embed,
-                    embed_batch: a.embed_batch,
-                    device: a.device.clone(),
-                    precision,
-                };
-                results.push(crate::bench::torch::compare(&s, &python, &scratch.0, say)?);
-            }
-        }
+    for (preset, batch, precision) in grid(a, &batches) {
+        let s = Settings {
+            preset: preset.clone(),
+            batch,
+            rounds: a.rounds,
+            steps: a.steps,
+            warmup: a.warmup,
+            threads: a.threads,
+            embed: a.embed,
+            embed_batch: a.embed_batch,
+            device: a.device.clone(),
+            precision,
+        };
+        results.push(crate::bench::torch::compare(&s, &python, &scratch.0, say)?);
     }
     say("")?;
     say(crate::bench::TORCH_HEADER)?;
