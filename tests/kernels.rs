@@ -65,6 +65,92 @@ fn gelu_matches_reference() {
     );
 }
 
+/// For ops whose CPU loop also takes bf16: on bf16 inputs the output and every input's
+/// gradient (of `Σ out ⊙ w`, `w` bf16) are the f32 op's on the widened inputs, rounded once to
+/// bf16 — bit for bit — and within one bf16 rounding of the reference on those inputs. (Not
+/// of the reference run in bf16: candle's bf16 sums accumulate in bf16, and the bias gradient
+/// over 2 100 rows below is then off by 7.5 in 125.)
+fn check_bf16_op(
+    name: &str,
+    inputs: &[Tensor],
+    op: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    reference: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+) {
+    let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let run = |f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>, dtype: DType| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&bf16(t).to_dtype(dtype).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts).unwrap();
+        assert_eq!(out.dtype(), dtype, "{name}: output dtype");
+        let w = bf16(&randn(out.dims(), 99, 1.0)).to_dtype(dtype).unwrap();
+        let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads: Vec<Tensor> = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+        (out, grads)
+    };
+    let (out_b, grads_b) = run(&op, DType::BF16);
+    let (out_f, grads_f) = run(&op, DType::F32);
+    let (out_r, grads_r) = run(&reference, DType::F32);
+    let same = |a: &Tensor, b: &Tensor, what: &str| {
+        let (a, b) = (f32(a), f32(&bf16(b)));
+        assert_close(
+            &a,
+            &b,
+            0.0,
+            &format!("{name} {what}: bf16 against f32 rounded"),
+        );
+    };
+    same(&out_b, &out_f, "forward");
+    for (i, (b, f)) in grads_b.iter().zip(&grads_f).enumerate() {
+        assert_eq!(b.dtype(), DType::BF16);
+        same(b, f, &format!("backward, input {i}"));
+    }
+    // One rounding to bf16: at most half a step of 2⁻⁷ relative to the largest value.
+    let near = |a: &Tensor, b: &Tensor, what: &str| {
+        let scale = f32(b)
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let tol = scale as f64 / 256.0;
+        assert_close(
+            &f32(a),
+            &f32(b),
+            tol,
+            &format!("{name} {what}: bf16 against the reference"),
+        );
+    };
+    near(&out_b, &out_r, "forward");
+    for (i, (b, r)) in grads_b.iter().zip(&grads_r).enumerate() {
+        near(b, r, &format!("backward, input {i}"));
+    }
+}
+
+#[test]
+fn gelu_and_add_bias_take_bf16_on_the_cpu() {
+    let x = randn(&[3, 7, 129], 21, 2.0);
+    check_bf16_op(
+        "gelu",
+        &[x],
+        |t| kernels::gelu(&t[0]),
+        |t| kernels::gelu_reference(&t[0]),
+    );
+    for (shape, bias) in [(vec![6, 10], vec![10]), (vec![300, 7, 64], vec![64])] {
+        let (x, b) = (randn(&shape, 22, 1.0), randn(&bias, 23, 1.0));
+        check_bf16_op(
+            "add_bias",
+            &[x, b],
+            |t| kernels::add_bias(&t[0], &t[1]),
+            |t| kernels::add_bias_reference(&t[0], &t[1]),
+        );
+    }
+}
+
 #[test]
 fn softmax_matches_reference_including_masked_rows() {
     let mut x = randn(&[2, 3, 5, 9], 2, 3.0);

@@ -7,10 +7,12 @@
 //! reads, vectorised adds), in fixed blocks summed in order so the result does not depend on
 //! thread scheduling. The gradient of `x` is the incoming gradient itself (no copy).
 //!
-//! CPU: f32, contiguous. CUDA (feature `cuda`): f32, `cuda/bias.cu`; the bias gradient sums fixed
-//! chunks of rows, then the chunks in order. Other devices and dtypes use the reference.
+//! CPU: f32 or bf16 (computed in f32, each result rounded once; the bias gradient summed in f32),
+//! contiguous. CUDA (feature `cuda`): f32, `cuda/bias.cu`; the bias gradient sums fixed chunks of
+//! rows, then the chunks in order. Other devices and dtypes use the reference.
 
-use crate::cpu::{PARALLEL_MIN, slice_f32};
+use crate::cpu::{PARALLEL_MIN, narrow, widen};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -25,7 +27,7 @@ pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
         bail!("add_bias: bias {bd:?} does not match the trailing dimensions of {xd:?}");
     }
-    if crate::dispatch::fused(&[xs, bias]) {
+    if crate::dispatch::fused_or_cpu_bf16(&[xs, bias]) {
         xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
     } else {
         add_bias_reference(xs, bias)
@@ -46,9 +48,8 @@ impl CustomOp2 for AddBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name())?;
-        let b = slice_f32(s2, l2, self.name())?;
-        let mut out = x.to_vec();
+        let mut out = widen(s1, l1, self.name())?.into_owned();
+        let b = &*widen(s2, l2, self.name())?;
         let k = b.len().max(1);
         let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(o, &bv)| *o += bv);
         if out.len() >= PARALLEL_MIN {
@@ -56,7 +57,7 @@ impl CustomOp2 for AddBias {
         } else {
             out.chunks_mut(k).for_each(add);
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((narrow(out, s1.dtype()), l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -101,7 +102,7 @@ impl CustomOp1 for SumRows {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = slice_f32(s, l, self.name())?;
+        let g = &*widen(s, l, self.name())?;
         let k = self.k.max(1);
         let block = |rows: &[f32]| -> Vec<f32> {
             let mut acc = vec![0f32; k];
@@ -119,7 +120,7 @@ impl CustomOp1 for SumRows {
         for p in partials {
             out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
         }
-        Ok((CpuStorage::F32(out), Shape::from(k)))
+        Ok((narrow(out, s.dtype()), Shape::from(k)))
     }
 
     #[cfg(feature = "cuda")]

@@ -1,8 +1,9 @@
 //! Helpers shared by the CPU implementations.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Shape, bail};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, bail};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Below this many elements, loops run on the calling thread (dispatch costs more than it saves).
 pub const PARALLEL_MIN: usize = 1 << 15;
@@ -13,6 +14,26 @@ pub fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// The elements of a contiguous f32 or bf16 tensor's storage as f32: borrowed for f32, widened
+/// for bf16 (the CPU loops of the ops that take bf16 compute in f32 and round once at the end).
+pub fn widen<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Cow<'a, [f32]>> {
+    match s {
+        CpuStorage::BF16(data) => match l.contiguous_offsets() {
+            Some((a, b)) => Ok(Cow::Owned(data[a..b].iter().map(|v| v.to_f32()).collect())),
+            None => bail!("{op}: the input must be contiguous"),
+        },
+        _ => slice_f32(s, l, op).map(Cow::Borrowed),
+    }
+}
+
+/// f32 results stored in `dtype`: as they are for f32, rounded to the nearest bf16 for bf16.
+pub fn narrow(values: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::BF16 => CpuStorage::BF16(values.into_iter().map(half::bf16::from_f32).collect()),
+        _ => CpuStorage::F32(values),
     }
 }
 

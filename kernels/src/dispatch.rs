@@ -16,9 +16,18 @@ pub(crate) fn fused(inputs: &[&Tensor]) -> bool {
     })
 }
 
+/// Whether the CPU loop of an op that also takes bf16 (GELU, bias) handles these inputs: those
+/// [`fused`] handles, and all-bf16 inputs on the CPU. bf16 on a GPU runs the reference.
+pub(crate) fn fused_or_cpu_bf16(inputs: &[&Tensor]) -> bool {
+    fused(inputs)
+        || inputs
+            .iter()
+            .all(|t| t.dtype() == DType::BF16 && matches!(t.device(), Device::Cpu))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::fused;
+    use super::{fused, fused_or_cpu_bf16};
     use candle_core::{DType, Device, Tensor};
 
     #[test]
@@ -28,5 +37,9 @@ mod tests {
         assert!(fused(&[&f32s, &f32s]));
         assert!(!fused(&[&f32s, &f64s]));
         assert!(!fused(&[&f64s]));
+        let bf16s = Tensor::zeros(3, DType::BF16, &Device::Cpu).unwrap();
+        assert!(!fused(&[&bf16s]));
+        assert!(fused_or_cpu_bf16(&[&bf16s, &bf16s]) && fused_or_cpu_bf16(&[&f32s]));
+        assert!(!fused_or_cpu_bf16(&[&bf16s, &f32s]));
     }
 }

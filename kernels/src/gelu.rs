@@ -6,11 +6,12 @@
 //! candle's autograd of `Tensor::gelu` builds ~12 element-wise tensors in the backward pass;
 //! this op reads `x` and the incoming gradient once and writes one tensor.
 //!
-//! CPU: f32, contiguous, rayon over chunks. CUDA (feature `cuda`): f32, `cuda/gelu.cu`, one
-//! thread per element. Other devices and dtypes use the reference; the result is the same
-//! function either way.
+//! CPU: f32 or bf16 (computed in f32, rounded once), contiguous, rayon over chunks. CUDA (feature
+//! `cuda`): f32, `cuda/gelu.cu`, one thread per element. Other devices and dtypes use the
+//! reference; the result is the same function either way.
 
-use crate::cpu::{for_rows, slice_f32};
+use crate::cpu::{for_rows, narrow, widen};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 const C: f32 = 0.797_884_6; // √(2/π)
@@ -23,7 +24,7 @@ pub fn gelu_reference(xs: &Tensor) -> Result<Tensor> {
 
 /// Fused GELU (tanh approximation) with a hand-written backward.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    if crate::dispatch::fused(&[xs]) {
+    if crate::dispatch::fused_or_cpu_bf16(&[xs]) {
         xs.contiguous()?.apply_op1(GeluOp)
     } else {
         gelu_reference(xs)
@@ -44,14 +45,13 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s, l, self.name())?;
-        let mut out = x.to_vec();
+        let mut out = widen(s, l, self.name())?.into_owned();
         for_rows(&mut out, 4096, |_, chunk| {
             for v in chunk {
                 *v *= sigmoid_2u(*v);
             }
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((narrow(out, s.dtype()), l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -85,8 +85,8 @@ impl CustomOp2 for GeluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name())?;
-        let g = slice_f32(s2, l2, self.name())?;
+        let x = widen(s1, l1, self.name())?;
+        let g = widen(s2, l2, self.name())?;
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, 4096, |i, chunk| {
             let base = i * 4096;
@@ -97,7 +97,7 @@ impl CustomOp2 for GeluBackward {
                 *o = g[base + j] * (s + xv * s * (1.0 - s) * 2.0 * du);
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((narrow(out, s1.dtype()), l1.shape().clone()))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
