@@ -204,15 +204,27 @@ fn micro_batches_set_live_change_no_number_and_bad_values_are_rejected() {
 
 #[test]
 fn micro_batches_in_bf16_train_like_one_pass_in_bf16() {
-    // In bf16 every matrix product rounds its result to bf16, and a part's product is rounded
-    // before the parts are added: the two agree to bf16's precision, within the bounds that
-    // `tests/amp.rs` sets between bf16 and f32 (first-step loss 3e-3, gradient norm 2e-2).
+    // In bf16 a part's products are rounded before the parts are added, so a rounding can
+    // flip. On the first step (same parameters) the two agree to f32 rounding; after that
+    // AdamW turns each flip into a parameter difference of up to 2·lr, and the runs drift
+    // apart as any two bf16 runs do. The drift must stay within bf16's own: the difference
+    // between the f32 and bf16 runs of the same seed over the same steps.
     let mut cfg = config(r#"kind = "clip""#);
+    cfg.train.precision = workbench::model::Precision::F32;
+    let (full, _) = plain_run(&cfg);
     cfg.train.precision = workbench::model::Precision::Bf16;
     let (want, reference) = plain_run(&cfg);
     cfg.train.micro_batches = 4;
     let (got, trainer) = plain_run(&cfg);
     let rel = |a: f32, b: f32| (a - b).abs() / b.abs();
+    let drift = |a: &[workbench::events::StepStats], b: &[workbench::events::StepStats]| {
+        a.iter().zip(b).fold((0f32, 0f32), |(l, n), (x, y)| {
+            (
+                l.max(rel(x.loss, y.loss)),
+                n.max(rel(x.grad_norm, y.grad_norm)),
+            )
+        })
+    };
     for (g, w) in got.iter().zip(&want) {
         eprintln!(
             "bf16 step {}: loss {} vs {} ({:e}), gradient norm {} vs {} ({:e})",
@@ -224,8 +236,12 @@ fn micro_batches_in_bf16_train_like_one_pass_in_bf16() {
             w.grad_norm,
             rel(g.grad_norm, w.grad_norm)
         );
-        assert!(rel(g.loss, w.loss) <= 3e-3 && rel(g.grad_norm, w.grad_norm) <= 2e-2);
     }
+    assert!(rel(got[0].loss, want[0].loss) <= LOSS_RTOL);
+    assert!(rel(got[0].grad_norm, want[0].grad_norm) <= LOSS_RTOL);
+    let (micro, precision) = (drift(&got, &want), drift(&want, &full));
+    eprintln!("largest relative drift (loss, gradient norm): 4 parts {micro:?}, f32 {precision:?}");
+    assert!(micro.0 <= precision.0 && micro.1 <= precision.1);
     // AdamW moves a parameter by about the learning rate whatever its gradient's size, so a
     // gradient near zero that bf16 rounds the other way moves it by up to 2·lr per step.
     let dp = max_param_diff(&snapshot(&trainer), &snapshot(&reference));

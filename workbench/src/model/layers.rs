@@ -7,10 +7,14 @@
 use super::{Activation, Kernels, Precision};
 use crate::Result;
 use crate::params::{Init, Scope};
-use candle_core::{D, Tensor, Var};
+use candle_core::{D, DType, Tensor, Var};
 
 /// `y = x·Wᵀ + b`, with `W` of shape `(out, in)` like `torch.nn.Linear`; `x·Wᵀ` in the
-/// scope's [`Precision`], the bias added in f32.
+/// scope's [`Precision`].
+///
+/// [`Linear::forward`] hands back f32 with the bias added in f32; [`Linear::forward_in`] hands
+/// back the compute dtype with the bias added in it, for activations that go straight into the
+/// next product (a bf16 model's MLP hidden layer), as `torch.autocast` keeps them.
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
@@ -34,16 +38,29 @@ impl Linear {
         })
     }
 
-    /// Applies the layer to the last dimension of `xs` (any rank ≥ 2).
+    /// Applies the layer to the last dimension of `xs` (any rank ≥ 2, any float dtype); the
+    /// result is in the parameters' dtype (f32), the bias added after the product is widened.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, self.weight.dtype())
+    }
+
+    /// [`Linear::forward`] with the result (and the bias addition) in the compute dtype:
+    /// bf16 under [`Precision::Bf16`], where the product is not widened; exactly
+    /// [`Linear::forward`] in f32.
+    pub fn forward_in(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, self.precision.compute_dtype())
+    }
+
+    fn apply(&self, xs: &Tensor, out: DType) -> candle_core::Result<Tensor> {
         let dims = xs.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let ys = self
             .precision
-            .matmul(&xs.reshape((rows, in_dim))?, &self.weight.t()?)?;
+            .matmul_in(&xs.reshape((rows, in_dim))?, &self.weight.t()?)?
+            .to_dtype(out)?;
         let ys = match &self.bias {
-            Some(b) => kernels::add_bias(&ys, b)?,
+            Some(b) => kernels::add_bias(&ys, &b.to_dtype(out)?)?,
             None => ys,
         };
         let mut out_dims = dims;
@@ -168,30 +185,35 @@ impl Attention {
     /// With fused kernels the output is computed by one fused op and the weights, when asked
     /// for, by a second op on the same inputs, so asking for weights never changes the output;
     /// with reference kernels the output is computed from the returned weights (which are then
-    /// part of the autograd graph, for gradient-based relevance). In bf16 the products take
-    /// bf16 operands and the softmax runs in f32 ([`kernels::attention::attention_weights_in`]);
-    /// the weights handed back are f32.
+    /// part of the autograd graph, for gradient-based relevance). In bf16 the `qkv` projection
+    /// is rounded to bf16; with fused kernels the attention then runs in the f32 kernel on it,
+    /// with reference kernels its products take bf16 operands and the softmax runs in f32
+    /// ([`kernels::attention::attention_weights_in`]). The weights handed back are f32.
     pub fn forward(
         &self,
         xs: &Tensor,
         causal: bool,
         want_weights: bool,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let qkv = self.qkv.forward(xs)?; // (B, L, 3D)
         let h = self.heads;
-        let (out, weights) = if self.precision != Precision::F32 {
-            let dt = self.precision.compute_dtype();
-            let w = kernels::attention::attention_weights_in(&qkv, h, causal, dt)?;
-            let out = kernels::attention::apply_weights_in(&w, &qkv, h, dt)?;
-            (out, want_weights.then_some(w))
-        } else if self.fused {
+        let (out, weights) = if self.fused {
+            // In bf16 the projection is rounded to bf16 (bias included) and widened for the
+            // kernel, which stores nothing of size B·H·L·L.
+            let qkv = self.qkv.forward_in(xs)?.to_dtype(xs.dtype())?; // (B, L, 3D)
             let w = if want_weights {
                 Some(kernels::attention::attention_weights(&qkv, h, causal)?)
             } else {
                 None
             };
             (kernels::attention::attention(&qkv, h, causal)?, w)
+        } else if self.precision != Precision::F32 {
+            let qkv = self.qkv.forward(xs)?;
+            let dt = self.precision.compute_dtype();
+            let w = kernels::attention::attention_weights_in(&qkv, h, causal, dt)?;
+            let out = kernels::attention::apply_weights_in(&w, &qkv, h, dt)?;
+            (out, want_weights.then_some(w))
         } else {
+            let qkv = self.qkv.forward(xs)?;
             let w = kernels::attention::attention_weights_reference(&qkv, h, causal)?;
             let out = kernels::attention::apply_weights(&w, &qkv, h)?;
             (out, want_weights.then_some(w))
@@ -274,9 +296,11 @@ impl Mlp {
         })
     }
 
-    /// `proj(act(fc(x)))`.
+    /// `proj(act(fc(x)))`, in f32. The hidden layer is in the compute dtype: a bf16 model
+    /// keeps it (and its activation) in bf16, as autocast does, so its widest tensors take half
+    /// the memory.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let h = activate(&self.fc.forward(xs)?, self.activation, self.fused)?;
+        let h = activate(&self.fc.forward_in(xs)?, self.activation, self.fused)?;
         self.proj.forward(&h)
     }
 }

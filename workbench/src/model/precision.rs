@@ -3,16 +3,16 @@
 //! Parameters always stay f32 [`Var`](candle_core::Var)s: the optimizer, its moments, the
 //! gradient norm and clipping, and checkpoints never see another dtype. With
 //! [`Precision::Bf16`] the matrix products of the model — linear layers (the patch embedding is
-//! one), the projection heads, attention's `q·kᵀ` and `P·v`, the attention-pooling head — cast
-//! both operands to bf16 in the forward pass and widen the product back to f32. The cast is an
-//! ordinary differentiable op, so the gradient flows back through it into the f32 master weight
-//! (and the product's backward runs in bf16, as under autocast).
+//! one), the projection heads, the attention-pooling head, and attention's `q·kᵀ` and `P·v` on
+//! the reference path — cast both operands to bf16. [`Precision::matmul`] widens the product
+//! back to f32; [`Precision::matmul_in`] leaves it in bf16, for activations that only feed the
+//! next product (the MLP's hidden layer and its GELU, the attention's `qkv`), which then take
+//! half the memory in the autograd graph. The cast is an ordinary differentiable op, so the
+//! gradient flows back through it into the f32 master weight (and the product's backward runs
+//! in bf16, as under autocast).
 //!
-//! Everything else runs in f32 on f32 inputs: biases, LayerNorm, softmax, the MLP
-//! non-linearity, residual sums, the L2 normalisation of embeddings and every loss reduction.
-//! Because every product is widened at once, each activation between two products is f32 and
-//! the fused f32 kernels (LayerNorm, GELU, bias) keep running in a bf16 model; autocast instead
-//! hands bf16 to the GELU that follows a linear layer. The cost is one extra cast per product.
+//! Everything else runs in f32: LayerNorm, softmax, the residual stream, the fused attention
+//! (on the bf16-rounded `qkv`), the L2 normalisation of embeddings and every loss reduction.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -22,6 +22,9 @@
 //! let y = p.matmul(&a, &a.t().unwrap()).unwrap();
 //! assert_eq!(y.dtype(), DType::F32); // products come back in f32
 //! assert_eq!(y.to_vec2::<f32>().unwrap(), [[5.0, 11.0], [11.0, 25.0]]);
+//! let h = p.matmul_in(&a, &a.t().unwrap()).unwrap();
+//! assert_eq!(h.dtype(), DType::BF16); // or stay in bf16 for the next product
+//! assert_eq!(h.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(), [[5.0, 11.0], [11.0, 25.0]]);
 //! assert!("fp16".parse::<Precision>().is_err());
 //! ```
 
@@ -69,8 +72,14 @@ impl Precision {
     pub fn matmul(self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::F32 => a.matmul(b),
-            Self::Bf16 => self.cast(a)?.matmul(&self.cast(b)?)?.to_dtype(a.dtype()),
+            Self::Bf16 => self.matmul_in(a, b)?.to_dtype(a.dtype()),
         }
+    }
+
+    /// `a·b` with both operands in the compute dtype and the product left in it (bf16 for
+    /// [`Precision::Bf16`]; operands already in it are not copied).
+    pub fn matmul_in(self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        self.cast(a)?.matmul(&self.cast(b)?)
     }
 }
 
