@@ -8,8 +8,9 @@
 //! thread scheduling. The gradient of `x` is the incoming gradient itself (no copy).
 //!
 //! CPU: f32 or bf16 (computed in f32, each result rounded once; the bias gradient summed in f32),
-//! contiguous. CUDA (feature `cuda`): f32, `cuda/bias.cu`; the bias gradient sums fixed chunks of
-//! rows, then the chunks in order. Other devices and dtypes use the reference.
+//! contiguous. CUDA (feature `cuda`): f32 or bf16 likewise, `cuda/bias.cu`; the bias gradient
+//! sums fixed chunks of rows, then the chunks in order. Other devices and dtypes use the
+//! reference.
 
 use crate::cpu::{PARALLEL_MIN, narrow, widen};
 use candle_core::backend::BackendStorage;
@@ -27,7 +28,7 @@ pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
         bail!("add_bias: bias {bd:?} does not match the trailing dimensions of {xd:?}");
     }
-    if crate::dispatch::fused_or_cpu_bf16(&[xs, bias]) {
+    if crate::dispatch::fused_f32_or_bf16(&[xs, bias]) {
         xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
     } else {
         add_bias_reference(xs, bias)

@@ -6,28 +6,31 @@ use candle_core::{DType, Device, Tensor};
 /// build with the `cuda` feature, on a CUDA device. Anything else runs the reference (same
 /// function, composed of candle ops).
 pub(crate) fn fused(inputs: &[&Tensor]) -> bool {
-    inputs.iter().all(|t| {
-        t.dtype() == DType::F32
-            && match t.device() {
-                Device::Cpu => true,
-                Device::Cuda(_) => cfg!(feature = "cuda"),
-                Device::Metal(_) => false,
-            }
-    })
+    inputs
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && supported(t.device()))
 }
 
-/// Whether the CPU loop of an op that also takes bf16 (GELU, bias) handles these inputs: those
-/// [`fused`] handles, and all-bf16 inputs on the CPU. bf16 on a GPU runs the reference.
-pub(crate) fn fused_or_cpu_bf16(inputs: &[&Tensor]) -> bool {
+/// Whether an op that also takes bf16 (GELU, bias) handles these inputs itself: those [`fused`]
+/// handles, and all-bf16 inputs on the same devices.
+pub(crate) fn fused_f32_or_bf16(inputs: &[&Tensor]) -> bool {
     fused(inputs)
         || inputs
             .iter()
-            .all(|t| t.dtype() == DType::BF16 && matches!(t.device(), Device::Cpu))
+            .all(|t| t.dtype() == DType::BF16 && supported(t.device()))
+}
+
+fn supported(device: &Device) -> bool {
+    match device {
+        Device::Cpu => true,
+        Device::Cuda(_) => cfg!(feature = "cuda"),
+        Device::Metal(_) => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{fused, fused_or_cpu_bf16};
+    use super::{fused, fused_f32_or_bf16};
     use candle_core::{DType, Device, Tensor};
 
     #[test]
@@ -39,7 +42,7 @@ mod tests {
         assert!(!fused(&[&f64s]));
         let bf16s = Tensor::zeros(3, DType::BF16, &Device::Cpu).unwrap();
         assert!(!fused(&[&bf16s]));
-        assert!(fused_or_cpu_bf16(&[&bf16s, &bf16s]) && fused_or_cpu_bf16(&[&f32s]));
-        assert!(!fused_or_cpu_bf16(&[&bf16s, &f32s]));
+        assert!(fused_f32_or_bf16(&[&bf16s, &bf16s]) && fused_f32_or_bf16(&[&f32s]));
+        assert!(!fused_f32_or_bf16(&[&bf16s, &f32s]));
     }
 }

@@ -7,8 +7,8 @@
 //! this op reads `x` and the incoming gradient once and writes one tensor.
 //!
 //! CPU: f32 or bf16 (computed in f32, rounded once), contiguous, rayon over chunks. CUDA (feature
-//! `cuda`): f32, `cuda/gelu.cu`, one thread per element. Other devices and dtypes use the
-//! reference; the result is the same function either way.
+//! `cuda`): f32 or bf16 likewise, `cuda/gelu.cu`, one thread per element. Other devices and
+//! dtypes use the reference; the result is the same function either way.
 
 use crate::cpu::{for_rows, narrow, widen};
 use candle_core::backend::BackendStorage;
@@ -24,7 +24,7 @@ pub fn gelu_reference(xs: &Tensor) -> Result<Tensor> {
 
 /// Fused GELU (tanh approximation) with a hand-written backward.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    if crate::dispatch::fused_or_cpu_bf16(&[xs]) {
+    if crate::dispatch::fused_f32_or_bf16(&[xs]) {
         xs.contiguous()?.apply_op1(GeluOp)
     } else {
         gelu_reference(xs)

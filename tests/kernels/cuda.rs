@@ -88,6 +88,72 @@ fn gelu_on_cuda_matches_reference() {
     }
 }
 
+/// An op on tensors of one device, unwrapped.
+type Op<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
+
+#[test]
+fn bf16_gelu_and_bias_on_cuda_match_the_cpu_loops() {
+    use candle_core::DType;
+    let Some(dev) = gpu("bf16_gelu_and_bias_on_cuda_match_the_cpu_loops") else {
+        return;
+    };
+    // Both sides compute in f32 and round once, so they differ by at most one bf16 step (the
+    // device's `expf`, the order of a column's sum). candle's composed bf16 ops, which ran here
+    // before, round after every op: GELU's backward and the bias gradient then differ by more.
+    let bf16 = |shape: &[usize], seed: u64, scale: f64| {
+        randn(shape, seed, scale).to_dtype(DType::BF16).unwrap()
+    };
+    let run = |dev: &Device, inputs: &[Tensor], op: &dyn Fn(&[Tensor]) -> Tensor| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = op(&ts);
+        assert_eq!(out.dtype(), DType::BF16);
+        let w = bf16(out.dims(), 99, 1.0).to_device(dev).unwrap();
+        let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let widen = |t: &Tensor| {
+            t.to_device(&Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let mut all = vec![widen(&out)];
+        all.extend(vars.iter().map(|v| widen(grads.get(v).unwrap())));
+        all
+    };
+    let cases: [(&str, Vec<Tensor>, Op<'_>); 2] = [
+        ("gelu", vec![bf16(&[70_000, 240], 41, 2.0)], &|t| {
+            kernels::gelu(&t[0]).unwrap()
+        }),
+        (
+            "bias",
+            vec![bf16(&[300, 700], 42, 1.0), bf16(&[700], 43, 1.0)],
+            &|t| kernels::add_bias(&t[0], &t[1]).unwrap(),
+        ),
+    ];
+    for (name, inputs, op) in cases {
+        let (gpu_out, cpu_out) = (run(&dev, &inputs, op), run(&Device::Cpu, &inputs, op));
+        for (i, (g, c)) in gpu_out.iter().zip(&cpu_out).enumerate() {
+            let step = c
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                / 128.0;
+            let d = kernels::check::max_abs_diff(g, c).unwrap();
+            eprintln!("GPU bf16 {name}, tensor {i}: max |Δ| {d:e} (one bf16 step {step:e})");
+            assert!(
+                d <= f64::from(step),
+                "{name} bf16, tensor {i}: {d:e} > {step:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn add_bias_on_cuda_matches_reference() {
     let Some(dev) = gpu("add_bias_on_cuda_matches_reference") else {

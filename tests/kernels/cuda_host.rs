@@ -263,6 +263,69 @@ fn contrastive_strip_kernels_match_references_on_the_host() {
 }
 
 #[test]
+fn bf16_gelu_and_bias_kernels_match_the_cpu_loops_on_the_host() {
+    use candle_core::DType;
+    // Inputs that are bf16 values; the CPU loops' bf16 results (the f32 op rounded once) are
+    // what the kernels must give. The device's `expf` may differ from Rust's in the last f32
+    // bit, which can move a GELU result by one bf16 step; sums in another order likewise.
+    let bf16 = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+    let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let one_step = |t: &Tensor| {
+        let m = t
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        f64::from(m) / 128.0
+    };
+    let (x, g) = (
+        bf16(randn(&[3, 700], 31, 2.0)),
+        bf16(randn(&[3, 700], 32, 1.0)),
+    );
+    let Some(out) = host("gelu_bf16", &[], 2, &[&widen(&x), &widen(&g)]) else {
+        return;
+    };
+    let (y, grads) = reference(&[&x], &g, |t| kernels::gelu(&t[0]));
+    let (y, dx) = (widen(&y), widen(&grads[0]));
+    assert_close(
+        &tensor(&out[0], &y),
+        &y,
+        one_step(&y),
+        "gelu.cu bf16 forward",
+    );
+    assert_close(
+        &tensor(&out[1], &dx),
+        &dx,
+        one_step(&dx),
+        "gelu.cu bf16 backward",
+    );
+
+    let (x, b, g) = (
+        bf16(randn(&[37, 300], 33, 1.0)),
+        bf16(randn(&[300], 34, 1.0)),
+        bf16(randn(&[37, 300], 35, 1.0)),
+    );
+    let out = host(
+        "bias_bf16",
+        &[300, 5],
+        3,
+        &[&widen(&x), &widen(&b), &widen(&g)],
+    )
+    .unwrap();
+    let (y, grads) = reference(&[&x, &b], &g, |t| kernels::add_bias(&t[0], &t[1]));
+    let (y, db) = (widen(&y), widen(&grads[1]));
+    assert_close(&tensor(&out[0], &y), &y, 0.0, "bias.cu bf16 forward");
+    assert_close(
+        &tensor(&out[1], &db),
+        &db,
+        one_step(&db),
+        "bias.cu bf16 row sums",
+    );
+}
+
+#[test]
 fn attention_kernels_match_reference_on_the_host() {
     // Causal and not; one-lane heads, the vision and text shapes, the widest head (128).
     for (b, l, heads, dh, causal, cap) in [

@@ -8,6 +8,19 @@ typedef unsigned long long u64;
 // −∞ without a math header (NVRTC compiles without the host headers).
 #define NEG_INF __int_as_float(0xff800000)
 
+// bf16 as its bits (no cuda_bf16.h: NVRTC compiles without headers). The kernels that take it
+// compute in f32 and round each result once, to nearest even (NaN stays a quiet NaN), exactly
+// as the CPU loops do with the `half` crate.
+typedef unsigned short bf16;
+
+__device__ __forceinline__ float bf16_to_f32(bf16 h) { return __uint_as_float(((unsigned)h) << 16); }
+
+__device__ __forceinline__ bf16 f32_to_bf16(float f) {
+    const unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40u);
+    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -18,8 +18,9 @@
 //!   stride loop; row kernels one block per row (grid stride over rows) with block reductions
 //!   whose order depends only on the block size; column reductions sum fixed chunks of rows and
 //!   then the chunks in order. So, as on the CPU, results do not depend on scheduling.
-//! - **Scope.** f32 and contiguous inputs (the public functions make inputs contiguous); other
-//!   dtypes never reach these kernels. The contrastive losses compute their strips of cosines
+//! - **Scope.** f32 and contiguous inputs (the public functions make inputs contiguous); GELU and
+//!   bias also take bf16 (`*_bf16` kernels: bf16 as its bits, computed in f32, each result
+//!   rounded once to nearest even, as the CPU loops do). Other dtypes never reach these kernels. The contrastive losses compute their strips of cosines
 //!   with candle's cuBLAS matmul exactly like the CPU path, and use kernels for the online
 //!   log-sum-exp, the losses and the score gradients. Attention (`attention.cu`) runs one thread
 //!   per (batch row, head, query or key) with an online softmax, for heads up to
@@ -39,7 +40,10 @@ pub mod attention;
 pub(crate) mod ops;
 pub(crate) mod pairs;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig,
+};
 use candle_core::cuda_backend::cudarc::nvrtc::{
     CompileError, CompileOptions, compile_ptx_with_opts,
 };
@@ -64,14 +68,21 @@ const COMMON: &str = include_str!("common.cuh");
 pub const GELU: Source = Source {
     name: "gelu",
     code: include_str!("gelu.cu"),
-    kernels: &["gelu_fwd", "gelu_bwd"],
+    kernels: &["gelu_fwd", "gelu_bwd", "gelu_fwd_bf16", "gelu_bwd_bf16"],
 };
 
 /// Bias addition and its row-sum backward.
 pub const BIAS: Source = Source {
     name: "bias",
     code: include_str!("bias.cu"),
-    kernels: &["add_bias_fwd", "sum_rows_partial", "sum_partials"],
+    kernels: &[
+        "add_bias_fwd",
+        "sum_rows_partial",
+        "sum_partials",
+        "add_bias_fwd_bf16",
+        "sum_rows_partial_bf16",
+        "sum_partials_bf16",
+    ],
 };
 
 /// Softmax over the last dimension, forward and backward.
@@ -250,7 +261,17 @@ pub(crate) fn function(dev: &CudaDevice, src: &Source, name: &str) -> Result<Cud
 
 /// The f32 elements of a contiguous CUDA tensor's storage.
 pub(crate) fn view_f32<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
-    let data = s.as_cuda_slice::<f32>()?;
+    view::<f32>(s, l, op)
+}
+
+/// The elements of a contiguous CUDA tensor's storage of element type `T` (candle's dtype error
+/// for another type).
+pub(crate) fn view<'a, T: CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<CudaView<'a, T>> {
+    let data = s.as_cuda_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(data.slice(a..b)),
         None => bail!("{op}: the input must be contiguous"),
@@ -265,7 +286,17 @@ pub(crate) fn view_f32<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<C
 /// reads it.
 pub(crate) unsafe fn uninit(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
     // SAFETY: forwarded to the caller: every element is written before it is read.
-    unsafe { dev.alloc::<f32>(n.max(1)) }
+    unsafe { uninit_of::<f32>(dev, n) }
+}
+
+/// [`uninit`] for `n` elements of type `T`.
+///
+/// # Safety
+///
+/// As for [`uninit`].
+pub(crate) unsafe fn uninit_of<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: forwarded to the caller: every element is written before it is read.
+    unsafe { dev.alloc::<T>(n.max(1)) }
 }
 
 /// Threads per block of element-wise and column kernels.

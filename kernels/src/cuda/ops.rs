@@ -1,13 +1,16 @@
 //! Host side of the element-wise and per-row kernels: GELU, bias, softmax, LayerNorm. Each
 //! function is the `cuda_fwd` of the op of the same name in the op's file, and checks shapes
-//! the way its CPU loop does.
+//! the way its CPU loop does. GELU and bias take f32 or bf16 (the `_bf16` kernels); the others
+//! f32.
 
 use super::{
     BIAS, GELU, LAYER_NORM, SOFTMAX, columns_by_chunks, elementwise, failed, function, per_row,
-    row_chunks, uninit, view_f32,
+    row_chunks, uninit, uninit_of, view, view_f32,
 };
-use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-use candle_core::{CudaStorage, Layout, Result, Shape, bail};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaDType;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, bail};
 
 /// Rows per chunk of the bias and LayerNorm weight/bias reductions (at least).
 const CHUNK_ROWS: usize = 64;
@@ -18,21 +21,52 @@ fn rows_of(l: &Layout) -> (usize, usize) {
     (l.shape().elem_count() / n, n)
 }
 
+/// The element types of the GELU and bias kernels: f32, and bf16 (the `_bf16` kernels, which
+/// compute in f32 and round each result once).
+trait Element: CudaDType + DeviceRepr {
+    /// Appended to the f32 kernel's name.
+    const SUFFIX: &'static str;
+}
+
+impl Element for f32 {
+    const SUFFIX: &'static str = "";
+}
+
+impl Element for half::bf16 {
+    const SUFFIX: &'static str = "_bf16";
+}
+
+/// Runs `f` with the element type of `s`: bf16, or f32 for anything else (which `view` then
+/// refuses with candle's dtype error).
+macro_rules! by_dtype {
+    ($s:expr, $f:ident($($arg:expr),*)) => {
+        match $s.dtype() {
+            DType::BF16 => $f::<half::bf16>($($arg),*),
+            _ => $f::<f32>($($arg),*),
+        }
+    };
+}
+
 /// `gelu(x)`.
 pub(crate) fn gelu_fwd(s: &CudaStorage, l: &Layout, op: &str) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(s, gelu_fwd_as(s, l, op))
+}
+
+fn gelu_fwd_as<T: Element>(s: &CudaStorage, l: &Layout, op: &str) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
-    let x = view_f32(s, l, op)?;
+    let x = view::<T>(s, l, op)?;
     let n = l.shape().elem_count();
+    let name = format!("gelu_fwd{}", T::SUFFIX);
     // SAFETY: `gelu_fwd` below writes all `n` elements.
-    let mut y = unsafe { uninit(dev, n) }?;
+    let mut y = unsafe { uninit_of::<T>(dev, n) }?;
     if n > 0 {
-        let f = function(dev, &GELU, "gelu_fwd")?;
+        let f = function(dev, &GELU, &name)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         let n64 = n as u64;
         b.arg(&x).arg(&mut y).arg(&n64);
-        // SAFETY: gelu_fwd(const float* x, float* y, u64 n); `x` and `y` hold `n` floats.
-        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed("gelu_fwd", e))?;
+        // SAFETY: gelu_fwd(const T* x, T* y, u64 n); `x` and `y` hold `n` elements of T.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed(&name, e))?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
@@ -48,8 +82,18 @@ pub(crate) fn gelu_bwd(
     l2: &Layout,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(s1, gelu_bwd_as(s1, l1, s2, l2, op))
+}
+
+fn gelu_bwd_as<T: Element>(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
     let dev = &s1.device;
-    let (x, g) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let (x, g) = (view::<T>(s1, l1, op)?, view::<T>(s2, l2, op)?);
     let n = l1.shape().elem_count();
     if l2.shape().elem_count() != n {
         bail!(
@@ -58,16 +102,17 @@ pub(crate) fn gelu_bwd(
             l1.dims()
         );
     }
+    let name = format!("gelu_bwd{}", T::SUFFIX);
     // SAFETY: `gelu_bwd` below writes all `n` elements.
-    let mut dx = unsafe { uninit(dev, n) }?;
+    let mut dx = unsafe { uninit_of::<T>(dev, n) }?;
     if n > 0 {
-        let f = function(dev, &GELU, "gelu_bwd")?;
+        let f = function(dev, &GELU, &name)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         let n64 = n as u64;
         b.arg(&x).arg(&g).arg(&mut dx).arg(&n64);
-        // SAFETY: gelu_bwd(const float* x, const float* g, float* dx, u64 n); all hold `n` floats.
-        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed("gelu_bwd", e))?;
+        // SAFETY: gelu_bwd(const T* x, const T* g, T* dx, u64 n); all hold `n` elements of T.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed(&name, e))?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(dx, dev.clone()),
@@ -83,8 +128,18 @@ pub(crate) fn add_bias_fwd(
     l2: &Layout,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(s1, add_bias_fwd_as(s1, l1, s2, l2, op))
+}
+
+fn add_bias_fwd_as<T: Element>(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
     let dev = &s1.device;
-    let (x, bias) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let (x, bias) = (view::<T>(s1, l1, op)?, view::<T>(s2, l2, op)?);
     let (n, k) = (l1.shape().elem_count(), l2.shape().elem_count().max(1));
     if !n.is_multiple_of(k) {
         bail!(
@@ -92,17 +147,18 @@ pub(crate) fn add_bias_fwd(
             l1.dims()
         );
     }
+    let name = format!("add_bias_fwd{}", T::SUFFIX);
     // SAFETY: `add_bias_fwd` below writes all `n` elements.
-    let mut y = unsafe { uninit(dev, n) }?;
+    let mut y = unsafe { uninit_of::<T>(dev, n) }?;
     if n > 0 {
-        let f = function(dev, &BIAS, "add_bias_fwd")?;
+        let f = function(dev, &BIAS, &name)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         let (n64, k64) = (n as u64, k as u64);
         b.arg(&x).arg(&bias).arg(&mut y).arg(&n64).arg(&k64);
-        // SAFETY: add_bias_fwd(const float* x, const float* b, float* y, u64 n, u64 k); `x`, `y`
-        // hold `n` floats, `b` holds `k`.
-        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed("add_bias_fwd", e))?;
+        // SAFETY: add_bias_fwd(const T* x, const T* b, T* y, u64 n, u64 k); `x`, `y` hold `n`
+        // elements of T, `b` holds `k`.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| failed(&name, e))?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
@@ -110,15 +166,25 @@ pub(crate) fn add_bias_fwd(
     ))
 }
 
-/// Column sums of `g` viewed as `(rows, k)`: fixed chunks of rows, then the chunks in order.
+/// Column sums of `g` viewed as `(rows, k)`: fixed chunks of rows, then the chunks in order
+/// (partial sums in f32 for either element type).
 pub(crate) fn sum_rows(
     s: &CudaStorage,
     l: &Layout,
     k: usize,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(s, sum_rows_as(s, l, k, op))
+}
+
+fn sum_rows_as<T: Element>(
+    s: &CudaStorage,
+    l: &Layout,
+    k: usize,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
-    let g = view_f32(s, l, op)?;
+    let g = view::<T>(s, l, op)?;
     let k = k.max(1);
     let n = l.shape().elem_count();
     if !n.is_multiple_of(k) {
@@ -130,25 +196,28 @@ pub(crate) fn sum_rows(
     // chunk, empty chunks write 0), and `sum_partials` all `k` outputs.
     let mut partial = unsafe { uninit(dev, chunks * k) }?;
     // SAFETY: as above.
-    let mut out = unsafe { uninit(dev, k) }?;
+    let mut out = unsafe { uninit_of::<T>(dev, k) }?;
     let stream = dev.cuda_stream();
     let (rows64, k64, chunk64, chunks64) = (rows as u64, k as u64, chunk as u64, chunks as u64);
-    let f = function(dev, &BIAS, "sum_rows_partial")?;
+    let name = format!("sum_rows_partial{}", T::SUFFIX);
+    let f = function(dev, &BIAS, &name)?;
     let mut b = stream.launch_builder(&f);
     b.arg(&g)
         .arg(&mut partial)
         .arg(&rows64)
         .arg(&k64)
         .arg(&chunk64);
-    // SAFETY: sum_rows_partial(const float* g, float* partial, u64 rows, u64 k, u64 chunk_rows);
-    // `g` holds rows·k floats, `partial` chunks·k, and the grid has `chunks` rows of blocks.
-    unsafe { b.launch(columns_by_chunks(k, chunks)) }.map_err(|e| failed("sum_rows_partial", e))?;
-    let f = function(dev, &BIAS, "sum_partials")?;
+    // SAFETY: sum_rows_partial(const T* g, float* partial, u64 rows, u64 k, u64 chunk_rows);
+    // `g` holds rows·k elements, `partial` chunks·k floats, and the grid has `chunks` rows of
+    // blocks.
+    unsafe { b.launch(columns_by_chunks(k, chunks)) }.map_err(|e| failed(&name, e))?;
+    let name = format!("sum_partials{}", T::SUFFIX);
+    let f = function(dev, &BIAS, &name)?;
     let mut b = stream.launch_builder(&f);
     b.arg(&partial).arg(&mut out).arg(&chunks64).arg(&k64);
-    // SAFETY: sum_partials(const float* partial, float* out, u64 chunks, u64 width); `partial`
-    // holds chunks·k floats, `out` k.
-    unsafe { b.launch(elementwise(k)) }.map_err(|e| failed("sum_partials", e))?;
+    // SAFETY: sum_partials(const float* partial, T* out, u64 chunks, u64 width); `partial`
+    // holds chunks·k floats, `out` k elements.
+    unsafe { b.launch(elementwise(k)) }.map_err(|e| failed(&name, e))?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         Shape::from(k),
