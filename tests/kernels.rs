@@ -110,14 +110,7 @@ fn check_bf16_op(
     }
     // One rounding to bf16: at most half a step of 2⁻⁷ relative to the largest value.
     let near = |a: &Tensor, b: &Tensor, what: &str| {
-        let scale = f32(b)
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let tol = scale as f64 / 256.0;
+        let tol = crate::util::max_abs(b) / 256.0;
         assert_close(
             &f32(a),
             &f32(b),

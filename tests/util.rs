@@ -35,6 +35,12 @@ pub fn assert_close(a: &candle_core::Tensor, b: &candle_core::Tensor, atol: f64,
     assert!(d <= atol, "{what}: max |Δ| = {d:e} > {atol:e}");
 }
 
+/// The largest absolute value of `t` (any float dtype), the scale of relative tolerances.
+pub fn max_abs(t: &candle_core::Tensor) -> f64 {
+    let m = t.to_dtype(candle_core::DType::F32).unwrap().abs().unwrap();
+    f64::from(m.max_all().unwrap().to_scalar::<f32>().unwrap())
+}
+
 /// Every parameter's name and values, sorted by name (to compare two trainers bit for bit).
 pub fn snapshot(t: &workbench::train::Trainer) -> Vec<(String, Vec<f32>)> {
     t.params()

@@ -270,16 +270,7 @@ fn bf16_gelu_and_bias_kernels_match_the_cpu_loops_on_the_host() {
     // bit, which can move a GELU result by one bf16 step; sums in another order likewise.
     let bf16 = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
     let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-    let one_step = |t: &Tensor| {
-        let m = t
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        f64::from(m) / 128.0
-    };
+    let one_step = |t: &Tensor| crate::util::max_abs(t) / 128.0;
     let (x, g) = (
         bf16(randn(&[3, 700], 31, 2.0)),
         bf16(randn(&[3, 700], 32, 1.0)),

@@ -199,13 +199,7 @@ fn gathered_gradients_equal_the_single_process_gradients() {
                 );
                 assert_eq!(grads.len(), want.len());
                 for ((n, g), (_, h)) in grads.iter().zip(&want) {
-                    let scale = h
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let scale = crate::util::max_abs(h) as f32;
                     let d = kernels::check::max_abs_diff(g, h).unwrap() as f32 / scale.max(1e-6);
                     assert!(
                         d <= GRAD_RTOL,

@@ -203,13 +203,7 @@ fn the_mean_of_the_local_losses_is_the_whole_batch_loss() {
                     );
                     continue;
                 };
-                let scale = b
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let scale = crate::util::max_abs(b) as f32;
                 let d = kernels::check::max_abs_diff(a, b).unwrap() as f32;
                 assert!(
                     d <= 1e-5 * scale,

@@ -21,6 +21,13 @@ __device__ __forceinline__ bf16 f32_to_bf16(float f) {
     return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// Element i of an f32 or bf16 array as f32, and an f32 result stored into one: kernels written
+// once as templates over the element type read and write through these.
+__device__ __forceinline__ float load(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float load(const bf16* p, u64 i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ void store(float* p, u64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(bf16* p, u64 i, float v) { p[i] = f32_to_bf16(v); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
