@@ -205,7 +205,8 @@ pub enum Event {
         /// Pairs per second over the training steps.
         pairs_per_second: f64,
         /// Bad samples skipped (datasets from files): the count and the first few messages,
-        /// each naming the file and the problem.
+        /// each naming the file and the problem. Counted when an image is read, so an image in
+        /// a batch the prefetch thread built ahead counts even if the run stopped before it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bad_samples: Option<crate::data::BadSampleReport>,
     },

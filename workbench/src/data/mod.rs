@@ -190,6 +190,7 @@ pub trait PairDataset: Send + Sync {
         format!("{split}/{index}")
     }
     /// Bad samples skipped so far, for datasets that can meet them (files); `None` otherwise.
+    /// Counted when read, by whichever loader read them (the prefetch thread's included).
     fn bad_samples(&self) -> Option<BadSampleReport> {
         None
     }
