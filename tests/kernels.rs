@@ -125,7 +125,7 @@ fn check_bf16_op(
 }
 
 #[test]
-fn gelu_and_add_bias_take_bf16_on_the_cpu() {
+fn gelu_add_bias_and_attention_take_bf16_on_the_cpu() {
     let x = randn(&[3, 7, 129], 21, 2.0);
     check_bf16_op(
         "gelu",
@@ -133,6 +133,15 @@ fn gelu_and_add_bias_take_bf16_on_the_cpu() {
         |t| kernels::gelu(&t[0]),
         |t| kernels::gelu_reference(&t[0]),
     );
+    for causal in [false, true] {
+        let qkv = randn(&[3, 17, 3 * 4 * 16], 24, 1.5);
+        check_bf16_op(
+            &format!("attention (causal {causal})"),
+            &[qkv],
+            |t| kernels::attention(&t[0], 4, causal),
+            |t| kernels::attention_reference(&t[0], 4, causal),
+        );
+    }
     for (shape, bias) in [(vec![6, 10], vec![10]), (vec![300, 7, 64], vec![64])] {
         let (x, b) = (randn(&shape, 22, 1.0), randn(&bias, 23, 1.0));
         check_bf16_op(

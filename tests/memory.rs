@@ -61,7 +61,8 @@ fn step_peak(precision: Precision, micro_batches: usize) -> (usize, f32) {
 
 #[test]
 fn bf16_activations_and_micro_batches_hold_less_than_one_f32_pass() {
-    // bf16: the graph of the forward pass (before bf16 activations: 1.76× f32).
+    // bf16: the graph of the forward pass (1.76× f32 before bf16 activations, 0.89× before the
+    // fused attention read and wrote bf16).
     let (f32_graph, bf16_graph) = (graph_bytes(Precision::F32), graph_bytes(Precision::Bf16));
     let graph_ratio = bf16_graph as f64 / f32_graph as f64;
     // The whole step (optimizer included).
@@ -92,13 +93,14 @@ fn bf16_activations_and_micro_batches_hold_less_than_one_f32_pass() {
         "{micro_loss} vs {f32_loss}"
     );
     assert!(
-        graph_ratio < 0.95,
+        graph_ratio < 0.85,
         "a bf16 graph holds {graph_ratio:.3}× the f32 one"
     );
     // The step: the backward's temporaries too (before the CPU loops of GELU and bias took
-    // bf16, candle's composed GELU backward took the bf16 step to 1.05× f32).
+    // bf16, candle's composed GELU backward took the bf16 step to 1.05× f32; 0.87× before the
+    // fused attention took bf16).
     assert!(
-        bf16_ratio < 0.95,
+        bf16_ratio < 0.85,
         "a bf16 step peaks at {bf16_ratio:.3}× the f32 one"
     );
     assert!(

@@ -14,13 +14,16 @@
 //! this is one node. [`attention_weights`] returns `P` `(B, H, L, L)` for inspection, from the
 //! same inputs, without touching the output.
 //!
-//! CPU: f32, contiguous. CUDA (feature `cuda`): f32, `cuda/attention.cu`, one thread per
-//! (batch row, head, query) with an online softmax, and a backward in two kernels (queries, then
-//! keys and values) that recompute `P` from the saved log-sum-exps; heads wider than
-//! `kernels::cuda::attention::MAX_HEAD_DIM` (128) run the reference. Other devices and dtypes use the
-//! reference.
+//! CPU: f32 or bf16, contiguous. CUDA (feature `cuda`): f32 or bf16, `cuda/attention.cu`, one
+//! thread per (batch row, head, query) with an online softmax, and a backward in two kernels
+//! (queries, then keys and values) that recompute `P` from the saved log-sum-exps; heads wider
+//! than `kernels::cuda::attention::MAX_HEAD_DIM` (128) run the reference. In bf16, `qkv`, the
+//! output and the gradients are bf16, everything inside is computed in f32 and each result is
+//! rounded once (on the CPU: the f32 op on the widened input, rounded); the weights for
+//! inspection are f32 either way. Other devices and dtypes use the reference.
 
-use crate::cpu::slice_f32;
+use crate::cpu::{narrow, widen};
+use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, bail,
 };
@@ -127,11 +130,11 @@ pub fn apply_weights_in(
 
 fn fused_ok(qkv: &Tensor, heads: usize) -> bool {
     match qkv.device() {
-        Device::Cpu => qkv.dtype() == DType::F32,
+        Device::Cpu => crate::dispatch::fused_f32_or_bf16(&[qkv]),
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => {
             let d = qkv.dims().last().copied().unwrap_or(0) / 3;
-            crate::dispatch::fused(&[qkv])
+            crate::dispatch::fused_f32_or_bf16(&[qkv])
                 && heads > 0
                 && d / heads <= crate::cuda::attention::MAX_HEAD_DIM
         }
@@ -232,7 +235,7 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s, layout, self.name())?;
+        let x = &*widen(s, layout, self.name())?;
         let (b, g) = Geometry::new(layout, self.heads, self.causal)?;
         let (l, d) = (g.l, g.d);
         let mut out = vec![0f32; b * l * d];
@@ -253,7 +256,7 @@ impl CustomOp1 for AttentionOp {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
+        Ok((narrow(out, s.dtype()), Shape::from((b, l, d))))
     }
 
     #[cfg(feature = "cuda")]
@@ -291,8 +294,8 @@ impl CustomOp2 for AttentionBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name())?;
-        let go = slice_f32(s2, l2, self.name())?;
+        let x = &*widen(s1, l1, self.name())?;
+        let go = &*widen(s2, l2, self.name())?;
         let (b, g) = Geometry::new(l1, self.heads, self.causal)?;
         let (l, d, dh) = (g.l, g.d, g.dh);
         let scale = (dh as f32).powf(-0.5);
@@ -358,7 +361,7 @@ impl CustomOp2 for AttentionBackward {
                     }
                 }
             });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((narrow(dx, s1.dtype()), l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -421,7 +424,7 @@ impl CustomOp1 for WeightsOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s, layout, self.name())?;
+        let x = &*widen(s, layout, self.name())?;
         let (b, g) = Geometry::new(layout, self.heads, self.causal)?;
         let (l, d) = (g.l, g.d);
         let mut out = vec![0f32; b * self.heads * l * l];

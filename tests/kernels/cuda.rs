@@ -92,14 +92,14 @@ fn gelu_on_cuda_matches_reference() {
 type Op<'a> = &'a dyn Fn(&[Tensor]) -> Tensor;
 
 #[test]
-fn bf16_gelu_and_bias_on_cuda_match_the_cpu_loops() {
+fn bf16_gelu_bias_and_attention_on_cuda_match_the_cpu_loops() {
     use candle_core::DType;
-    let Some(dev) = gpu("bf16_gelu_and_bias_on_cuda_match_the_cpu_loops") else {
+    let Some(dev) = gpu("bf16_gelu_bias_and_attention_on_cuda_match_the_cpu_loops") else {
         return;
     };
     // Both sides compute in f32 and round once, so they differ by at most one bf16 step (the
-    // device's `expf`, the order of a column's sum). candle's composed bf16 ops, which ran here
-    // before, round after every op: GELU's backward and the bias gradient then differ by more.
+    // device's `expf`, the order of a sum). candle's composed bf16 ops, which ran here before,
+    // round after every op: GELU's backward and the bias gradient then differ by more.
     let bf16 = |shape: &[usize], seed: u64, scale: f64| {
         randn(shape, seed, scale).to_dtype(DType::BF16).unwrap()
     };
@@ -123,7 +123,7 @@ fn bf16_gelu_and_bias_on_cuda_match_the_cpu_loops() {
         all.extend(vars.iter().map(|v| widen(grads.get(v).unwrap())));
         all
     };
-    let cases: [(&str, Vec<Tensor>, Op<'_>); 2] = [
+    let cases: [(&str, Vec<Tensor>, Op<'_>); 3] = [
         ("gelu", vec![bf16(&[70_000, 240], 41, 2.0)], &|t| {
             kernels::gelu(&t[0]).unwrap()
         }),
@@ -132,6 +132,10 @@ fn bf16_gelu_and_bias_on_cuda_match_the_cpu_loops() {
             vec![bf16(&[300, 700], 42, 1.0), bf16(&[700], 43, 1.0)],
             &|t| kernels::add_bias(&t[0], &t[1]).unwrap(),
         ),
+        // The text tower's shape: causal, 8 heads of 64.
+        ("attention", vec![bf16(&[16, 77, 3 * 512], 44, 1.5)], &|t| {
+            kernels::attention(&t[0], 8, true).unwrap()
+        }),
     ];
     for (name, inputs, op) in cases {
         let (gpu_out, cpu_out) = (run(&dev, &inputs, op), run(&Device::Cpu, &inputs, op));

@@ -263,7 +263,7 @@ fn contrastive_strip_kernels_match_references_on_the_host() {
 }
 
 #[test]
-fn bf16_gelu_and_bias_kernels_match_the_cpu_loops_on_the_host() {
+fn bf16_gelu_bias_and_attention_kernels_match_the_cpu_loops_on_the_host() {
     use candle_core::DType;
     // Inputs that are bf16 values; the CPU loops' bf16 results (the f32 op rounded once) are
     // what the kernels must give. The device's `expf` may differ from Rust's in the last f32
@@ -314,6 +314,37 @@ fn bf16_gelu_and_bias_kernels_match_the_cpu_loops_on_the_host() {
         one_step(&db),
         "bias.cu bf16 row sums",
     );
+    // Attention: output and qkv gradient in bf16 (dot products and sums in another order than
+    // the CPU loop's, so within one step), the weights in f32.
+    for (bsz, l, heads, dh, causal) in [
+        (2usize, 17usize, 2usize, 16usize, true),
+        (3, 9, 4, 8, false),
+    ] {
+        let d = heads * dh;
+        let (qkv, go) = (
+            bf16(randn(&[bsz, l, 3 * d], 36 + l as u64, 1.5)),
+            bf16(randn(&[bsz, l, d], 37, 1.0)),
+        );
+        let params = [bsz, l, heads, dh, usize::from(causal)];
+        let out = host("attention_bf16", &params, 2, &[&widen(&qkv), &widen(&go)]).unwrap();
+        let (y, grads) = reference(&[&qkv], &go, |t| kernels::attention(&t[0], heads, causal));
+        let (y, dqkv) = (widen(&y), widen(&grads[0]));
+        let w = kernels::attention_weights(&qkv, heads, causal).unwrap();
+        let name = format!("attention.cu bf16 (L {l}, causal {causal})");
+        assert_close(
+            &tensor(&out[0], &y),
+            &y,
+            one_step(&y),
+            &format!("{name}: output"),
+        );
+        assert_close(&tensor(&out[1], &w), &w, 1e-6, &format!("{name}: weights"));
+        assert_close(
+            &tensor(&out[2], &dqkv),
+            &dqkv,
+            one_step(&dqkv),
+            &format!("{name}: dqkv"),
+        );
+    }
 }
 
 #[test]

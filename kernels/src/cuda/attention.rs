@@ -1,9 +1,10 @@
 //! Host side of `attention.cu`: the `cuda_fwd` of the fused attention, its backward and the
 //! inspection weights in `attention.rs`. Shapes are checked the way the CPU loops check them.
 
-use super::{ATTENTION, elementwise, failed, function, uninit, view_f32};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
-use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape, bail};
+use super::{ATTENTION, Element, elementwise, failed, function, uninit, uninit_of, view};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{LaunchArgs, PushKernelArg};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, bail};
 
 /// Widest head the kernels handle (`MAX_DH` in `attention.cu`); wider heads run the reference.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -27,44 +28,46 @@ fn geometry(l: &Layout, heads: usize, op: &str) -> Result<(usize, usize, usize)>
     Ok((*b, *len, d))
 }
 
-/// Launches `kernel(qkv, [extra inputs…], outputs…, B, L, D, H, causal)` with one thread per
-/// (batch row, head, row).
-fn launch(
-    dev: &CudaDevice,
-    kernel: &'static str,
-    inputs: &[&CudaView<'_, f32>],
-    outputs: &mut [&mut CudaSlice<f32>],
-    (b, l, d, heads): (usize, usize, usize, usize),
-    causal: bool,
-) -> Result<()> {
-    let items = b * heads * l;
-    if items == 0 {
-        return Ok(());
-    }
-    let f = function(dev, &ATTENTION, kernel)?;
-    let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&f);
-    for x in inputs {
-        builder.arg(*x);
-    }
-    for y in outputs.iter_mut() {
-        builder.arg(&mut **y);
-    }
-    let dims = [b as u64, l as u64, d as u64, heads as u64];
-    let causal = i32::from(causal);
-    for n in &dims {
-        builder.arg(n);
-    }
-    builder.arg(&causal);
-    // SAFETY: every kernel of attention.cu takes its const float* inputs, then its float*
-    // outputs, then (u64 batch, u64 l, u64 d, u64 heads, int causal), in the order the callers
-    // below pass them; `geometry` checked that qkv is (B, L, 3D) with D = heads·dh, dh ≤ MAX_DH,
-    // and each caller allocated its outputs at the sizes the kernel writes.
-    unsafe { builder.launch(elementwise(items)) }.map_err(|e| failed(kernel, e))?;
-    Ok(())
+/// The trailing arguments of every kernel of `attention.cu` — `(u64 batch, u64 l, u64 d, u64
+/// heads, int causal)` — and its grid: one thread per (batch row, head, row).
+struct Tail {
+    dims: [u64; 4],
+    causal: i32,
+    items: usize,
 }
 
-/// The attention output `(B, L, D)`.
+impl Tail {
+    fn new((b, l, d, heads): (usize, usize, usize, usize), causal: bool) -> Self {
+        Self {
+            dims: [b as u64, l as u64, d as u64, heads as u64],
+            causal: i32::from(causal),
+            items: b * heads * l,
+        }
+    }
+
+    /// Pushes the trailing arguments after those in `args` and launches `kernel`.
+    ///
+    /// # Safety
+    ///
+    /// `args` must hold the kernel's leading arguments in its order: its inputs, then its
+    /// outputs, each of the element type and at least the size the kernel reads or writes for
+    /// this geometry.
+    unsafe fn launch<'a>(&'a self, mut args: LaunchArgs<'a>, kernel: &str) -> Result<()> {
+        if self.items == 0 {
+            return Ok(());
+        }
+        for n in &self.dims {
+            args.arg(n);
+        }
+        args.arg(&self.causal);
+        // SAFETY: the caller pushed the leading arguments as the kernel takes them; these are
+        // its trailing ones.
+        unsafe { args.launch(elementwise(self.items)) }.map_err(|e| failed(kernel, e))?;
+        Ok(())
+    }
+}
+
+/// The attention output `(B, L, D)`, in the dtype of `qkv` (f32 or bf16).
 pub(crate) fn attention_fwd(
     s: &CudaStorage,
     l: &Layout,
@@ -72,10 +75,35 @@ pub(crate) fn attention_fwd(
     causal: bool,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
-    one_output(s, l, heads, causal, op, "attention_fwd")
+    by_dtype!(s, forward_as(s, l, heads, causal, op))
 }
 
-/// The weights `(B, H, L, L)`.
+fn forward_as<T: Element>(
+    s: &CudaStorage,
+    l: &Layout,
+    heads: usize,
+    causal: bool,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let (b, len, d) = geometry(l, heads, op)?;
+    let qkv = view::<T>(s, l, op)?;
+    // SAFETY: `attention_fwd` writes every element of its output.
+    let mut out = unsafe { uninit_of::<T>(dev, b * len * d) }?;
+    let name = format!("attention_fwd{}", T::SUFFIX);
+    let (f, stream) = (function(dev, &ATTENTION, &name)?, dev.cuda_stream());
+    let tail = Tail::new((b, len, d, heads), causal);
+    let mut args = stream.launch_builder(&f);
+    args.arg(&qkv).arg(&mut out);
+    // SAFETY: attention_fwd(const T* qkv, T* out, …): qkv is (B, L, 3D) (`geometry`), out B·L·D.
+    unsafe { tail.launch(args, &name) }?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((b, len, d)),
+    ))
+}
+
+/// The weights `(B, H, L, L)`, f32 whatever the dtype of `qkv`.
 pub(crate) fn attention_probs(
     s: &CudaStorage,
     l: &Layout,
@@ -83,42 +111,45 @@ pub(crate) fn attention_probs(
     causal: bool,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
-    one_output(s, l, heads, causal, op, "attention_probs")
+    by_dtype!(s, probs_as(s, l, heads, causal, op))
 }
 
-/// Runs `attention_fwd` (output `(B, L, D)`) or `attention_probs` (output `(B, H, L, L)`): each
-/// writes every element of its output, the probabilities' zeros above a causal diagonal included.
-fn one_output(
+fn probs_as<T: Element>(
     s: &CudaStorage,
     l: &Layout,
     heads: usize,
     causal: bool,
     op: &str,
-    kernel: &'static str,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
     let (b, len, d) = geometry(l, heads, op)?;
-    let shape = if kernel == "attention_probs" {
-        Shape::from((b, heads, len, len))
-    } else {
-        Shape::from((b, len, d))
-    };
-    let qkv = view_f32(s, l, op)?;
-    // SAFETY: both kernels write every element of their output (see above).
-    let mut out = unsafe { uninit(dev, shape.elem_count()) }?;
-    launch(
-        dev,
-        kernel,
-        &[&qkv],
-        &mut [&mut out],
-        (b, len, d, heads),
-        causal,
-    )?;
-    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+    let shape = Shape::from((b, heads, len, len));
+    let qkv = view::<T>(s, l, op)?;
+    // SAFETY: `attention_probs` writes every element, the zeros above a causal diagonal included.
+    let mut p = unsafe { uninit(dev, shape.elem_count()) }?;
+    let name = format!("attention_probs{}", T::SUFFIX);
+    let (f, stream) = (function(dev, &ATTENTION, &name)?, dev.cuda_stream());
+    let tail = Tail::new((b, len, d, heads), causal);
+    let mut args = stream.launch_builder(&f);
+    args.arg(&qkv).arg(&mut p);
+    // SAFETY: attention_probs(const T* qkv, float* p, …): qkv is (B, L, 3D), p B·H·L·L floats.
+    unsafe { tail.launch(args, &name) }?;
+    Ok((CudaStorage::wrap_cuda_slice(p, dev.clone()), shape))
 }
 
-/// The gradient `(B, L, 3D)` with respect to `qkv`, from `qkv` and the output's gradient `go`.
+/// The gradient `(B, L, 3D)` with respect to `qkv`, from `qkv` and the output's gradient `go`
+/// (both f32 or both bf16; the gradient in the same dtype).
 pub(crate) fn attention_bwd(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    heads: usize,
+    causal: bool,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(s1, backward_as((s1, l1), (s2, l2), heads, causal, op))
+}
+
+fn backward_as<T: Element>(
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
     heads: usize,
@@ -133,33 +164,30 @@ pub(crate) fn attention_bwd(
             l2.dims()
         );
     }
-    let (qkv, go) = (view_f32(s1, l1, op)?, view_f32(s2, l2, op)?);
+    let (qkv, go) = (view::<T>(s1, l1, op)?, view::<T>(s2, l2, op)?);
     // SAFETY: `attention_bwd_q` writes the q columns of every row of dqkv and both statistics
     // of every (batch row, head, query); `attention_bwd_kv` writes the k and v columns. Together
     // they write all B·L·3D elements, and `stats` is read only after the first kernel (same
     // stream) wrote it.
-    let mut dqkv = unsafe { uninit(dev, b * len * 3 * d) }?;
+    let mut dqkv = unsafe { uninit_of::<T>(dev, b * len * 3 * d) }?;
     // SAFETY: as above.
     let mut stats = unsafe { uninit(dev, 2 * b * heads * len) }?;
-    let geo = (b, len, d, heads);
-    launch(
-        dev,
-        "attention_bwd_q",
-        &[&qkv, &go],
-        &mut [&mut dqkv, &mut stats],
-        geo,
-        causal,
-    )?;
-    let stats_view = stats.slice(..);
-    // The kv kernel takes (qkv, go, stats) as inputs and dqkv as its output.
-    launch(
-        dev,
-        "attention_bwd_kv",
-        &[&qkv, &go, &stats_view],
-        &mut [&mut dqkv],
-        geo,
-        causal,
-    )?;
+    let tail = Tail::new((b, len, d, heads), causal);
+    let stream = dev.cuda_stream();
+    let name = format!("attention_bwd_q{}", T::SUFFIX);
+    let f = function(dev, &ATTENTION, &name)?;
+    let mut args = stream.launch_builder(&f);
+    args.arg(&qkv).arg(&go).arg(&mut dqkv).arg(&mut stats);
+    // SAFETY: attention_bwd_q(const T* qkv, const T* go, T* dqkv, float* stats, …): qkv and dqkv
+    // are (B, L, 3D), go (B, L, D), stats 2·B·H·L floats.
+    unsafe { tail.launch(args, &name) }?;
+    let name = format!("attention_bwd_kv{}", T::SUFFIX);
+    let f = function(dev, &ATTENTION, &name)?;
+    let mut args = stream.launch_builder(&f);
+    args.arg(&qkv).arg(&go).arg(&stats).arg(&mut dqkv);
+    // SAFETY: attention_bwd_kv(const T* qkv, const T* go, const float* stats, T* dqkv, …), the
+    // same buffers.
+    unsafe { tail.launch(args, &name) }?;
     Ok((
         CudaStorage::wrap_cuda_slice(dqkv, dev.clone()),
         l1.shape().clone(),

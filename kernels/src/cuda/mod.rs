@@ -36,6 +36,17 @@
 // states why the arguments match the kernel's signature and the buffers are large enough.
 #![allow(unsafe_code)]
 
+/// Runs `f::<T>(args…)` with `T` the element type of storage `s`: `half::bf16` for bf16, f32 for
+/// anything else (which `view` then refuses with candle's dtype error).
+macro_rules! by_dtype {
+    ($s:expr, $f:ident($($arg:expr),*)) => {
+        match $s.dtype() {
+            DType::BF16 => $f::<half::bf16>($($arg),*),
+            _ => $f::<f32>($($arg),*),
+        }
+    };
+}
+
 pub mod attention;
 pub(crate) mod ops;
 pub(crate) mod pairs;
@@ -257,6 +268,21 @@ pub(crate) fn function(dev: &CudaDevice, src: &Source, name: &str) -> Result<Cud
     Ok(dev
         .get_or_load_custom_func(name, &module, &ptx)?
         .into_cuda_function())
+}
+
+/// The element types of the kernels that take bf16 as well as f32 (GELU, bias, attention): the
+/// `_bf16` entry points compute in f32 and round each result once.
+pub(crate) trait Element: CudaDType + DeviceRepr {
+    /// Appended to the f32 kernel's name.
+    const SUFFIX: &'static str;
+}
+
+impl Element for f32 {
+    const SUFFIX: &'static str = "";
+}
+
+impl Element for half::bf16 {
+    const SUFFIX: &'static str = "_bf16";
 }
 
 /// The f32 elements of a contiguous CUDA tensor's storage.

@@ -4,12 +4,11 @@
 //! f32.
 
 use super::{
-    BIAS, GELU, LAYER_NORM, SOFTMAX, columns_by_chunks, elementwise, failed, function, per_row,
-    row_chunks, uninit, uninit_of, view, view_f32,
+    BIAS, Element, GELU, LAYER_NORM, SOFTMAX, columns_by_chunks, elementwise, failed, function,
+    per_row, row_chunks, uninit, uninit_of, view, view_f32,
 };
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaDType;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, bail};
 
 /// Rows per chunk of the bias and LayerNorm weight/bias reductions (at least).
@@ -19,32 +18,6 @@ const CHUNK_ROWS: usize = 64;
 fn rows_of(l: &Layout) -> (usize, usize) {
     let n = l.dims().last().copied().unwrap_or(1).max(1);
     (l.shape().elem_count() / n, n)
-}
-
-/// The element types of the GELU and bias kernels: f32, and bf16 (the `_bf16` kernels, which
-/// compute in f32 and round each result once).
-trait Element: CudaDType + DeviceRepr {
-    /// Appended to the f32 kernel's name.
-    const SUFFIX: &'static str;
-}
-
-impl Element for f32 {
-    const SUFFIX: &'static str = "";
-}
-
-impl Element for half::bf16 {
-    const SUFFIX: &'static str = "_bf16";
-}
-
-/// Runs `f` with the element type of `s`: bf16, or f32 for anything else (which `view` then
-/// refuses with candle's dtype error).
-macro_rules! by_dtype {
-    ($s:expr, $f:ident($($arg:expr),*)) => {
-        match $s.dtype() {
-            DType::BF16 => $f::<half::bf16>($($arg),*),
-            _ => $f::<f32>($($arg),*),
-        }
-    };
 }
 
 /// `gelu(x)`.

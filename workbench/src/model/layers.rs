@@ -186,9 +186,10 @@ impl Attention {
     /// for, by a second op on the same inputs, so asking for weights never changes the output;
     /// with reference kernels the output is computed from the returned weights (which are then
     /// part of the autograd graph, for gradient-based relevance). In bf16 the `qkv` projection
-    /// is rounded to bf16; with fused kernels the attention then runs in the f32 kernel on it,
-    /// with reference kernels its products take bf16 operands and the softmax runs in f32
-    /// ([`kernels::attention::attention_weights_in`]). The weights handed back are f32.
+    /// is rounded to bf16; with fused kernels the attention reads it and writes its output in
+    /// bf16, computing in f32 inside; with reference kernels its products take bf16 operands and
+    /// the softmax runs in f32 ([`kernels::attention::attention_weights_in`]). The weights
+    /// handed back are f32.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -197,9 +198,9 @@ impl Attention {
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let h = self.heads;
         let (out, weights) = if self.fused {
-            // In bf16 the projection is rounded to bf16 (bias included) and widened for the
-            // kernel, which stores nothing of size B·H·L·L.
-            let qkv = self.qkv.forward_in(xs)?.to_dtype(xs.dtype())?; // (B, L, 3D)
+            // The kernel stores nothing of size B·H·L·L. In bf16 it reads the bf16 projection
+            // and writes a bf16 output, computing in f32, as the output projection's input.
+            let qkv = self.qkv.forward_in(xs)?; // (B, L, 3D)
             let w = if want_weights {
                 Some(kernels::attention::attention_weights(&qkv, h, causal)?)
             } else {
