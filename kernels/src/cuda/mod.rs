@@ -142,6 +142,10 @@ pub const ATTENTION: Source = Source {
         "attention_probs",
         "attention_bwd_q",
         "attention_bwd_kv",
+        "attention_fwd_bf16",
+        "attention_probs_bf16",
+        "attention_bwd_q_bf16",
+        "attention_bwd_kv_bf16",
     ],
 };
 
