@@ -11,8 +11,9 @@
 //! gradient flows back through it into the f32 master weight (and the product's backward runs
 //! in bf16, as under autocast).
 //!
-//! Everything else runs in f32: LayerNorm, softmax, the residual stream, the fused attention
-//! (on the bf16-rounded `qkv`), the L2 normalisation of embeddings and every loss reduction.
+//! The fused attention reads the bf16 `qkv` and writes a bf16 output, computing in f32 inside.
+//! Everything else runs in f32: LayerNorm, the residual stream, the L2 normalisation of
+//! embeddings and every loss reduction.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
