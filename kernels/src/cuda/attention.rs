@@ -85,22 +85,8 @@ fn forward_as<T: Element>(
     causal: bool,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
-    let dev = &s.device;
     let (b, len, d) = geometry(l, heads, op)?;
-    let qkv = view::<T>(s, l, op)?;
-    // SAFETY: `attention_fwd` writes every element of its output.
-    let mut out = unsafe { uninit_of::<T>(dev, b * len * d) }?;
-    let name = format!("attention_fwd{}", T::SUFFIX);
-    let (f, stream) = (function(dev, &ATTENTION, &name)?, dev.cuda_stream());
-    let tail = Tail::new((b, len, d, heads), causal);
-    let mut args = stream.launch_builder(&f);
-    args.arg(&qkv).arg(&mut out);
-    // SAFETY: attention_fwd(const T* qkv, T* out, …): qkv is (B, L, 3D) (`geometry`), out B·L·D.
-    unsafe { tail.launch(args, &name) }?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from((b, len, d)),
-    ))
+    one_output::<T, T>(s, l, heads, causal, op, "attention_fwd", (b, len, d).into())
 }
 
 /// The weights `(B, H, L, L)`, f32 whatever the dtype of `qkv`.
@@ -121,20 +107,44 @@ fn probs_as<T: Element>(
     causal: bool,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
+    let (b, len, _) = geometry(l, heads, op)?;
+    one_output::<T, f32>(
+        s,
+        l,
+        heads,
+        causal,
+        op,
+        "attention_probs",
+        (b, heads, len, len).into(),
+    )
+}
+
+/// Runs `attention_fwd` (output `(B, L, D)` of `qkv`'s type) or `attention_probs` (output
+/// `(B, H, L, L)`, f32) for `qkv` of type `T`: each writes every element of its output, the
+/// probabilities' zeros above a causal diagonal included.
+fn one_output<T: Element, O: Element>(
+    s: &CudaStorage,
+    l: &Layout,
+    heads: usize,
+    causal: bool,
+    op: &str,
+    kernel: &str,
+    shape: Shape,
+) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
     let (b, len, d) = geometry(l, heads, op)?;
-    let shape = Shape::from((b, heads, len, len));
     let qkv = view::<T>(s, l, op)?;
-    // SAFETY: `attention_probs` writes every element, the zeros above a causal diagonal included.
-    let mut p = unsafe { uninit(dev, shape.elem_count()) }?;
-    let name = format!("attention_probs{}", T::SUFFIX);
+    // SAFETY: both kernels write every element of their output (see above).
+    let mut out = unsafe { uninit_of::<O>(dev, shape.elem_count()) }?;
+    let name = format!("{kernel}{}", T::SUFFIX);
     let (f, stream) = (function(dev, &ATTENTION, &name)?, dev.cuda_stream());
     let tail = Tail::new((b, len, d, heads), causal);
     let mut args = stream.launch_builder(&f);
-    args.arg(&qkv).arg(&mut p);
-    // SAFETY: attention_probs(const T* qkv, float* p, …): qkv is (B, L, 3D), p B·H·L·L floats.
+    args.arg(&qkv).arg(&mut out);
+    // SAFETY: attention_fwd(const T* qkv, T* out, …) and attention_probs(const T* qkv, float* p,
+    // …): qkv is (B, L, 3D) (`geometry`), the output `shape`, of the kernel's output type.
     unsafe { tail.launch(args, &name) }?;
-    Ok((CudaStorage::wrap_cuda_slice(p, dev.clone()), shape))
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
 }
 
 /// The gradient `(B, L, 3D)` with respect to `qkv`, from `qkv` and the output's gradient `go`
