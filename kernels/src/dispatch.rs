@@ -11,7 +11,7 @@ pub(crate) fn fused(inputs: &[&Tensor]) -> bool {
         .all(|t| t.dtype() == DType::F32 && supported(t.device()))
 }
 
-/// Whether an op that also takes bf16 (GELU, bias) handles these inputs itself: those [`fused`]
+/// Whether an op that also takes bf16 (GELU, bias, attention) handles these inputs itself: those [`fused`]
 /// handles, and all-bf16 inputs on the same devices.
 pub(crate) fn fused_f32_or_bf16(inputs: &[&Tensor]) -> bool {
     fused(inputs)

@@ -14,7 +14,8 @@ use candle_core::{D, DType, Tensor, Var};
 ///
 /// [`Linear::forward`] hands back f32 with the bias added in f32; [`Linear::forward_in`] hands
 /// back the compute dtype with the bias added in it, for activations that go straight into the
-/// next product (a bf16 model's MLP hidden layer), as `torch.autocast` keeps them.
+/// next product or the fused attention (a bf16 model's MLP hidden layer and `qkv`), as
+/// `torch.autocast` keeps them.
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
