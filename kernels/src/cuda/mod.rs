@@ -18,9 +18,11 @@
 //!   stride loop; row kernels one block per row (grid stride over rows) with block reductions
 //!   whose order depends only on the block size; column reductions sum fixed chunks of rows and
 //!   then the chunks in order. So, as on the CPU, results do not depend on scheduling.
-//! - **Scope.** f32 and contiguous inputs (the public functions make inputs contiguous); GELU and
-//!   bias also take bf16 (`*_bf16` kernels: bf16 as its bits, computed in f32, each result
-//!   rounded once to nearest even, as the CPU loops do). Other dtypes never reach these kernels. The contrastive losses compute their strips of cosines
+//! - **Scope.** f32 and contiguous inputs (the public functions make inputs contiguous); GELU,
+//!   bias and attention also take bf16 (`*_bf16` entry points of templates over the element
+//!   type: bf16 as its bits, computed in f32, each result rounded once to nearest even, as the
+//!   CPU loops do). Other dtypes never reach these kernels. The contrastive losses compute their
+//!   strips of cosines
 //!   with candle's cuBLAS matmul exactly like the CPU path, and use kernels for the online
 //!   log-sum-exp, the losses and the score gradients. Attention (`attention.cu`) runs one thread
 //!   per (batch row, head, query or key) with an online softmax, for heads up to
