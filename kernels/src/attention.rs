@@ -22,7 +22,7 @@
 //! rounded once (on the CPU: the f32 op on the widened input, rounded); the weights for
 //! inspection are f32 either way. Other devices and dtypes use the reference.
 
-use crate::cpu::{narrow, widen};
+use crate::cpu::{narrow, vectorized, widen};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, bail,
@@ -197,6 +197,8 @@ impl Geometry {
     }
 
     /// Row `i` of the probabilities of head `h` for one batch row `x` (`L × 3D`) into `p`.
+    #[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
+    #[allow(clippy::inline_always)]
     fn probs(&self, x: &[f32], h: usize, i: usize, p: &mut [f32]) {
         let (d3, off) = (3 * self.d, h * self.dh);
         let scale = (self.dh as f32).powf(-0.5);
@@ -209,12 +211,10 @@ impl Geometry {
             *pj = s;
             max = max.max(s);
         }
-        let mut sum = 0f32;
         for pj in p.iter_mut().take(n) {
-            *pj = (*pj - max).exp();
-            sum += *pj;
+            *pj = crate::cpu::exp(*pj - max);
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / crate::cpu::sum(&p[..n]);
         for pj in p.iter_mut().take(n) {
             *pj *= inv;
         }
@@ -240,21 +240,27 @@ impl CustomOp1 for AttentionOp {
         let (l, d) = (g.l, g.d);
         let mut out = vec![0f32; b * l * d];
         out.par_chunks_mut(l * d).enumerate().for_each(|(bi, o)| {
-            let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-            let mut p = vec![0f32; l];
-            for h in 0..self.heads {
-                let off = h * g.dh;
-                for i in 0..l {
-                    g.probs(xb, h, i, &mut p);
-                    let oi = &mut o[i * d + off..i * d + off + g.dh];
-                    for (j, &pj) in p.iter().enumerate().take(g.keys(i)) {
-                        let v = &xb[j * 3 * d + 2 * d + off..j * 3 * d + 2 * d + off + g.dh];
-                        for (a, &vv) in oi.iter_mut().zip(v) {
-                            *a += pj * vv;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+                    let mut p = vec![0f32; l];
+                    for h in 0..self.heads {
+                        let off = h * g.dh;
+                        for i in 0..l {
+                            g.probs(xb, h, i, &mut p);
+                            let oi = &mut o[i * d + off..i * d + off + g.dh];
+                            for (j, &pj) in p.iter().enumerate().take(g.keys(i)) {
+                                let v =
+                                    &xb[j * 3 * d + 2 * d + off..j * 3 * d + 2 * d + off + g.dh];
+                                for (a, &vv) in oi.iter_mut().zip(v) {
+                                    *a += pj * vv;
+                                }
+                            }
                         }
                     }
-                }
-            }
+                },
+            );
         });
         Ok((narrow(out, s.dtype()), Shape::from((b, l, d))))
     }
@@ -303,63 +309,72 @@ impl CustomOp2 for AttentionBackward {
         dx.par_chunks_mut(l * 3 * d)
             .enumerate()
             .for_each(|(bi, dxb)| {
-                let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-                let gb = &go[bi * l * d..(bi + 1) * l * d];
-                let mut p = vec![0f32; l * l];
-                // Head-local copies (L × dh each) keep the inner loops contiguous and bounds-check free.
-                let (mut q, mut k, mut v, mut o) = (
-                    vec![0f32; l * dh],
-                    vec![0f32; l * dh],
-                    vec![0f32; l * dh],
-                    vec![0f32; l * dh],
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
+                        let gb = &go[bi * l * d..(bi + 1) * l * d];
+                        let mut p = vec![0f32; l * l];
+                        // Head-local copies (L × dh each) keep the inner loops contiguous and bounds-check free.
+                        let (mut q, mut k, mut v, mut o) = (
+                            vec![0f32; l * dh],
+                            vec![0f32; l * dh],
+                            vec![0f32; l * dh],
+                            vec![0f32; l * dh],
+                        );
+                        let (mut dq, mut dk, mut dv) =
+                            (vec![0f32; l * dh], vec![0f32; l * dh], vec![0f32; l * dh]);
+                        let mut ds = vec![0f32; l];
+                        for h in 0..self.heads {
+                            let off = h * dh;
+                            for i in 0..l {
+                                let row = &xb[i * 3 * d..(i + 1) * 3 * d];
+                                q[i * dh..(i + 1) * dh].copy_from_slice(&row[off..off + dh]);
+                                k[i * dh..(i + 1) * dh]
+                                    .copy_from_slice(&row[d + off..d + off + dh]);
+                                v[i * dh..(i + 1) * dh]
+                                    .copy_from_slice(&row[2 * d + off..2 * d + off + dh]);
+                                o[i * dh..(i + 1) * dh]
+                                    .copy_from_slice(&gb[i * d + off..i * d + off + dh]);
+                                g.probs(xb, h, i, &mut p[i * l..(i + 1) * l]);
+                            }
+                            dq.fill(0.0);
+                            dk.fill(0.0);
+                            dv.fill(0.0);
+                            for i in 0..l {
+                                let n = g.keys(i);
+                                let pi = &p[i * l..i * l + n];
+                                let go_i = &o[i * dh..(i + 1) * dh];
+                                // dP_ij = dO_i · v_j ; dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij) / √d
+                                let mut dot = 0f32;
+                                for (j, (dsj, &pij)) in ds.iter_mut().zip(pi).enumerate() {
+                                    let dp = dot_product(go_i, &v[j * dh..(j + 1) * dh]);
+                                    *dsj = dp;
+                                    dot += pij * dp;
+                                }
+                                for (dsj, &pij) in ds.iter_mut().zip(pi) {
+                                    *dsj = pij * (*dsj - dot) * scale;
+                                }
+                                // dQ_i = Σ_j dS_ij k_j ; dK_j += dS_ij q_i ; dV_j += P_ij dO_i
+                                let (qi, dqi) =
+                                    (&q[i * dh..(i + 1) * dh], &mut dq[i * dh..(i + 1) * dh]);
+                                for j in 0..n {
+                                    axpy(ds[j], &k[j * dh..(j + 1) * dh], dqi);
+                                    axpy(ds[j], qi, &mut dk[j * dh..(j + 1) * dh]);
+                                    axpy(pi[j], go_i, &mut dv[j * dh..(j + 1) * dh]);
+                                }
+                            }
+                            for i in 0..l {
+                                let row = &mut dxb[i * 3 * d..(i + 1) * 3 * d];
+                                row[off..off + dh].copy_from_slice(&dq[i * dh..(i + 1) * dh]);
+                                row[d + off..d + off + dh]
+                                    .copy_from_slice(&dk[i * dh..(i + 1) * dh]);
+                                row[2 * d + off..2 * d + off + dh]
+                                    .copy_from_slice(&dv[i * dh..(i + 1) * dh]);
+                            }
+                        }
+                    },
                 );
-                let (mut dq, mut dk, mut dv) =
-                    (vec![0f32; l * dh], vec![0f32; l * dh], vec![0f32; l * dh]);
-                let mut ds = vec![0f32; l];
-                for h in 0..self.heads {
-                    let off = h * dh;
-                    for i in 0..l {
-                        let row = &xb[i * 3 * d..(i + 1) * 3 * d];
-                        q[i * dh..(i + 1) * dh].copy_from_slice(&row[off..off + dh]);
-                        k[i * dh..(i + 1) * dh].copy_from_slice(&row[d + off..d + off + dh]);
-                        v[i * dh..(i + 1) * dh]
-                            .copy_from_slice(&row[2 * d + off..2 * d + off + dh]);
-                        o[i * dh..(i + 1) * dh].copy_from_slice(&gb[i * d + off..i * d + off + dh]);
-                        g.probs(xb, h, i, &mut p[i * l..(i + 1) * l]);
-                    }
-                    dq.fill(0.0);
-                    dk.fill(0.0);
-                    dv.fill(0.0);
-                    for i in 0..l {
-                        let n = g.keys(i);
-                        let pi = &p[i * l..i * l + n];
-                        let go_i = &o[i * dh..(i + 1) * dh];
-                        // dP_ij = dO_i · v_j ; dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij) / √d
-                        let mut dot = 0f32;
-                        for (j, (dsj, &pij)) in ds.iter_mut().zip(pi).enumerate() {
-                            let dp = dot_product(go_i, &v[j * dh..(j + 1) * dh]);
-                            *dsj = dp;
-                            dot += pij * dp;
-                        }
-                        for (dsj, &pij) in ds.iter_mut().zip(pi) {
-                            *dsj = pij * (*dsj - dot) * scale;
-                        }
-                        // dQ_i = Σ_j dS_ij k_j ; dK_j += dS_ij q_i ; dV_j += P_ij dO_i
-                        let (qi, dqi) = (&q[i * dh..(i + 1) * dh], &mut dq[i * dh..(i + 1) * dh]);
-                        for j in 0..n {
-                            axpy(ds[j], &k[j * dh..(j + 1) * dh], dqi);
-                            axpy(ds[j], qi, &mut dk[j * dh..(j + 1) * dh]);
-                            axpy(pi[j], go_i, &mut dv[j * dh..(j + 1) * dh]);
-                        }
-                    }
-                    for i in 0..l {
-                        let row = &mut dxb[i * 3 * d..(i + 1) * 3 * d];
-                        row[off..off + dh].copy_from_slice(&dq[i * dh..(i + 1) * dh]);
-                        row[d + off..d + off + dh].copy_from_slice(&dk[i * dh..(i + 1) * dh]);
-                        row[2 * d + off..2 * d + off + dh]
-                            .copy_from_slice(&dv[i * dh..(i + 1) * dh]);
-                    }
-                }
             });
         Ok((narrow(dx, s1.dtype()), l1.shape().clone()))
     }
@@ -384,7 +399,8 @@ impl CustomOp2 for AttentionBackward {
 
 /// `a·b`, summed in 8 independent lanes so that the compiler vectorises it (a single running
 /// sum is a serial chain of dependent additions it may not reorder); the lanes are added last.
-#[inline]
+#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
+#[allow(clippy::inline_always)]
 fn dot_product(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 8;
     let n = a.len().min(b.len());
@@ -406,7 +422,8 @@ fn dot_product(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += a·x`.
-#[inline]
+#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
+#[allow(clippy::inline_always)]
 fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += a * xi;

@@ -41,12 +41,10 @@ impl CustomOp1 for SoftmaxOp {
         let mut out = x.to_vec();
         for_rows(&mut out, n, |_, row| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
             for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
+                *v = crate::cpu::exp(*v - max);
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / crate::cpu::sum(row);
             for v in row.iter_mut() {
                 *v *= inv;
             }
