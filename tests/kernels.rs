@@ -197,6 +197,146 @@ fn layer_norm_matches_reference() {
 }
 
 #[test]
+fn linear_matches_reference() {
+    // Rank 3 with a bias (a transformer's MLP layer), inputs not a multiple of any vector width.
+    let x = randn(&[3, 7, 37], 11, 1.0);
+    let w = randn(&[53, 37], 12, 0.2);
+    let b = randn(&[53], 13, 1.0);
+    check_op(
+        "linear",
+        &[x, w, b],
+        |t| kernels::linear(&t[0], &t[1], Some(&t[2])),
+        |t| kernels::linear_reference(&t[0], &t[1], Some(&t[2])),
+        1e-5,
+    );
+    // Rank 2 without a bias (a projection head).
+    let x = randn(&[9, 16], 14, 1.0);
+    let w = randn(&[8, 16], 15, 0.3);
+    check_op(
+        "linear (no bias)",
+        &[x, w],
+        |t| kernels::linear(&t[0], &t[1], None),
+        |t| kernels::linear_reference(&t[0], &t[1], None),
+        1e-5,
+    );
+    // Large enough for gemm's threads and the bias's parallel row sums; a transposed input.
+    let x = randn(&[96, 300], 16, 1.0).t().unwrap();
+    let w = randn(&[130, 96], 17, 0.1);
+    let b = randn(&[130], 18, 1.0);
+    check_op(
+        "linear (large, strided input)",
+        &[x, w, b],
+        |t| kernels::linear(&t[0], &t[1], Some(&t[2])),
+        |t| kernels::linear_reference(&t[0], &t[1], Some(&t[2])),
+        1e-4,
+    );
+}
+
+#[test]
+fn linear_in_bf16_matches_its_reference_and_keeps_no_graph_in_its_gradients() {
+    // f32 and bf16 inputs, f32 and bf16 results, with and without a bias. Products of bf16
+    // operands are rounded to bf16, so the two may differ by one bf16 step of the result where
+    // the f32 sums round differently (values here are of order 1: a step is at most 2⁻⁷·4).
+    let x = randn(&[4, 9, 40], 21, 1.0);
+    let w = randn(&[24, 40], 22, 0.2);
+    let b = randn(&[24], 23, 1.0);
+    for out in [DType::F32, DType::BF16] {
+        for input in [DType::F32, DType::BF16] {
+            let name = format!("linear_bf16 ({input:?} in, {out:?} out)");
+            let xi = x.to_dtype(input).unwrap();
+            let (vx, vw, vb) = (
+                Var::from_tensor(&xi).unwrap(),
+                Var::from_tensor(&w).unwrap(),
+                Var::from_tensor(&b).unwrap(),
+            );
+            let (tx, tw, tb) = (vx.as_tensor(), vw.as_tensor(), vb.as_tensor());
+            for bias in [Some(tb), None] {
+                let f = kernels::linear_bf16(tx, tw, bias, out).unwrap();
+                let r = kernels::linear_bf16_reference(tx, tw, bias, out).unwrap();
+                assert_eq!(f.dtype(), out, "{name}");
+                assert_close(
+                    &f.to_dtype(DType::F32).unwrap(),
+                    &r.to_dtype(DType::F32).unwrap(),
+                    4.0 / 128.0,
+                    &name,
+                );
+                let upstream = randn(f.dims(), 24, 1.0).to_dtype(out).unwrap();
+                let gf = (&f * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gr = (&r * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (v, what) in [(&vx, "x"), (&vw, "W"), (&vb, "b")] {
+                    let (Some(a), Some(c)) = (gf.get(v), gr.get(v)) else {
+                        assert!(
+                            bias.is_none() && what == "b",
+                            "{name}: no gradient of {what}"
+                        );
+                        continue;
+                    };
+                    assert_eq!(a.dtype(), v.dtype(), "{name}: dtype of d{what}");
+                    let scale = crate::util::max_abs(c);
+                    assert_close(
+                        &a.to_dtype(DType::F32).unwrap(),
+                        &c.to_dtype(DType::F32).unwrap(),
+                        scale * 2.0 / 128.0,
+                        &format!("{name}: d{what}"),
+                    );
+                    // A gradient that recorded its own computation would keep the layer's
+                    // input and the output gradient alive for as long as it lives.
+                    assert!(!a.track_op(), "{name}: d{what} records a graph");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_by_hand_and_its_shape_errors() {
+    // [1, 2]·[[1, 0], [0, 1], [1, 1]]ᵀ + [0.5, 0, −1] = [1.5, 2, 2].
+    let x = Tensor::new(&[[1f32, 2.0]], &Device::Cpu).unwrap();
+    let w = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[0.5f32, 0.0, -1.0], &Device::Cpu).unwrap();
+    let y = kernels::linear(&x, &w, Some(&b)).unwrap();
+    assert_eq!(y.to_vec2::<f32>().unwrap(), [[1.5, 2.0, 2.0]]);
+    // The gradients by hand, and none of them records a graph.
+    let (vx, vw, vb) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let y = kernels::linear(vx.as_tensor(), vw.as_tensor(), Some(vb.as_tensor())).unwrap();
+    let up = Tensor::new(&[[1f32, -1.0, 2.0]], &Device::Cpu).unwrap();
+    let g = (y * up).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dx, dw, db) = (
+        g.get(&vx).unwrap(),
+        g.get(&vw).unwrap(),
+        g.get(&vb).unwrap(),
+    );
+    // dx = up·W = [1 + 2, −1 + 2]; dW = upᵀ·x; db = up.
+    assert_eq!(dx.to_vec2::<f32>().unwrap(), [[3.0, 1.0]]);
+    assert_eq!(
+        dw.to_vec2::<f32>().unwrap(),
+        [[1.0, 2.0], [-1.0, -2.0], [2.0, 4.0]]
+    );
+    assert_eq!(db.to_vec1::<f32>().unwrap(), [1.0, -1.0, 2.0]);
+    assert!(!dx.track_op() && !dw.track_op() && !db.track_op());
+    let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(err(kernels::linear(&x.t().unwrap(), &w, Some(&b))).contains("input features"));
+    assert!(
+        err(kernels::linear(&x, &w, Some(&x))).contains("does not match the weight's 3 outputs")
+    );
+    assert!(err(kernels::linear(&x, &b, None)).contains("(out, in) weight"));
+}
+
+#[test]
 fn add_bias_matches_reference() {
     for (shape, bias) in [(vec![6, 10], vec![10]), (vec![40, 17, 64], vec![17, 64])] {
         let x = randn(&shape, 9, 1.0);
@@ -268,6 +408,15 @@ fn references_have_correct_gradients() {
             "attention",
             f64t(&[1, 4, 12], 4),
             Box::new(|x: &Tensor| kernels::attention_reference(x, 2, true)?.sqr()?.sum_all()),
+        ),
+        (
+            "linear",
+            f64t(&[2, 3, 4], 5),
+            Box::new(|x: &Tensor| {
+                let w = Tensor::arange(-3f64, 9.0, x.device())?.reshape((3, 4))?;
+                let b = Tensor::new(&[0.5f64, -1.0, 2.0], x.device())?;
+                kernels::linear_reference(x, &w, Some(&b))?.sqr()?.sum_all()
+            }),
         ),
     ];
     // The two contrastive losses, with respect to the image embeddings and to the scale.

@@ -79,14 +79,15 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&SumRows {
-                k: bias.elem_count(),
-            })?
-            .reshape(bias.shape())?;
+        let db = sum_rows(grad, bias.elem_count())?.reshape(bias.shape())?;
         Ok((Some(grad.clone()), Some(db)))
     }
+}
+
+/// `Σ_rows` of `grad` viewed as `(N, k)`: a `(k)` tensor, summed in fixed blocks of rows, in
+/// order (not differentiable).
+pub(crate) fn sum_rows(grad: &Tensor, k: usize) -> Result<Tensor> {
+    grad.contiguous()?.apply_op1_no_bwd(&SumRows { k })
 }
 
 /// Sums a contiguous tensor viewed as `(N, k)` over its rows.

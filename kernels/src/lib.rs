@@ -26,13 +26,15 @@
 //! | LayerNorm | [`layer_norm()`] | [`layer_norm_reference`] |
 //! | softmax over the last dim | [`softmax_last`] | [`softmax_last_reference`] |
 //! | bias over leading dims | [`add_bias`] | [`add_bias_reference`] |
+//! | linear layer `x·Wᵀ + b` (CPU only) | [`linear()`] | [`linear_reference`] |
 //! | multi-head self-attention on packed qkv | [`attention()`] (+ [`attention_weights`]) | [`attention_reference`] |
 //! | symmetric InfoNCE (CLIP), memory O(B) | [`infonce()`] | [`infonce_reference`] |
 //! | pairwise sigmoid (SigLIP), memory O(B) | [`sigmoid_pairwise()`] | [`sigmoid_pairwise_reference`] |
 //!
 //! With the `cuda` feature, `cuda` (compiled only then) holds the NVRTC kernels and their
 //! launch code: every op above has one (attention for heads up to 128 wide; wider heads run the
-//! reference on a GPU).
+//! reference on a GPU) but the linear layer, which runs there as candle's product followed by
+//! the fused bias.
 //!
 //! [`check`] holds numerical comparison and finite-difference gradient checking, shared by the
 //! kernel tests and the loss tests.
@@ -50,6 +52,7 @@ mod dispatch;
 pub mod gelu;
 pub mod infonce;
 pub mod layer_norm;
+pub mod linear;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod sigmoid_pairwise;
@@ -60,5 +63,6 @@ pub use bias::{add_bias, add_bias_reference};
 pub use gelu::{gelu, gelu_reference};
 pub use infonce::{infonce, infonce_reference};
 pub use layer_norm::{layer_norm, layer_norm_reference};
+pub use linear::{linear, linear_bf16, linear_bf16_reference, linear_reference};
 pub use sigmoid_pairwise::{sigmoid_pairwise, sigmoid_pairwise_reference};
 pub use softmax::{softmax_last, softmax_last_reference};

@@ -16,11 +16,15 @@ use candle_core::{D, DType, Tensor, Var};
 /// back the compute dtype with the bias added in it, for activations that go straight into the
 /// next product or the fused attention (a bf16 model's MLP hidden layer and `qkv`), as
 /// `torch.autocast` keeps them.
+///
+/// The layer is one op, [`kernels::linear`] or [`kernels::linear_bf16`] (their references with
+/// [`Kernels::Reference`], see [`Linear::with_kernels`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     precision: Precision,
+    fused: bool,
 }
 
 impl Linear {
@@ -36,7 +40,15 @@ impl Linear {
             weight,
             bias,
             precision: s.precision(),
+            fused: true,
         })
+    }
+
+    /// This layer with the fused op of the `kernels` crate (the default) or its reference.
+    #[must_use]
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.fused = kernels == Kernels::Fused;
+        self
     }
 
     /// Applies the layer to the last dimension of `xs` (any rank ≥ 2, any float dtype); the
@@ -53,21 +65,13 @@ impl Linear {
     }
 
     fn apply(&self, xs: &Tensor, out: DType) -> candle_core::Result<Tensor> {
-        let dims = xs.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let ys = self
-            .precision
-            .matmul_in(&xs.reshape((rows, in_dim))?, &self.weight.t()?)?
-            .to_dtype(out)?;
-        let ys = match &self.bias {
-            Some(b) => kernels::add_bias(&ys, &b.to_dtype(out)?)?,
-            None => ys,
-        };
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
-        ys.reshape(out_dims)
+        let (w, b) = (&self.weight, self.bias.as_ref());
+        match (self.precision, self.fused) {
+            (Precision::F32, true) => kernels::linear(&xs.to_dtype(DType::F32)?, w, b),
+            (Precision::F32, false) => kernels::linear_reference(&xs.to_dtype(DType::F32)?, w, b),
+            (Precision::Bf16, true) => kernels::linear_bf16(xs, w, b, out),
+            (Precision::Bf16, false) => kernels::linear_bf16_reference(xs, w, b, out),
+        }
     }
 }
 
@@ -167,8 +171,8 @@ impl Attention {
         let attn_std = (width as f64).powf(-0.5);
         let proj_std = attn_std * ((2 * layers) as f64).powf(-0.5);
         Ok(Self {
-            qkv: Linear::new(width, 3 * width, attn_std, true, &s.pp("qkv"))?,
-            proj: Linear::new(width, width, proj_std, true, &s.pp("proj"))?,
+            qkv: Linear::new(width, 3 * width, attn_std, true, &s.pp("qkv"))?.with_kernels(kernels),
+            proj: Linear::new(width, width, proj_std, true, &s.pp("proj"))?.with_kernels(kernels),
             heads,
             fused: kernels == Kernels::Fused,
             precision: s.precision(),
@@ -291,8 +295,9 @@ impl Mlp {
         let fc_std = ((2 * width) as f64).powf(-0.5);
         let proj_std = (width as f64).powf(-0.5) * ((2 * spec.layers) as f64).powf(-0.5);
         Ok(Self {
-            fc: Linear::new(width, hidden, fc_std, true, &s.pp("fc"))?,
-            proj: Linear::new(hidden, width, proj_std, true, &s.pp("proj"))?,
+            fc: Linear::new(width, hidden, fc_std, true, &s.pp("fc"))?.with_kernels(spec.kernels),
+            proj: Linear::new(hidden, width, proj_std, true, &s.pp("proj"))?
+                .with_kernels(spec.kernels),
             activation: spec.activation,
             fused: spec.kernels == Kernels::Fused,
         })

@@ -37,7 +37,7 @@ impl AttentionPool {
             probe: s.get("probe", w, Init::Normal(std))?,
             in_weight: qkv.get("weight", (3 * w, w), Init::Normal(std))?,
             in_bias: qkv.get("bias", 3 * w, Init::Zeros)?,
-            proj: Linear::new(w, w, std, true, &attn.pp("proj"))?,
+            proj: Linear::new(w, w, std, true, &attn.pp("proj"))?.with_kernels(spec.kernels),
             ln: LayerNorm::with_eps(w, spec.eps, spec.kernels, &s.pp("ln"))?,
             mlp: Mlp::new(spec, &s.pp("mlp"))?,
             heads: spec.heads,

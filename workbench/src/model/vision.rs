@@ -77,7 +77,8 @@ impl VisionTransformer {
                 (3.0 * (p * p) as f64).powf(-0.5),
                 cfg.patch_bias,
                 &s.pp("patch_embed"),
-            )?,
+            )?
+            .with_kernels(kernels),
             cls: if cfg.class_token {
                 Some(s.get("cls", w, Init::Normal(scale))?)
             } else {
