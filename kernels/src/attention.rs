@@ -6,8 +6,10 @@
 //! projection. `causal` masks keys after the query (text tower).
 //!
 //! Design: per batch row `b` (rows in parallel) and head `h`, the `L×L` probabilities are built
-//! row by row in a small buffer and immediately applied to `v`; nothing of size `B·H·L·L` is
-//! stored. The backward recomputes `P` and applies, per head,
+//! in one buffer per thread and immediately applied to `v`; nothing of size `B·H·L·L` is
+//! stored. On the CPU every product (`q·kᵀ`, `P·v` and the five of the backward) is one `gemm`
+//! call on strided views of the packed rows, so no head is copied out. The backward recomputes
+//! `P` and applies, per head,
 //! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS·K/√d`, `dK = dSᵀ·Q/√d`,
 //! writing `dqkv` in the packed layout. Compared with the composed version (3 slices, 3
 //! transposed copies, 2 batched matmuls, mask add, softmax, each with its own backward nodes)
@@ -22,7 +24,7 @@
 //! rounded once (on the CPU: the f32 op on the widened input, rounded); the weights for
 //! inspection are f32 either way. Other devices and dtypes use the reference.
 
-use crate::cpu::{narrow, vectorized, widen};
+use crate::cpu::{View, gemm, narrow, vectorized, widen};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, bail,
@@ -196,30 +198,34 @@ impl Geometry {
         if self.causal { i + 1 } else { self.l }
     }
 
-    /// Row `i` of the probabilities of head `h` for one batch row `x` (`L × 3D`) into `p`.
+    /// The probabilities of head `h` for one batch row `x` (`L × 3D`): `P = softmax(q·kᵀ/√d)`
+    /// into `p` (`L × L`, row-major), zero where the mask hides a key. The scores are one
+    /// product of strided views of `x` (no copies); each row's softmax runs in vector lanes.
     #[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
     #[allow(clippy::inline_always)]
-    fn probs(&self, x: &[f32], h: usize, i: usize, p: &mut [f32]) {
-        let (d3, off) = (3 * self.d, h * self.dh);
+    fn head_probs(&self, x: &[f32], h: usize, p: &mut [f32]) {
+        let (l, d3, off) = (self.l, 3 * self.d, h * self.dh);
         let scale = (self.dh as f32).powf(-0.5);
-        let q = &x[i * d3 + off..i * d3 + off + self.dh];
-        let n = self.keys(i);
-        let mut max = f32::NEG_INFINITY;
-        for (j, pj) in p.iter_mut().enumerate().take(n) {
-            let k = &x[j * d3 + self.d + off..j * d3 + self.d + off + self.dh];
-            let s = dot_product(q, k) * scale;
-            *pj = s;
-            max = max.max(s);
-        }
-        for pj in p.iter_mut().take(n) {
-            *pj = crate::cpu::exp(*pj - max);
-        }
-        let inv = 1.0 / crate::cpu::sum(&p[..n]);
-        for pj in p.iter_mut().take(n) {
-            *pj *= inv;
-        }
-        for pj in p.iter_mut().skip(n) {
-            *pj = 0.0;
+        gemm(
+            (l, l, self.dh),
+            (p, View::rows(0, l)),
+            (x, View::rows(off, d3)),
+            (x, View::rows(self.d + off, d3).t()),
+            false,
+            scale,
+            false,
+        );
+        for (i, row) in p.chunks_exact_mut(l).enumerate() {
+            let (seen, hidden) = row.split_at_mut(self.keys(i));
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for v in seen.iter_mut() {
+                *v = crate::cpu::exp(*v - max);
+            }
+            let inv = 1.0 / crate::cpu::sum(seen);
+            for v in seen.iter_mut() {
+                *v *= inv;
+            }
+            hidden.fill(0.0);
         }
     }
 }
@@ -244,20 +250,20 @@ impl CustomOp1 for AttentionOp {
                 #[inline(always)]
                 || {
                     let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-                    let mut p = vec![0f32; l];
+                    let mut p = vec![0f32; l * l];
                     for h in 0..self.heads {
                         let off = h * g.dh;
-                        for i in 0..l {
-                            g.probs(xb, h, i, &mut p);
-                            let oi = &mut o[i * d + off..i * d + off + g.dh];
-                            for (j, &pj) in p.iter().enumerate().take(g.keys(i)) {
-                                let v =
-                                    &xb[j * 3 * d + 2 * d + off..j * 3 * d + 2 * d + off + g.dh];
-                                for (a, &vv) in oi.iter_mut().zip(v) {
-                                    *a += pj * vv;
-                                }
-                            }
-                        }
+                        g.head_probs(xb, h, &mut p);
+                        // O_h = P·V_h, into the head's columns of the output.
+                        gemm(
+                            (l, g.dh, l),
+                            (o, View::rows(off, d)),
+                            (&p, View::rows(0, l)),
+                            (xb, View::rows(2 * d + off, 3 * d)),
+                            false,
+                            1.0,
+                            false,
+                        );
                     }
                 },
             );
@@ -314,63 +320,50 @@ impl CustomOp2 for AttentionBackward {
                     || {
                         let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
                         let gb = &go[bi * l * d..(bi + 1) * l * d];
-                        let mut p = vec![0f32; l * l];
-                        // Head-local copies (L × dh each) keep the inner loops contiguous and bounds-check free.
-                        let (mut q, mut k, mut v, mut o) = (
-                            vec![0f32; l * dh],
-                            vec![0f32; l * dh],
-                            vec![0f32; l * dh],
-                            vec![0f32; l * dh],
-                        );
-                        let (mut dq, mut dk, mut dv) =
-                            (vec![0f32; l * dh], vec![0f32; l * dh], vec![0f32; l * dh]);
-                        let mut ds = vec![0f32; l];
+                        let (mut p, mut ds) = (vec![0f32; l * l], vec![0f32; l * l]);
+                        let rows = |off| View::rows(off, 3 * d);
                         for h in 0..self.heads {
                             let off = h * dh;
-                            for i in 0..l {
-                                let row = &xb[i * 3 * d..(i + 1) * 3 * d];
-                                q[i * dh..(i + 1) * dh].copy_from_slice(&row[off..off + dh]);
-                                k[i * dh..(i + 1) * dh]
-                                    .copy_from_slice(&row[d + off..d + off + dh]);
-                                v[i * dh..(i + 1) * dh]
-                                    .copy_from_slice(&row[2 * d + off..2 * d + off + dh]);
-                                o[i * dh..(i + 1) * dh]
-                                    .copy_from_slice(&gb[i * d + off..i * d + off + dh]);
-                                g.probs(xb, h, i, &mut p[i * l..(i + 1) * l]);
-                            }
-                            dq.fill(0.0);
-                            dk.fill(0.0);
-                            dv.fill(0.0);
-                            for i in 0..l {
-                                let n = g.keys(i);
-                                let pi = &p[i * l..i * l + n];
-                                let go_i = &o[i * dh..(i + 1) * dh];
-                                // dP_ij = dO_i · v_j ; dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij) / √d
-                                let mut dot = 0f32;
-                                for (j, (dsj, &pij)) in ds.iter_mut().zip(pi).enumerate() {
-                                    let dp = dot_product(go_i, &v[j * dh..(j + 1) * dh]);
-                                    *dsj = dp;
-                                    dot += pij * dp;
-                                }
-                                for (dsj, &pij) in ds.iter_mut().zip(pi) {
-                                    *dsj = pij * (*dsj - dot) * scale;
-                                }
-                                // dQ_i = Σ_j dS_ij k_j ; dK_j += dS_ij q_i ; dV_j += P_ij dO_i
-                                let (qi, dqi) =
-                                    (&q[i * dh..(i + 1) * dh], &mut dq[i * dh..(i + 1) * dh]);
-                                for j in 0..n {
-                                    axpy(ds[j], &k[j * dh..(j + 1) * dh], dqi);
-                                    axpy(ds[j], qi, &mut dk[j * dh..(j + 1) * dh]);
-                                    axpy(pi[j], go_i, &mut dv[j * dh..(j + 1) * dh]);
+                            g.head_probs(xb, h, &mut p);
+                            // dP = dO·Vᵀ
+                            gemm(
+                                (l, l, dh),
+                                (&mut ds, View::rows(0, l)),
+                                (gb, View::rows(off, d)),
+                                (xb, rows(2 * d + off).t()),
+                                false,
+                                1.0,
+                                false,
+                            );
+                            // dS = P ⊙ (dP − Σ_j P_ij dP_ij) / √d (zero where P is masked)
+                            for (pi, dsi) in p.chunks_exact(l).zip(ds.chunks_exact_mut(l)) {
+                                let dot = dot_product(pi, dsi);
+                                for (v, &pij) in dsi.iter_mut().zip(pi) {
+                                    *v = pij * (*v - dot) * scale;
                                 }
                             }
-                            for i in 0..l {
-                                let row = &mut dxb[i * 3 * d..(i + 1) * 3 * d];
-                                row[off..off + dh].copy_from_slice(&dq[i * dh..(i + 1) * dh]);
-                                row[d + off..d + off + dh]
-                                    .copy_from_slice(&dk[i * dh..(i + 1) * dh]);
-                                row[2 * d + off..2 * d + off + dh]
-                                    .copy_from_slice(&dv[i * dh..(i + 1) * dh]);
+                            // dQ = dS·K, dK = dSᵀ·Q, dV = Pᵀ·dO, into the packed layout.
+                            let products = [
+                                (off, &ds, View::rows(0, l), xb, rows(d + off)),
+                                (d + off, &ds, View::rows(0, l).t(), xb, rows(off)),
+                                (
+                                    2 * d + off,
+                                    &p,
+                                    View::rows(0, l).t(),
+                                    gb,
+                                    View::rows(off, d),
+                                ),
+                            ];
+                            for (at, a, av, bm, bv) in products {
+                                gemm(
+                                    (l, dh, l),
+                                    (dxb, rows(at)),
+                                    (a, av),
+                                    (bm, bv),
+                                    false,
+                                    1.0,
+                                    false,
+                                );
                             }
                         }
                     },
@@ -421,15 +414,6 @@ fn dot_product(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `y += a·x`.
-#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
-#[allow(clippy::inline_always)]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
 struct WeightsOp {
     heads: usize,
     causal: bool,
@@ -449,11 +433,8 @@ impl CustomOp1 for WeightsOp {
             .enumerate()
             .for_each(|(bi, o)| {
                 let xb = &x[bi * l * 3 * d..(bi + 1) * l * 3 * d];
-                for h in 0..self.heads {
-                    for i in 0..l {
-                        let start = (h * l + i) * l;
-                        g.probs(xb, h, i, &mut o[start..start + l]);
-                    }
+                for (h, p) in o.chunks_exact_mut(l * l).enumerate() {
+                    g.head_probs(xb, h, p);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((b, self.heads, l, l))))

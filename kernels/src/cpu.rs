@@ -146,57 +146,120 @@ pub fn for_rows(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Syn
     }
 }
 
-/// `y + x·wᵀ` for row-major `x` (`m × k`), `w` (`n × k`) and `y` (`m × n`), computed in place in
-/// `y` by the `gemm` crate (the kernels candle's CPU matrix products use, on rayon's threads).
+/// A matrix inside a slice: element `(i, j)` at `offset + i·rs + j·cs` (row and column strides;
+/// a transpose swaps them).
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    /// Index of element `(0, 0)`.
+    pub offset: usize,
+    /// Step from one row to the next.
+    pub rs: usize,
+    /// Step from one column to the next.
+    pub cs: usize,
+}
+
+impl View {
+    /// A row-major matrix with rows `rs` apart, starting at `offset`.
+    pub fn rows(offset: usize, rs: usize) -> Self {
+        Self { offset, rs, cs: 1 }
+    }
+
+    /// This matrix transposed.
+    #[must_use]
+    pub fn t(self) -> Self {
+        Self {
+            offset: self.offset,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// Whether a `rows × cols` matrix seen this way lies inside a slice of `len` elements.
+    fn fits(self, (rows, cols): (usize, usize), len: usize) -> bool {
+        rows == 0 || cols == 0 || self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs < len
+    }
+}
+
+/// `dst ← α·dst + β·lhs·rhs` for an `m × k` `lhs` and a `k × n` `rhs` (with `accumulate`, α = 1;
+/// without it `dst` is overwritten and not read), by the `gemm` crate (the kernels candle's CPU
+/// matrix products use), on rayon's threads when `parallel`, else on the calling thread.
 ///
 /// # Panics
-/// If a slice is shorter than its matrix.
-pub fn add_x_wt(
-    mut y: Vec<f32>,
-    x: &[f32],
-    w: &[f32],
+/// If a matrix does not lie inside its slice, or `dst` overlaps itself (a zero stride).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
     (m, n, k): (usize, usize, usize),
-) -> Vec<f32> {
+    (dst, dv): (&mut [f32], View),
+    (lhs, lv): (&[f32], View),
+    (rhs, rv): (&[f32], View),
+    accumulate: bool,
+    beta: f32,
+    parallel: bool,
+) {
     assert!(
-        y.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
-        "add_x_wt: slices shorter than ({m} × {n}) + ({m} × {k})·({n} × {k})ᵀ"
+        dv.fits((m, n), dst.len()) && lv.fits((m, k), lhs.len()) && rv.fits((k, n), rhs.len()),
+        "gemm: a ({m} × {n}) = ({m} × {k})·({k} × {n}) matrix lies outside its slice"
     );
-    if m == 0 || n == 0 || k == 0 {
-        return y;
+    if m == 0 || n == 0 {
+        return;
     }
+    assert!(
+        (m == 1 || dv.rs > 0) && (n == 1 || dv.cs > 0) && (m == 1 || n == 1 || dv.rs != dv.cs),
+        "gemm: the destination overlaps itself"
+    );
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the assertion above keeps every element gemm touches inside its slice: `y`'s
-    // (i, j) at i·n + j < m·n, `x`'s (i, l) at i·k + l < m·k, and `wᵀ`'s (l, j) — `w`'s (j, l) —
-    // at j·k + l < n·k. `y` is borrowed mutably and alone; `x` and `w` are only read.
+    // SAFETY: the assertions keep every element gemm reads or writes inside its slice (the
+    // largest index of each matrix is checked against the slice's length) and the destination's
+    // elements distinct; `dst` is borrowed mutably and alone, `lhs` and `rhs` only read. With
+    // k = 0 gemm reads neither operand.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
+            dst.as_mut_ptr().add(dv.offset),
+            dv.cs as isize,
+            dv.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(lv.offset.min(lhs.len())),
+            lv.cs as isize,
+            lv.rs as isize,
+            rhs.as_ptr().add(rv.offset.min(rhs.len())),
+            rv.cs as isize,
+            rv.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
             false,
             false,
             false,
             parallelism,
         );
     }
+}
+
+/// `y + x·wᵀ` for row-major `x` (`m × k`), `w` (`n × k`) and `y` (`m × n`), computed in place in
+/// `y` on rayon's threads.
+pub fn add_x_wt(
+    mut y: Vec<f32>,
+    x: &[f32],
+    w: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
+    gemm(
+        (m, n, k),
+        (&mut y, View::rows(0, n)),
+        (x, View::rows(0, k)),
+        (w, View::rows(0, k).t()),
+        true,
+        1.0,
+        true,
+    );
     y
 }
 
@@ -393,7 +456,79 @@ fn into_f32(s: CpuStorage) -> Result<Vec<f32>> {
 
 #[cfg(test)]
 mod tests {
-    use super::exp;
+    use super::{View, exp, gemm};
+
+    /// The naive triple loop.
+    fn naive(
+        (m, n, k): (usize, usize, usize),
+        (a, av): (&[f32], View),
+        (b, bv): (&[f32], View),
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|l| {
+                        a[av.offset + i * av.rs + l * av.cs] * b[bv.offset + l * bv.rs + j * bv.cs]
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gemm_reads_strided_and_transposed_views_and_accumulates_when_told() {
+        // Two 5 × 3 operands packed side by side in rows of 8 (offset 1 and 4), as heads sit in
+        // packed qkv rows; small integers, so every sum is exact.
+        let packed: Vec<f32> = (0..40).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let (q, k) = (View::rows(1, 8), View::rows(4, 8));
+        // q·kᵀ (5 × 5), then qᵀ·k (3 × 3) added onto a non-zero destination with β = 2.
+        let mut s = vec![0f32; 25];
+        gemm(
+            (5, 5, 3),
+            (&mut s, View::rows(0, 5)),
+            (&packed, q),
+            (&packed, k.t()),
+            false,
+            1.0,
+            false,
+        );
+        assert_eq!(s, naive((5, 5, 3), (&packed, q), (&packed, k.t())));
+        let mut t = vec![1f32; 9];
+        gemm(
+            (3, 3, 5),
+            (&mut t, View::rows(0, 3)),
+            (&packed, q.t()),
+            (&packed, k),
+            true,
+            2.0,
+            true,
+        );
+        let want: Vec<f32> = naive((3, 3, 5), (&packed, q.t()), (&packed, k))
+            .into_iter()
+            .map(|v| 1.0 + 2.0 * v)
+            .collect();
+        assert_eq!(t, want);
+    }
+
+    #[test]
+    #[should_panic(expected = "lies outside its slice")]
+    fn gemm_refuses_a_view_past_the_end_of_its_slice() {
+        let a = vec![0f32; 40];
+        let mut out = vec![0f32; 25];
+        // Rows of 8 from offset 5: the last row's third element is at 5 + 4·8 + 2 = 39 (inside);
+        // from offset 6 it would be 40.
+        gemm(
+            (5, 5, 3),
+            (&mut out, View::rows(0, 5)),
+            (&a, View::rows(6, 8)),
+            (&a, View::rows(0, 8).t()),
+            false,
+            1.0,
+            false,
+        );
+    }
 
     /// Distance in units in the last place between two finite f32 of one sign.
     fn ulps(a: f32, b: f32) -> u32 {
