@@ -11,7 +11,7 @@
 //! block per row; the weight/bias reduction sums fixed chunks of rows, then the chunks in order.
 //! Other devices and dtypes use the reference.
 
-use crate::cpu::{PARALLEL_MIN, for_rows, slice_f32};
+use crate::cpu::{PARALLEL_MIN, for_rows, slice_f32, vectorized};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -42,13 +42,38 @@ struct LayerNormOp {
     eps: f32,
 }
 
-/// Mean and reciprocal standard deviation of a row.
-#[inline]
+/// Mean and reciprocal standard deviation of a row (sums in vector lanes).
+#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
+#[allow(clippy::inline_always)]
 fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = crate::cpu::sum(row) / n;
+    let var = lanes2(row, row, |v, _| ((v - mean) * (v - mean), 0.0)).0 / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `(Σ f(aᵢ, bᵢ).0, Σ f(aᵢ, bᵢ).1)`, each summed in 8 independent lanes (then the lanes in order)
+/// so that the compiler vectorises it; one running sum is a chain it may not reorder.
+#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
+#[allow(clippy::inline_always)]
+fn lanes2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+    const LANES: usize = 8;
+    let (mut s, mut t) = ([0f32; LANES], [0f32; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (mut ts, mut tt) = (0f32, 0f32);
+    for (&x, &y) in ac.remainder().iter().zip(bc.remainder()) {
+        let (u, v) = f(x, y);
+        ts += u;
+        tt += v;
+    }
+    for (x, y) in ac.zip(bc) {
+        for k in 0..LANES {
+            let (u, v) = f(x[k], y[k]);
+            s[k] += u;
+            t[k] += v;
+        }
+    }
+    (s.iter().sum::<f32>() + ts, t.iter().sum::<f32>() + tt)
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -78,10 +103,15 @@ impl CustomOp3 for LayerNormOp {
         }
         let mut out = x.to_vec();
         for_rows(&mut out, d, |_, row| {
-            let (mean, r) = stats(row, self.eps);
-            for ((v, &wv), &bv) in row.iter_mut().zip(w).zip(b) {
-                *v = (*v - mean) * r * wv + bv;
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (mean, r) = stats(row, self.eps);
+                    for ((v, &wv), &bv) in row.iter_mut().zip(w).zip(b) {
+                        *v = (*v - mean) * r * wv + bv;
+                    }
+                },
+            );
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -138,19 +168,24 @@ impl CustomOp3 for LayerNormDx {
         let d = w.len();
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |i, row| {
-            let (xr, gr) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
-            let (mean, r) = stats(xr, self.eps);
-            let (mut m1, mut m2) = (0f32, 0f32);
-            for ((&xv, &gv), &wv) in xr.iter().zip(gr).zip(w) {
-                let gh = gv * wv;
-                m1 += gh;
-                m2 += gh * (xv - mean) * r;
-            }
-            let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-            for (((o, &xv), &gv), &wv) in row.iter_mut().zip(xr).zip(gr).zip(w) {
-                let xh = (xv - mean) * r;
-                *o = r * (gv * wv - m1 - xh * m2);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (xr, gr) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
+                    let (mean, r) = stats(xr, self.eps);
+                    // ĝ = g ⊙ w, written into the output row first, then m1 = mean(ĝ),
+                    // m2 = mean(ĝ ⊙ x̂), and dx = r·(ĝ − m1 − x̂·m2).
+                    for ((o, &gv), &wv) in row.iter_mut().zip(gr).zip(w) {
+                        *o = gv * wv;
+                    }
+                    let (m1, m2) = lanes2(row, xr, |gh, xv| (gh, gh * (xv - mean) * r));
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for (o, &xv) in row.iter_mut().zip(xr) {
+                        let xh = (xv - mean) * r;
+                        *o = r * (*o - m1 - xh * m2);
+                    }
+                },
+            );
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -192,13 +227,21 @@ impl CustomOp2 for LayerNormDwDb {
         let d = l1.dims().last().copied().unwrap_or(1).max(1);
         let block = |(xb, gb): (&[f32], &[f32])| -> Vec<f32> {
             let mut acc = vec![0f32; 2 * d];
-            for (xr, gr) in xb.chunks(d).zip(gb.chunks(d)) {
-                let (mean, r) = stats(xr, self.eps);
-                for j in 0..d {
-                    acc[j] += gr[j] * (xr[j] - mean) * r;
-                    acc[d + j] += gr[j];
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (dw, db) = acc.split_at_mut(d);
+                    for (xr, gr) in xb.chunks(d).zip(gb.chunks(d)) {
+                        let (mean, r) = stats(xr, self.eps);
+                        for (((aw, ab), &xv), &gv) in
+                            dw.iter_mut().zip(db.iter_mut()).zip(xr).zip(gr)
+                        {
+                            *aw += gv * (xv - mean) * r;
+                            *ab += gv;
+                        }
+                    }
+                },
+            );
             acc
         };
         let pairs = x.chunks(BLOCK_ROWS * d).zip(g.chunks(BLOCK_ROWS * d));
