@@ -8,7 +8,8 @@
 //! 1. `foo_reference(..)` — composed candle tensor ops, differentiable by autograd, readable: the
 //!    semantic truth;
 //! 2. `foo(..)` — a `candle_core::CustomOp` with a CPU implementation (plain loops, rayon over
-//!    rows) and, behind the `cuda` feature, a CUDA kernel compiled at run time with NVRTC through
+//!    rows; products through [`cpu::gemm`]; loops that gain from wide vectors run inside
+//!    [`cpu::vectorized`]) and, behind the `cuda` feature, a CUDA kernel compiled at run time with NVRTC through
 //!    candle's re-exported `cudarc` (never a second cudarc). Until an op's CUDA kernel exists,
 //!    `foo` runs `foo_reference` on non-CPU devices and non-f32 dtypes: same function, slower;
 //! 3. a hand-written backward (`bwd`), so the op can be trained through;

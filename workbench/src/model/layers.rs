@@ -17,7 +17,7 @@ use candle_core::{D, DType, Tensor, Var};
 /// next product or the fused attention (a bf16 model's MLP hidden layer and `qkv`), as
 /// `torch.autocast` keeps them.
 ///
-/// The layer is one op, [`kernels::linear`] or [`kernels::linear_bf16`] (their references with
+/// The layer is one op, [`kernels::linear()`] or [`kernels::linear_bf16`] (their references with
 /// [`Kernels::Reference`], see [`Linear::with_kernels`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
