@@ -27,7 +27,7 @@
 //! | LayerNorm | [`layer_norm()`] | [`layer_norm_reference`] |
 //! | softmax over the last dim | [`softmax_last`] | [`softmax_last_reference`] |
 //! | bias over leading dims | [`add_bias`] | [`add_bias_reference`] |
-//! | linear layer `x·Wᵀ + b` (CPU only) | [`linear()`] | [`linear_reference`] |
+//! | linear layer `x·Wᵀ + b` (CPU only) | [`linear()`] (+ [`linear_bf16`]) | [`linear_reference`] (+ [`linear_bf16_reference`]) |
 //! | multi-head self-attention on packed qkv | [`attention()`] (+ [`attention_weights`]) | [`attention_reference`] |
 //! | symmetric InfoNCE (CLIP), memory O(B) | [`infonce()`] | [`infonce_reference`] |
 //! | pairwise sigmoid (SigLIP), memory O(B) | [`sigmoid_pairwise()`] | [`sigmoid_pairwise_reference`] |
