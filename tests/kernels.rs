@@ -334,6 +334,7 @@ fn linear_by_hand_and_its_shape_errors() {
         err(kernels::linear(&x, &w, Some(&x))).contains("does not match the weight's 3 outputs")
     );
     assert!(err(kernels::linear(&x, &b, None)).contains("(out, in) weight"));
+    assert!(err(kernels::linear(&b, &w, None)).contains("rank ≥ 2"));
 }
 
 #[test]

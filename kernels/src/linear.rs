@@ -113,12 +113,13 @@ fn apply(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, dt: Dtypes) -> Res
 
 fn check(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<()> {
     let (xd, wd) = (xs.dims(), weight.dims());
-    let (&[out, inp], Some(&last)) = (wd, xd.last()) else {
-        bail!(
-            "linear: expected a (out, in) weight and an input of rank ≥ 1, got {wd:?} and {xd:?}"
-        );
+    let &[out, inp] = wd else {
+        bail!("linear: expected a (out, in) weight, got {wd:?}");
     };
-    if xd.len() < 2 || last != inp {
+    if xd.len() < 2 {
+        bail!("linear: expected an input of rank ≥ 2 (rows of features), got {xd:?}");
+    }
+    if xd.last() != Some(&inp) {
         bail!("linear: input {xd:?} does not end in the weight's {inp} input features");
     }
     if let Some(b) = bias
