@@ -337,7 +337,7 @@ impl CustomOp2 for AttentionBackward {
                             );
                             // dS = P ⊙ (dP − Σ_j P_ij dP_ij) / √d (zero where P is masked)
                             for (pi, dsi) in p.chunks_exact(l).zip(ds.chunks_exact_mut(l)) {
-                                let dot = dot_product(pi, dsi);
+                                let dot = crate::cpu::sum_by(pi, dsi, |p, dp| p * dp);
                                 for (v, &pij) in dsi.iter_mut().zip(pi) {
                                     *v = pij * (*v - dot) * scale;
                                 }
@@ -388,30 +388,6 @@ impl CustomOp2 for AttentionBackward {
             self.name(),
         )
     }
-}
-
-/// `a·b`, summed in 8 independent lanes so that the compiler vectorises it (a single running
-/// sum is a serial chain of dependent additions it may not reorder); the lanes are added last.
-#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
-#[allow(clippy::inline_always)]
-fn dot_product(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for k in 0..LANES {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 struct WeightsOp {

@@ -77,18 +77,32 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// `Σ xᵢ`, summed in 8 independent lanes so that the compiler vectorises it (one running sum is
-/// a serial chain of dependent additions it may not reorder); the lanes are added last.
+/// `Σ xᵢ`, summed in vector lanes ([`sum_by`]).
 #[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
 #[allow(clippy::inline_always)]
 pub fn sum(xs: &[f32]) -> f32 {
+    sum_by(xs, xs, |x, _| x)
+}
+
+/// `Σ f(aᵢ, bᵢ)` over the common length of `a` and `b`, summed in 8 independent lanes so that
+/// the compiler vectorises it (one running sum is a serial chain of dependent additions it may
+/// not reorder); the lanes are added last, in order, then the tail.
+#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
+#[allow(clippy::inline_always)]
+pub fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     const LANES: usize = 8;
+    let n = a.len().min(b.len());
+    let (ac, bc) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
     let mut acc = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
+    for (x, y) in ac.zip(bc) {
         for k in 0..LANES {
-            acc[k] += c[k];
+            acc[k] += f(x[k], y[k]);
         }
     }
     acc.iter().sum::<f32>() + tail

@@ -11,7 +11,7 @@
 //! block per row; the weight/bias reduction sums fixed chunks of rows, then the chunks in order.
 //! Other devices and dtypes use the reference.
 
-use crate::cpu::{PARALLEL_MIN, for_rows, slice_f32, vectorized};
+use crate::cpu::{PARALLEL_MIN, for_rows, slice_f32, sum, sum_by, vectorized};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -47,33 +47,9 @@ struct LayerNormOp {
 #[allow(clippy::inline_always)]
 fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = crate::cpu::sum(row) / n;
-    let var = lanes2(row, row, |v, _| ((v - mean) * (v - mean), 0.0)).0 / n;
+    let mean = sum(row) / n;
+    let var = sum_by(row, row, |v, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// `(Σ f(aᵢ, bᵢ).0, Σ f(aᵢ, bᵢ).1)`, each summed in 8 independent lanes (then the lanes in order)
-/// so that the compiler vectorises it; one running sum is a chain it may not reorder.
-#[inline(always)] // into `cpu::vectorized`'s wide-vector code, not called from it
-#[allow(clippy::inline_always)]
-fn lanes2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
-    const LANES: usize = 8;
-    let (mut s, mut t) = ([0f32; LANES], [0f32; LANES]);
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (mut ts, mut tt) = (0f32, 0f32);
-    for (&x, &y) in ac.remainder().iter().zip(bc.remainder()) {
-        let (u, v) = f(x, y);
-        ts += u;
-        tt += v;
-    }
-    for (x, y) in ac.zip(bc) {
-        for k in 0..LANES {
-            let (u, v) = f(x[k], y[k]);
-            s[k] += u;
-            t[k] += v;
-        }
-    }
-    (s.iter().sum::<f32>() + ts, t.iter().sum::<f32>() + tt)
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -178,8 +154,8 @@ impl CustomOp3 for LayerNormDx {
                     for ((o, &gv), &wv) in row.iter_mut().zip(gr).zip(w) {
                         *o = gv * wv;
                     }
-                    let (m1, m2) = lanes2(row, xr, |gh, xv| (gh, gh * (xv - mean) * r));
-                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    let m1 = sum(row) / d as f32;
+                    let m2 = sum_by(row, xr, |gh, xv| gh * (xv - mean) * r) / d as f32;
                     for (o, &xv) in row.iter_mut().zip(xr) {
                         let xh = (xv - mean) * r;
                         *o = r * (*o - m1 - xh * m2);
